@@ -1,0 +1,44 @@
+# The two commands: `make run` and `make test`. Both create .venv and install what they need.
+
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	2>/dev/null && echo $$p && break; done)
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: run test lint format migrate clean
+
+$(BIN)/python:
+	@test -n "$(PYTHON)" || { echo "teleconsult needs Python 3.11 or newer" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip setuptools
+
+$(VENV)/.run-deps: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[embedded]'
+	@touch $@
+
+$(VENV)/.test-deps: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[test]'
+	@touch $@ $(VENV)/.run-deps
+
+run: $(VENV)/.run-deps
+	$(BIN)/teleconsult serve
+
+migrate: $(VENV)/.run-deps
+	$(BIN)/teleconsult migrate
+
+lint: $(VENV)/.test-deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+format: $(VENV)/.test-deps
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,98 @@
+"""The one authorization policy every route goes through.
+
+Two checks, in this order:
+
+1. ``ensure_allowed``: may this role perform this action at all? Done by the
+   route wrapper before the handler runs (403 ``forbidden`` when not).
+2. ``ensure_in_scope``: may this principal touch this object? Done by the
+   service once it has loaded the object. Objects of another clinic, and for a
+   patient any patient record other than their own, answer 404 ``not_found``,
+   so ids of other tenants' objects reveal nothing.
+
+The table below is the written policy; docs/policy.md explains it and the
+authorization matrix test checks every route against its own copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from uuid import UUID
+
+from teleconsult.core.errors import Forbidden, NotFound
+from teleconsult.core.identity import Principal, Role
+
+ALL = frozenset(Role)
+STAFF = frozenset({Role.DOCTOR, Role.NURSE, Role.RECEPTIONIST, Role.ADMIN})
+CLINICAL = frozenset({Role.DOCTOR, Role.NURSE})
+ADMIN = frozenset({Role.ADMIN})
+
+
+class Action(StrEnum):
+    ME_READ = "me.read"
+    ME_UPDATE = "me.update"
+    SESSION_END = "session.end"
+    CLINIC_READ = "clinic.read"
+    CLINIC_UPDATE = "clinic.update"
+    USER_LIST = "user.list"
+    USER_READ = "user.read"
+    USER_CREATE = "user.create"
+    USER_UPDATE = "user.update"
+    PATIENT_LIST = "patient.list"
+    PATIENT_READ = "patient.read"
+    PATIENT_UPDATE = "patient.update"
+    NOTE_LIST = "note.list"
+    NOTE_CREATE = "note.create"
+    AUDIT_LIST = "audit.list"
+
+
+ROLE_RULES: dict[Action, frozenset[Role]] = {
+    Action.ME_READ: ALL,
+    Action.ME_UPDATE: ALL,
+    Action.SESSION_END: ALL,
+    Action.CLINIC_READ: ALL,
+    Action.CLINIC_UPDATE: ADMIN,
+    Action.USER_LIST: ADMIN,
+    Action.USER_READ: ADMIN,
+    Action.USER_CREATE: ADMIN,
+    Action.USER_UPDATE: ADMIN,
+    Action.PATIENT_LIST: STAFF,
+    Action.PATIENT_READ: STAFF | {Role.PATIENT},
+    Action.PATIENT_UPDATE: STAFF | {Role.PATIENT},
+    # A patient may read their own record (right of access); front desk and
+    # administrators never see clinical notes.
+    Action.NOTE_LIST: CLINICAL | {Role.PATIENT},
+    Action.NOTE_CREATE: CLINICAL,
+    Action.AUDIT_LIST: ADMIN,
+}
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Whose object this is: its clinic and, for patient data, the patient."""
+
+    clinic_id: UUID
+    patient_id: UUID | None = None
+
+
+def is_allowed(role: Role, action: Action) -> bool:
+    return role in ROLE_RULES[action]
+
+
+def ensure_allowed(principal: Principal, action: Action) -> None:
+    if not is_allowed(principal.role, action):
+        raise Forbidden(f"role {principal.role.value} may not {action.value}")
+
+
+def in_scope(principal: Principal, scope: Scope) -> bool:
+    if scope.clinic_id != principal.clinic_id:
+        return False
+    if principal.role is Role.PATIENT:
+        return scope.patient_id is not None and scope.patient_id == principal.user_id
+    return True
+
+
+def ensure_in_scope(principal: Principal, scope: Scope | None, what: str) -> None:
+    """Raise NotFound when the object is missing (None) or outside the principal's scope."""
+    if scope is None or not in_scope(principal, scope):
+        raise NotFound(f"{what} not found")

@@ -1,0 +1,167 @@
+"""The ``teleconsult`` command line: serve, migrate, audit verify, clinic create."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+import sys
+from collections.abc import AsyncIterator
+
+import asyncpg
+from aiohttp import web
+
+from teleconsult.api.accounts.routes import ACCOUNTS
+from teleconsult.core.audit import format_report, verify_database
+from teleconsult.core.embedded_pg import EmbeddedPostgres
+from teleconsult.core.errors import ConfigError, TeleconsultError
+from teleconsult.core.logging import JsonAccessLogger, configure_logging
+from teleconsult.core.metrics import count_open_connections
+from teleconsult.core.migrations import migrate
+from teleconsult.core.settings import Settings, load_settings
+from teleconsult.server.app import METRICS, create_app, create_service_app
+from teleconsult.server.bootstrap import ensure_first_clinic, read_credentials
+
+logger = logging.getLogger("teleconsult")
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM, then drain connections and stop cleanly."""
+    app = create_app(settings)
+    runner = web.AppRunner(
+        app,
+        access_log_class=JsonAccessLogger,
+        shutdown_timeout=settings.http.shutdown_timeout,
+        handle_signals=False,
+    )
+    await runner.setup()
+    try:
+        app[METRICS].set_connection_counter(lambda: count_open_connections(runner))
+        credentials = await ensure_first_clinic(app[ACCOUNTS], settings.data_dir)
+        site = web.TCPSite(runner, settings.http.host, settings.http.port)
+        await site.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        host = settings.http.host
+        shown = f"[{host}]" if ":" in host else host
+        _say(f"teleconsult listening on http://{shown}:{settings.http.port}")
+        _say(f"  API docs: http://{shown}:{settings.http.port}/api/v1/openapi.json")
+        if settings.database.url is None:
+            _say(f"  database: embedded PostgreSQL in {settings.data_dir / 'pg'}")
+        if credentials is not None:
+            creds = read_credentials(credentials)
+            _say(
+                f"  sign in: POST /api/v1/auth/login with email {creds.get('email')} and "
+                f"password {creds.get('password')} (kept in {credentials}; delete the file "
+                "once you have changed the password)"
+            )
+        _say("  press Ctrl-C to stop")
+        await stop.wait()
+        _say("stopping: draining connections")
+    finally:
+        await runner.cleanup()
+    _say("stopped")
+
+
+@contextlib.asynccontextmanager
+async def _database_dsn(settings: Settings) -> AsyncIterator[str]:
+    if settings.database.url is not None:
+        yield settings.database.url
+        return
+    embedded = EmbeddedPostgres(settings.data_dir)
+    dsn = await embedded.start()
+    try:
+        yield dsn
+    finally:
+        await embedded.stop()
+
+
+async def run_migrate(settings: Settings) -> int:
+    async with _database_dsn(settings) as dsn:
+        conn = await asyncpg.connect(dsn)
+        try:
+            applied = await migrate(conn)
+        finally:
+            await conn.close()
+    _say(f"applied migrations: {applied}" if applied else "database is up to date")
+    return 0
+
+
+async def run_audit_verify(settings: Settings) -> int:
+    async with _database_dsn(settings) as dsn:
+        report = await verify_database(dsn)
+    _say(format_report(report))
+    return 0 if report.ok else 1
+
+
+async def run_clinic_create(settings: Settings, args: argparse.Namespace) -> int:
+    app = create_service_app(settings)
+    await app.startup()
+    try:
+        password = args.admin_password or secrets.token_urlsafe(15)
+        clinic, admin = await app[ACCOUNTS].create_clinic(
+            name=args.name,
+            timezone=args.timezone,
+            admin_email=args.admin_email,
+            admin_password=password,
+            admin_name=args.admin_name,
+        )
+    finally:
+        await app.cleanup()
+    _say(f"clinic {clinic.id} created; admin {admin.email}")
+    if not args.admin_password:
+        _say(f"admin password: {password}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="teleconsult", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the server")
+    sub.add_parser("migrate", help="apply database migrations")
+    audit = sub.add_parser("audit", help="audit trail tools")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    audit_sub.add_parser("verify", help="check the audit trail's hash chain")
+    clinic = sub.add_parser("clinic", help="clinic administration")
+    clinic_sub = clinic.add_subparsers(dest="clinic_command", required=True)
+    create = clinic_sub.add_parser("create", help="create a clinic with its first admin")
+    create.add_argument("--name", required=True)
+    create.add_argument("--timezone", default="UTC")
+    create.add_argument("--admin-email", required=True)
+    create.add_argument("--admin-name", default="Clinic Admin")
+    create.add_argument("--admin-password", help="default: generated and printed")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"teleconsult: invalid setting {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log)
+    try:
+        if args.command == "serve":
+            asyncio.run(serve(settings))
+            return 0
+        if args.command == "migrate":
+            return asyncio.run(run_migrate(settings))
+        if args.command == "audit":
+            return asyncio.run(run_audit_verify(settings))
+        if args.command == "clinic":
+            return asyncio.run(run_clinic_create(settings, args))
+    except TeleconsultError as exc:
+        logger.error("%s", exc)
+        print(f"teleconsult: {exc}", file=sys.stderr)
+        return 1
+    return 2

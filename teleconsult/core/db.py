@@ -1,0 +1,42 @@
+"""The asyncpg pool: opened and closed by the app's cleanup context."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import asyncpg
+
+logger = logging.getLogger(__name__)
+
+Pool = asyncpg.Pool
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typename in ("json", "jsonb"):
+        await conn.set_type_codec(
+            typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    """Open a pool whose connections decode json/jsonb into Python values."""
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        command_timeout=30,
+    )
+    return pool
+
+
+async def ping(pool: asyncpg.Pool) -> bool:
+    """True when the database answers a trivial query."""
+    try:
+        value: Any = await pool.fetchval("SELECT 1", timeout=2)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        logger.warning("database ping failed: %s", type(exc).__name__)
+        return False
+    return bool(value == 1)

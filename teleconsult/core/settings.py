@@ -1,0 +1,245 @@
+"""Typed settings: one frozen dataclass per section, read from the environment once.
+
+Every variable may also be given as ``NAME_FILE`` (a path whose content is the
+value), which is how container secrets are usually mounted. A bad value raises
+:class:`ConfigError` naming the variable, and the server does not start.
+
+Secrets that are not configured (the JWT signing key) are generated at first
+run under the data folder, so a development checkout holds no secret.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from teleconsult.core.errors import ConfigError
+
+# OWASP Password Storage Cheat Sheet: argon2id with at least 19 MiB, t=2, p=1.
+OWASP_MIN_MEMLIMIT_KIB = 19 * 1024
+OWASP_MIN_OPSLIMIT = 2
+
+
+class _Env:
+    """Reads variables, resolving ``NAME_FILE`` and naming the variable on error."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def get(self, name: str) -> str | None:
+        value = self._env.get(name)
+        file_name = self._env.get(f"{name}_FILE")
+        if value not in (None, "") and file_name:
+            raise ConfigError(name, f"set either {name} or {name}_FILE, not both")
+        if file_name:
+            try:
+                return Path(file_name).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"{name}_FILE", f"cannot read {file_name}: {exc}") from exc
+        return value if value not in (None, "") else None
+
+    def text(self, name: str, default: str) -> str:
+        value = self.get(name)
+        return default if value is None else value
+
+    def integer(
+        self, name: str, default: int, *, minimum: int = 0, maximum: int | None = None
+    ) -> int:
+        raw = self.get(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(name, f"expected an integer, got {raw!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+            raise ConfigError(name, f"must be {bound}, got {value}")
+        return value
+
+    def number(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+        raw = self.get(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(name, f"expected a number, got {raw!r}") from None
+        if value < minimum:
+            raise ConfigError(name, f"must be >= {minimum}, got {value}")
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.get(name)
+        if raw is None:
+            return default
+        lowered = raw.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(name, f"expected true or false, got {raw!r}")
+
+    def url(self, name: str, schemes: tuple[str, ...]) -> str | None:
+        raw = self.get(name)
+        if raw is None:
+            return None
+        parts = urlsplit(raw)
+        if parts.scheme not in schemes:
+            raise ConfigError(name, f"scheme must be one of {', '.join(schemes)}")
+        if not parts.hostname and "host=" not in parts.query:
+            raise ConfigError(name, "has no host")
+        return raw
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.text(name, default)
+        if value not in choices:
+            raise ConfigError(name, f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    shutdown_timeout: float = 10.0
+    max_body_bytes: int = 1024 * 1024
+    trust_forwarded_for: bool = False
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    """``url`` None means: run the embedded PostgreSQL under ``<data_dir>/pg``."""
+
+    url: str | None = None
+    pool_min: int = 1
+    pool_max: int = 10
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """``url`` None means: in-process bus and rate limiter (one server process)."""
+
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """``url`` None means no external broker is configured."""
+
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    jwt_secret: str = field(repr=False, default="")
+    issuer: str = "teleconsult"
+    access_ttl: int = 900
+    refresh_ttl: int = 30 * 24 * 3600
+    password_memlimit_kib: int = 64 * 1024
+    password_opslimit: int = 3
+    login_max_per_account: int = 5
+    login_max_per_address: int = 100
+    login_window: int = 900
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str = "INFO"
+    format: str = "json"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    http: HttpSettings
+    database: DatabaseSettings
+    redis: RedisSettings
+    mqtt: MqttSettings
+    auth: AuthSettings
+    log: LogSettings
+
+    def service_urls(self) -> dict[str, str]:
+        """The external services these settings point at, by variable name."""
+        urls = {
+            "DATABASE_URL": self.database.url,
+            "REDIS_URL": self.redis.url,
+            "MQTT_URL": self.mqtt.url,
+        }
+        return {name: url for name, url in urls.items() if url}
+
+
+def _dev_secret(data_dir: Path, name: str) -> str:
+    """Return a secret kept in ``<data_dir>/secrets.json``, creating it on first use."""
+    path = data_dir / "secrets.json"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stored: dict[str, str] = {}
+    if path.exists():
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    if name not in stored:
+        stored[name] = secrets.token_urlsafe(48)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(stored, handle)
+        os.replace(tmp, path)
+    return stored[name]
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every setting; raise ConfigError naming the first bad one."""
+    e = _Env(os.environ if env is None else env)
+    data_dir = Path(e.text("TELECONSULT_DATA_DIR", "var")).resolve()
+
+    http = HttpSettings(
+        host=e.text("HOST", "127.0.0.1"),
+        port=e.integer("PORT", 8080, minimum=0, maximum=65535),
+        shutdown_timeout=e.number("SHUTDOWN_TIMEOUT", 10.0),
+        max_body_bytes=e.integer("MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
+        trust_forwarded_for=e.flag("TRUST_FORWARDED_FOR", False),
+    )
+    pool_min = e.integer("DATABASE_POOL_MIN", 1, minimum=1)
+    database = DatabaseSettings(
+        url=e.url("DATABASE_URL", ("postgres", "postgresql")),
+        pool_min=pool_min,
+        pool_max=e.integer("DATABASE_POOL_MAX", max(10, pool_min), minimum=pool_min),
+    )
+    redis = RedisSettings(url=e.url("REDIS_URL", ("redis", "rediss", "unix")))
+    mqtt = MqttSettings(url=e.url("MQTT_URL", ("mqtt", "mqtts", "tcp")))
+
+    jwt_secret = e.get("JWT_SECRET")
+    if jwt_secret is None:
+        jwt_secret = _dev_secret(data_dir, "jwt_secret")
+    elif len(jwt_secret) < 32:
+        raise ConfigError("JWT_SECRET", "must be at least 32 characters")
+    auth = AuthSettings(
+        jwt_secret=jwt_secret,
+        issuer=e.text("JWT_ISSUER", "teleconsult"),
+        access_ttl=e.integer("ACCESS_TOKEN_TTL", 900, minimum=30, maximum=3600),
+        refresh_ttl=e.integer("REFRESH_TOKEN_TTL", 30 * 24 * 3600, minimum=300),
+        password_memlimit_kib=e.integer(
+            "PASSWORD_HASH_MEMLIMIT_KIB", 64 * 1024, minimum=OWASP_MIN_MEMLIMIT_KIB
+        ),
+        password_opslimit=e.integer("PASSWORD_HASH_OPSLIMIT", 3, minimum=OWASP_MIN_OPSLIMIT),
+        login_max_per_account=e.integer("LOGIN_MAX_PER_ACCOUNT", 5, minimum=1),
+        login_max_per_address=e.integer("LOGIN_MAX_PER_ADDRESS", 100, minimum=1),
+        login_window=e.integer("LOGIN_RATE_WINDOW", 900, minimum=1),
+    )
+    log = LogSettings(
+        level=e.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+        format=e.choice("LOG_FORMAT", "json", ("json", "text")),
+    )
+    return Settings(
+        data_dir=data_dir,
+        http=http,
+        database=database,
+        redis=redis,
+        mqtt=mqtt,
+        auth=auth,
+        log=log,
+    )

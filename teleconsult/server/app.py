@@ -1,0 +1,178 @@
+"""The composition root: ``create_app(settings)`` wires every part once.
+
+Each long-lived resource (database pool, bus, rate limiter, services) is
+opened and closed by its own cleanup context and stored under a typed key.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import asyncpg
+from aiohttp import web
+
+from teleconsult.api import ops
+from teleconsult.api.accounts import routes as accounts_routes
+from teleconsult.api.accounts.service import AccountService
+from teleconsult.api.audit import routes as audit_routes
+from teleconsult.api.openapi import build_openapi
+from teleconsult.api.patients import routes as patients_routes
+from teleconsult.api.patients.service import PatientService
+from teleconsult.api.problems import problem_middleware
+from teleconsult.api.registry import (
+    AUTHENTICATOR,
+    MAX_BODY_BYTES,
+    TRUST_FORWARDED_FOR,
+    Operation,
+    mount,
+)
+from teleconsult.core import db
+from teleconsult.core.audit import AuditTrail
+from teleconsult.core.bus import Bus, create_bus
+from teleconsult.core.embedded_pg import EmbeddedPostgres
+from teleconsult.core.logging import request_id_middleware
+from teleconsult.core.metrics import EventLoopLagMonitor, Metrics
+from teleconsult.core.migrations import migrate
+from teleconsult.core.mqtt_probe import mqtt_reachable
+from teleconsult.core.passwords import PasswordHasher
+from teleconsult.core.ratelimit import RateLimiter, create_rate_limiter
+from teleconsult.core.settings import Settings
+from teleconsult.core.tokens import TokenService
+
+logger = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", Metrics)
+POOL = web.AppKey("pool", asyncpg.Pool)
+BUS = web.AppKey("bus", Bus)
+LIMITER = web.AppKey("rate_limiter", RateLimiter)
+AUDIT = web.AppKey("audit", AuditTrail)
+
+
+def all_operations() -> list[Operation]:
+    return [
+        *ops.api.operations,
+        *accounts_routes.api.operations,
+        *patients_routes.api.operations,
+        *audit_routes.api.operations,
+    ]
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    embedded: EmbeddedPostgres | None = None
+    dsn = settings.database.url
+    if dsn is None:
+        embedded = EmbeddedPostgres(settings.data_dir)
+        dsn = await embedded.start()
+    try:
+        pool = await db.create_pool(
+            dsn, min_size=settings.database.pool_min, max_size=settings.database.pool_max
+        )
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn)
+            app[POOL] = pool
+            yield
+        finally:
+            await pool.close()
+    finally:
+        if embedded is not None:
+            await embedded.stop()
+
+
+async def _bus(app: web.Application) -> AsyncIterator[None]:
+    bus = create_bus(app[SETTINGS].redis.url)
+    await bus.start()
+    app[BUS] = bus
+    try:
+        yield
+    finally:
+        await bus.close()
+
+
+async def _limiter(app: web.Application) -> AsyncIterator[None]:
+    limiter = create_rate_limiter(app[SETTINGS].redis.url)
+    app[LIMITER] = limiter
+    try:
+        yield
+    finally:
+        await limiter.close()
+
+
+async def _services(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    pool = app[POOL]
+    audit = AuditTrail(pool)
+    accounts = AccountService(
+        pool=pool,
+        hasher=PasswordHasher(
+            memlimit_kib=settings.auth.password_memlimit_kib,
+            opslimit=settings.auth.password_opslimit,
+        ),
+        tokens=TokenService(
+            secret=settings.auth.jwt_secret,
+            issuer=settings.auth.issuer,
+            access_ttl=settings.auth.access_ttl,
+        ),
+        audit=audit,
+        limiter=app[LIMITER],
+        settings=settings.auth,
+    )
+    app[AUDIT] = audit
+    app[accounts_routes.ACCOUNTS] = accounts
+    app[AUTHENTICATOR] = accounts
+    app[patients_routes.PATIENTS] = PatientService(pool=pool, audit=audit)
+    app[audit_routes.AUDIT_TRAIL] = audit
+
+    async def database_ok() -> bool:
+        return await db.ping(pool)
+
+    async def bus_ok() -> bool:
+        return await app[BUS].ping()
+
+    probes: dict[str, ops.Probe] = {"database": database_ok, "bus": bus_ok}
+    mqtt_url = settings.mqtt.url
+    if mqtt_url is not None:
+
+        async def broker_ok() -> bool:
+            return await mqtt_reachable(mqtt_url)
+
+        probes["broker"] = broker_ok
+    app[ops.PROBES] = probes
+    yield
+
+
+def create_app(settings: Settings) -> web.Application:
+    metrics = Metrics()
+    app = web.Application(
+        middlewares=[request_id_middleware, metrics.middleware, problem_middleware],
+        client_max_size=settings.http.max_body_bytes,
+    )
+    app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[MAX_BODY_BYTES] = settings.http.max_body_bytes
+    app[TRUST_FORWARDED_FOR] = settings.http.trust_forwarded_for
+
+    operations = all_operations()
+    mount(app, operations)
+    app[ops.OPENAPI] = build_openapi(operations)
+    app.router.add_get("/api/v1/openapi.json", ops.openapi_json, name="openapi")
+    app.router.add_get("/metrics", metrics.handler, name="metrics")
+
+    _add_resources(app)
+    app.cleanup_ctx.append(EventLoopLagMonitor(metrics).cleanup_ctx)
+    return app
+
+
+def _add_resources(app: web.Application) -> None:
+    app.cleanup_ctx.extend([_database, _bus, _limiter, _services])
+
+
+def create_service_app(settings: Settings) -> web.Application:
+    """The resources and services without HTTP routes, for command-line tools."""
+    app = web.Application()
+    app[SETTINGS] = settings
+    _add_resources(app)
+    return app

@@ -1,0 +1,85 @@
+"""Shared fixtures: a real PostgreSQL database per test session, pools, settings."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from teleconsult.core.db import create_pool
+from teleconsult.core.settings import (
+    OWASP_MIN_MEMLIMIT_KIB,
+    OWASP_MIN_OPSLIMIT,
+    Settings,
+    load_settings,
+)
+from teleconsult.server.app import POOL, create_app
+from tests.dbutil import create_database_sync, drop_database_sync
+from tests.world import Tenant, make_tenant
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A fresh, migrated database on the real server, dropped after the session.
+
+    Tests share it and keep out of each other's way by creating their own
+    clinics (tenants) with unique names and e-mail addresses.
+    """
+    dsn = create_database_sync()
+    yield dsn
+    drop_database_sync(dsn)
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    db_pool = await create_pool(database_url, min_size=1, max_size=5)
+    yield db_pool
+    await db_pool.close()
+
+
+def settings_env(database_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
+    """Environment for a test server: real database, cheapest allowed password hashing."""
+    env = {
+        "DATABASE_URL": database_url,
+        "TELECONSULT_DATA_DIR": str(data_dir),
+        "JWT_SECRET": "test-secret-" + "x" * 40,
+        "PASSWORD_HASH_MEMLIMIT_KIB": str(OWASP_MIN_MEMLIMIT_KIB),
+        "PASSWORD_HASH_OPSLIMIT": str(OWASP_MIN_OPSLIMIT),
+        "LOG_FORMAT": "text",
+        # Many test users sign in from 127.0.0.1; per-address limits get their own test.
+        "LOGIN_MAX_PER_ADDRESS": "100000",
+    }
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return load_settings(settings_env(database_url, tmp_path))
+
+
+@pytest.fixture
+async def client(
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]], settings: Settings
+) -> TestClient[Any, Any]:
+    return await aiohttp_client(create_app(settings))
+
+
+@pytest.fixture
+def app_pool(client: TestClient[Any, Any]) -> asyncpg.Pool:
+    """The running app's own pool."""
+    return client.app[POOL]
+
+
+@pytest.fixture
+async def tenant(client: TestClient[Any, Any], app_pool: asyncpg.Pool) -> Tenant:
+    return await make_tenant(app_pool, client, name="Own")
+
+
+@pytest.fixture
+async def other_tenant(client: TestClient[Any, Any], app_pool: asyncpg.Pool) -> Tenant:
+    return await make_tenant(app_pool, client, name="Other")

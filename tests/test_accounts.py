@@ -1,0 +1,385 @@
+"""Accounts: registration, login, rate limits, rotating refresh tokens, roles, audit."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from aiohttp.test_utils import TestClient
+
+from teleconsult.core.identity import Role
+from teleconsult.core.settings import load_settings
+from teleconsult.server.app import create_app
+from tests.conftest import settings_env
+from tests.dbutil import REDIS_URL
+from tests.world import PASSWORD, Tenant, assert_problem, login, make_user, unique_email
+
+
+async def _audit_rows(pool: asyncpg.Pool, action: str, object_id: str) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await pool.fetch(
+        "SELECT * FROM audit_log WHERE action = $1 AND object_id = $2 ORDER BY seq",
+        action,
+        object_id,
+    )
+    return rows
+
+
+async def test_patient_registers_and_signs_in(client: TestClient[Any, Any], tenant: Tenant) -> None:
+    email = unique_email("self")
+    resp = await client.post(
+        "/api/v1/auth/register",
+        json={
+            "clinic_id": str(tenant.clinic_id),
+            "email": email,
+            "password": PASSWORD,
+            "full_name": "Amina Otieno",
+            "date_of_birth": "1990-04-01",
+        },
+    )
+    assert resp.status == 201, await resp.text()
+    tokens = await resp.json()
+    assert tokens["user"]["role"] == "patient"
+    me = await client.get(
+        "/api/v1/me", headers={"Authorization": f"Bearer {tokens['access_token']}"}
+    )
+    assert (await me.json())["email"] == email
+
+
+async def test_registration_with_a_taken_email_is_refused(
+    client: TestClient[Any, Any], tenant: Tenant
+) -> None:
+    taken = tenant[Role.PATIENT].email.upper()
+    resp = await client.post(
+        "/api/v1/auth/register",
+        json={
+            "clinic_id": str(tenant.clinic_id),
+            "email": taken,
+            "password": PASSWORD,
+            "full_name": "Copy Cat",
+        },
+    )
+    await assert_problem(resp, 409, "email_taken")
+
+
+async def test_registration_for_an_unknown_clinic_is_refused(client: TestClient[Any, Any]) -> None:
+    resp = await client.post(
+        "/api/v1/auth/register",
+        json={
+            "clinic_id": "00000000-0000-4000-8000-000000000000",
+            "email": unique_email("lost"),
+            "password": PASSWORD,
+            "full_name": "Nobody",
+        },
+    )
+    await assert_problem(resp, 404, "not_found")
+
+
+async def test_password_is_stored_as_argon2id_at_owasp_cost_or_more(
+    client: TestClient[Any, Any], app_pool: asyncpg.Pool, tenant: Tenant
+) -> None:
+    stored = await app_pool.fetchval(
+        "SELECT password_hash FROM users WHERE id = $1", tenant[Role.DOCTOR].user_id
+    )
+    match = re.match(r"^\$argon2id\$v=19\$m=(\d+),t=(\d+),p=1\$", stored)
+    assert match, stored
+    assert int(match[1]) >= 19 * 1024 and int(match[2]) >= 2
+    assert PASSWORD not in stored
+
+
+async def test_wrong_password_is_refused_and_audited(
+    client: TestClient[Any, Any], app_pool: asyncpg.Pool, tenant: Tenant
+) -> None:
+    doctor = tenant[Role.DOCTOR]
+    resp = await client.post(
+        "/api/v1/auth/login", json={"email": doctor.email, "password": "not-the-password"}
+    )
+    await assert_problem(resp, 401, "invalid_credentials")
+    rows = await _audit_rows(app_pool, "auth.login", str(doctor.user_id))
+    assert [r["outcome"] for r in rows] == ["success", "failure"]
+    assert rows[-1]["ip"] == "127.0.0.1"
+
+
+async def test_unknown_email_gets_the_same_answer_as_a_wrong_password(
+    client: TestClient[Any, Any],
+) -> None:
+    resp = await client.post(
+        "/api/v1/auth/login", json={"email": unique_email("ghost"), "password": "whatever-123"}
+    )
+    await assert_problem(resp, 401, "invalid_credentials")
+
+
+async def test_login_is_rate_limited_per_account(
+    client: TestClient[Any, Any], tenant: Tenant
+) -> None:
+    nurse = tenant[Role.NURSE]
+    for _ in range(5):
+        resp = await client.post(
+            "/api/v1/auth/login", json={"email": nurse.email, "password": "wrong-password"}
+        )
+        assert resp.status == 401
+    resp = await client.post(
+        "/api/v1/auth/login", json={"email": nurse.email, "password": PASSWORD}
+    )
+    await assert_problem(resp, 429, "rate_limited")
+    assert int(resp.headers["Retry-After"]) > 0
+
+
+async def _client_for(aiohttp_client: Any, database_url: str, data_dir: Path, **env: str) -> Any:
+    return await aiohttp_client(
+        create_app(load_settings(settings_env(database_url, data_dir, **env)))
+    )
+
+
+async def test_login_is_rate_limited_per_address(
+    aiohttp_client: Any, database_url: str, tmp_path: Path, tenant: Tenant
+) -> None:
+    strict = await _client_for(aiohttp_client, database_url, tmp_path, LOGIN_MAX_PER_ADDRESS="3")
+    for _ in range(3):
+        resp = await strict.post(
+            "/api/v1/auth/login", json={"email": unique_email("spray"), "password": "guess-12345"}
+        )
+        assert resp.status == 401
+    resp = await strict.post(
+        "/api/v1/auth/login", json={"email": tenant[Role.ADMIN].email, "password": PASSWORD}
+    )
+    await assert_problem(resp, 429, "rate_limited")
+
+
+async def test_redis_rate_limit_is_shared_between_server_processes(
+    aiohttp_client: Any, database_url: str, tmp_path: Path, tenant: Tenant
+) -> None:
+    first = await _client_for(
+        aiohttp_client, database_url, tmp_path, REDIS_URL=REDIS_URL, LOGIN_MAX_PER_ACCOUNT="3"
+    )
+    second = await _client_for(
+        aiohttp_client, database_url, tmp_path, REDIS_URL=REDIS_URL, LOGIN_MAX_PER_ACCOUNT="3"
+    )
+    email = tenant[Role.RECEPTIONIST].email
+    for server in (first, second, first):
+        resp = await server.post(
+            "/api/v1/auth/login", json={"email": email, "password": "bad-12345"}
+        )
+        assert resp.status == 401
+    resp = await second.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
+    await assert_problem(resp, 429, "rate_limited")
+
+
+async def test_refresh_rotates_the_token_pair(client: TestClient[Any, Any], tenant: Tenant) -> None:
+    patient = tenant[Role.PATIENT]
+    resp = await client.post("/api/v1/auth/refresh", json={"refresh_token": patient.refresh_token})
+    assert resp.status == 200
+    pair = await resp.json()
+    assert pair["refresh_token"] != patient.refresh_token
+    me = await client.get("/api/v1/me", headers={"Authorization": f"Bearer {pair['access_token']}"})
+    assert me.status == 200
+
+
+async def test_reusing_a_refresh_token_revokes_the_whole_family(
+    client: TestClient[Any, Any], app_pool: asyncpg.Pool, tenant: Tenant
+) -> None:
+    patient = tenant[Role.PATIENT]
+    first = await client.post("/api/v1/auth/refresh", json={"refresh_token": patient.refresh_token})
+    newest = await first.json()
+    replay = await client.post(
+        "/api/v1/auth/refresh", json={"refresh_token": patient.refresh_token}
+    )
+    await assert_problem(replay, 401, "refresh_reused")
+    # The legitimate holder's newer tokens die with the family.
+    after = await client.post(
+        "/api/v1/auth/refresh", json={"refresh_token": newest["refresh_token"]}
+    )
+    await assert_problem(after, 401, "refresh_invalid")
+    me = await client.get(
+        "/api/v1/me", headers={"Authorization": f"Bearer {newest['access_token']}"}
+    )
+    await assert_problem(me, 401, "token_invalid")
+    rows = await _audit_rows(app_pool, "auth.refresh", str(patient.user_id))
+    assert rows and rows[-1]["outcome"] == "denied"
+
+
+async def test_an_unknown_refresh_token_is_refused(client: TestClient[Any, Any]) -> None:
+    resp = await client.post("/api/v1/auth/refresh", json={"refresh_token": "made-up"})
+    await assert_problem(resp, 401, "refresh_invalid")
+
+
+async def test_logout_ends_the_session_at_once(
+    client: TestClient[Any, Any], tenant: Tenant
+) -> None:
+    doctor = tenant[Role.DOCTOR]
+    resp = await client.post("/api/v1/auth/logout", headers=doctor.headers)
+    assert resp.status == 204
+    me = await client.get("/api/v1/me", headers=doctor.headers)
+    await assert_problem(me, 401, "token_invalid")
+    again = await client.post("/api/v1/auth/refresh", json={"refresh_token": doctor.refresh_token})
+    await assert_problem(again, 401, "refresh_invalid")
+
+
+async def test_role_change_applies_at_once_and_is_audited(
+    client: TestClient[Any, Any], app_pool: asyncpg.Pool, tenant: Tenant
+) -> None:
+    admin = tenant[Role.ADMIN]
+    nurse = await login(client, await make_user(app_pool, tenant.clinic_id, Role.NURSE))
+    before = await client.get("/api/v1/patients", headers=nurse.headers)
+    assert before.status == 200
+    resp = await client.patch(
+        f"/api/v1/users/{nurse.user_id}", json={"role": "receptionist"}, headers=admin.headers
+    )
+    assert resp.status == 200
+    notes = await client.get(
+        f"/api/v1/patients/{tenant[Role.PATIENT].user_id}/notes", headers=nurse.headers
+    )
+    await assert_problem(notes, 403, "forbidden")
+    rows = await _audit_rows(app_pool, "user.role_change", str(nurse.user_id))
+    assert len(rows) == 1
+    assert rows[0]["actor_id"] == admin.user_id
+    assert rows[0]["detail"] == {"old_role": "nurse", "new_role": "receptionist"}
+
+
+async def test_disabling_a_user_ends_their_sessions(
+    client: TestClient[Any, Any], app_pool: asyncpg.Pool, tenant: Tenant
+) -> None:
+    victim = await login(client, await make_user(app_pool, tenant.clinic_id, Role.DOCTOR))
+    resp = await client.patch(
+        f"/api/v1/users/{victim.user_id}",
+        json={"status": "disabled"},
+        headers=tenant[Role.ADMIN].headers,
+    )
+    assert resp.status == 200
+    me = await client.get("/api/v1/me", headers=victim.headers)
+    assert me.status == 401
+    again = await client.post(
+        "/api/v1/auth/login", json={"email": victim.email, "password": PASSWORD}
+    )
+    await assert_problem(again, 401, "account_disabled")
+
+
+async def test_the_last_admin_cannot_be_demoted(
+    client: TestClient[Any, Any], tenant: Tenant
+) -> None:
+    admin = tenant[Role.ADMIN]
+    resp = await client.patch(
+        f"/api/v1/users/{admin.user_id}", json={"role": "doctor"}, headers=admin.headers
+    )
+    await assert_problem(resp, 409, "last_admin")
+    me = await client.get("/api/v1/me", headers=admin.headers)
+    assert (await me.json())["role"] == "admin"
+
+
+async def test_password_change_needs_the_current_one_and_ends_other_sessions(
+    client: TestClient[Any, Any], app_pool: asyncpg.Pool, tenant: Tenant
+) -> None:
+    account = await make_user(app_pool, tenant.clinic_id, Role.RECEPTIONIST)
+    here = await login(client, account)
+    elsewhere_resp = await client.post(
+        "/api/v1/auth/login", json={"email": account.email, "password": PASSWORD}
+    )
+    elsewhere = await elsewhere_resp.json()
+    wrong = await client.post(
+        "/api/v1/me/password",
+        json={"current_password": "not-it-at-all", "new_password": "a-brand-new-secret"},
+        headers=here.headers,
+    )
+    await assert_problem(wrong, 400, "invalid_credentials")
+    ok = await client.post(
+        "/api/v1/me/password",
+        json={"current_password": PASSWORD, "new_password": "a-brand-new-secret"},
+        headers=here.headers,
+    )
+    assert ok.status == 204
+    assert (await client.get("/api/v1/me", headers=here.headers)).status == 200
+    other = await client.get(
+        "/api/v1/me", headers={"Authorization": f"Bearer {elsewhere['access_token']}"}
+    )
+    assert other.status == 401
+    relogin = await client.post(
+        "/api/v1/auth/login", json={"email": account.email, "password": "a-brand-new-secret"}
+    )
+    assert relogin.status == 200
+
+
+async def test_admin_creates_staff_in_their_own_clinic(
+    client: TestClient[Any, Any], tenant: Tenant
+) -> None:
+    resp = await client.post(
+        "/api/v1/users",
+        json={
+            "email": unique_email("new-doc"),
+            "password": PASSWORD,
+            "full_name": "Dr New",
+            "role": "doctor",
+        },
+        headers=tenant[Role.ADMIN].headers,
+    )
+    assert resp.status == 201, await resp.text()
+    body = await resp.json()
+    assert body["clinic_id"] == str(tenant.clinic_id)
+    assert body["role"] == "doctor"
+
+
+async def test_patient_data_reads_are_audited_without_clinical_content(
+    client: TestClient[Any, Any], app_pool: asyncpg.Pool, tenant: Tenant
+) -> None:
+    patient = tenant[Role.PATIENT]
+    doctor = tenant[Role.DOCTOR]
+    secret = "CANARY-diagnosis-7f3a"
+    created = await client.post(
+        f"/api/v1/patients/{patient.user_id}/notes", json={"body": secret}, headers=doctor.headers
+    )
+    assert created.status == 201
+    read = await client.get(f"/api/v1/patients/{patient.user_id}", headers=doctor.headers)
+    assert read.status == 200
+    actions = [
+        r["action"]
+        for r in await app_pool.fetch(
+            "SELECT action FROM audit_log WHERE object_id = $1 AND actor_id = $2 ORDER BY seq",
+            str(patient.user_id),
+            doctor.user_id,
+        )
+    ]
+    assert actions == ["patient.notes.create", "patient.read"]
+    leaked = await app_pool.fetchval(
+        "SELECT count(*) FROM audit_log WHERE detail::text LIKE '%' || $1 || '%'", secret
+    )
+    assert leaked == 0
+
+
+async def test_a_forged_token_is_refused(client: TestClient[Any, Any], tenant: Tenant) -> None:
+    import jwt
+
+    forged = jwt.encode(
+        {
+            "iss": "teleconsult",
+            "sub": str(tenant[Role.ADMIN].user_id),
+            "sid": "00000000-0000-4000-8000-000000000000",
+            "typ": "access",
+            "iat": 1,
+            "exp": 4102444800,
+        },
+        "some-other-secret-that-is-long-enough-000",
+        algorithm="HS256",
+    )
+    resp = await client.get("/api/v1/me", headers={"Authorization": f"Bearer {forged}"})
+    await assert_problem(resp, 401, "token_invalid")
+
+
+async def test_an_expired_token_says_so(client: TestClient[Any, Any], tenant: Tenant) -> None:
+    from teleconsult.core.tokens import TokenService
+
+    settings_secret = "test-secret-" + "x" * 40
+    tokens = TokenService(secret=settings_secret, issuer="teleconsult", access_ttl=60)
+    stale = tokens.mint_access(
+        user_id=tenant[Role.ADMIN].user_id,
+        session_id=tenant[Role.ADMIN].user_id,
+        now=1_000_000,
+    )
+    resp = await client.get("/api/v1/me", headers={"Authorization": f"Bearer {stale}"})
+    await assert_problem(resp, 401, "token_expired")
+
+
+async def test_no_token_gets_unauthenticated(client: TestClient[Any, Any]) -> None:
+    resp = await client.get("/api/v1/me")
+    body = await assert_problem(resp, 401, "unauthenticated")
+    assert resp.headers["WWW-Authenticate"] == "Bearer"
+    assert "Bearer" in body["detail"]
