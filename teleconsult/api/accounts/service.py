@@ -5,6 +5,7 @@ Domain rules live here; this module knows nothing of HTTP.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -96,7 +97,8 @@ class AccountService:
     async def login(self, email: str, password: str, *, ip: str | None) -> IssuedTokens:
         """Check a password, rate-limited per account and per client address."""
         s = self._settings
-        account_key = f"login:account:{email.lower()}"
+        # Keys end up in Redis: a digest, never the e-mail address itself.
+        account_key = "login:account:" + hashlib.sha256(email.lower().encode()).hexdigest()[:32]
         address_key = f"login:address:{ip or 'unknown'}"
         by_account = await self._limiter.peek(account_key, s.login_max_per_account, s.login_window)
         by_address = await self._limiter.hit(address_key, s.login_max_per_address, s.login_window)

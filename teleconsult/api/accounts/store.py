@@ -133,7 +133,12 @@ async def list_users(
     limit: int,
     search: str | None = None,
 ) -> list[UserRecord]:
-    """Users of a clinic with one of ``roles``, ordered by (created_at, id), after a cursor."""
+    """Users of a clinic with one of ``roles``, ordered by (created_at, id), after a cursor.
+
+    ``search`` matches the name (case-insensitive) or the phone's digits; leading
+    zeros of the searched digits are ignored, so a local "0700 123" finds a
+    stored "+254 700 123 456".
+    """
     rows = await conn.fetch(
         f"""
         SELECT {_USER_COLUMNS} FROM users
@@ -143,7 +148,7 @@ async def list_users(
           AND ($6::text IS NULL
                OR full_name ILIKE '%' || $6 || '%'
                OR regexp_replace(coalesce(phone, ''), '[^0-9]', '', 'g')
-                  LIKE '%' || nullif(regexp_replace($6, '[^0-9]', '', 'g'), '') || '%')
+                  LIKE '%' || nullif(ltrim(regexp_replace($6, '[^0-9]', '', 'g'), '0'), '') || '%')
         ORDER BY created_at, id
         LIMIT $5
         """,
