@@ -255,6 +255,18 @@ async def test_disabling_a_user_ends_their_sessions(
     await assert_problem(again, 401, "account_disabled")
 
 
+async def test_an_admin_cannot_disable_themselves(
+    client: TestClient[Any, Any], app_pool: asyncpg.Pool, tenant: Tenant
+) -> None:
+    admin = tenant[Role.ADMIN]
+    await make_user(app_pool, tenant.clinic_id, Role.ADMIN)
+    resp = await client.patch(
+        f"/api/v1/users/{admin.user_id}", json={"status": "disabled"}, headers=admin.headers
+    )
+    await assert_problem(resp, 409, "self_lockout")
+    assert (await client.get("/api/v1/me", headers=admin.headers)).status == 200
+
+
 async def test_the_last_admin_cannot_be_demoted(
     client: TestClient[Any, Any], tenant: Tenant
 ) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Sequence
 from datetime import datetime
+from typing import Protocol, TypeVar
 from uuid import UUID
 
 from teleconsult.core.errors import BadRequest, ErrorCode, FieldError
@@ -32,3 +34,21 @@ def decode_cursor(cursor: str | None) -> tuple[datetime, UUID] | None:
             code=ErrorCode.INVALID_CURSOR,
             fields=[FieldError("query.cursor", "invalid cursor")],
         ) from None
+
+
+class Keyed(Protocol):
+    @property
+    def created_at(self) -> datetime: ...
+
+    @property
+    def id(self) -> UUID: ...
+
+
+K = TypeVar("K", bound=Keyed)
+
+
+def cut_page(found: Sequence[K], limit: int) -> tuple[Sequence[K], str | None]:
+    """Split ``limit + 1`` fetched rows into a page and the cursor of the next one."""
+    page = found[:limit]
+    more = len(found) > limit
+    return page, encode_cursor(page[-1].created_at, page[-1].id) if more else None

@@ -29,6 +29,7 @@ class ErrorCode(StrEnum):
     CONFLICT = "conflict"
     EMAIL_TAKEN = "email_taken"
     LAST_ADMIN = "last_admin"
+    SELF_LOCKOUT = "self_lockout"
     INVALID_CURSOR = "invalid_cursor"
     RATE_LIMITED = "rate_limited"
     INTERNAL = "internal_error"

@@ -12,7 +12,7 @@ from pydantic import BaseModel, StringConstraints
 from teleconsult.api.accounts.records import ClinicRecord, IssuedTokens, UserRecord
 from teleconsult.api.accounts.service import AccountService
 from teleconsult.api.models import Body, Email, Limit, Name, PageQuery, Password, Patch, Phone
-from teleconsult.api.pagination import decode_cursor, encode_cursor
+from teleconsult.api.pagination import cut_page, decode_cursor
 from teleconsult.api.policy import Action
 from teleconsult.api.registry import Api, ApiRequest
 from teleconsult.core.identity import Role
@@ -315,8 +315,7 @@ async def list_users(req: ApiRequest) -> UserPage:
     users = await _svc(req).list_users(
         req.principal, roles=roles, after=decode_cursor(query.cursor), limit=query.limit + 1
     )
-    page = users[: query.limit]
-    cursor = encode_cursor(page[-1].created_at, page[-1].id) if len(users) > query.limit else None
+    page, cursor = cut_page(users, query.limit)
     return UserPage(items=[User.of(u) for u in page], next_cursor=cursor)
 
 
@@ -372,7 +371,8 @@ async def get_user(req: ApiRequest) -> User:
 )
 async def update_user(req: ApiRequest) -> User:
     """Role changes are audited. Disabling a user ends their sessions at once. The
-    last active admin of a clinic cannot be demoted or disabled (`last_admin`)."""
+    last active admin of a clinic cannot be demoted or disabled (`last_admin`), and
+    no admin can demote or disable themselves (`self_lockout`)."""
     changes = req.body(UserPatch).changes()
     user = await _svc(req).update_user(req.principal, req.params["user_id"], changes, ip=req.ip)
     return User.of(user)

@@ -484,6 +484,11 @@ class AccountService:
                 raise Conflict(
                     "a clinic must keep at least one active admin", code=ErrorCode.LAST_ADMIN
                 )
+            if loses_admin and user.id == principal.user_id:
+                raise Conflict(
+                    "an admin cannot demote or disable themselves; ask another admin",
+                    code=ErrorCode.SELF_LOCKOUT,
+                )
             effective = {k: v for k, v in changes.items() if getattr(user, k) != v}
             if not effective:
                 return user

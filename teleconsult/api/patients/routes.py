@@ -11,7 +11,7 @@ from pydantic import BaseModel, StringConstraints
 
 from teleconsult.api.accounts.records import UserRecord
 from teleconsult.api.models import Body, Name, PageQuery, Patch, Phone
-from teleconsult.api.pagination import decode_cursor, encode_cursor
+from teleconsult.api.pagination import cut_page, decode_cursor
 from teleconsult.api.patients.service import PatientService
 from teleconsult.api.patients.store import NoteRecord
 from teleconsult.api.policy import Action
@@ -111,8 +111,7 @@ async def list_patients(req: ApiRequest) -> PatientPage:
         limit=query.limit + 1,
         ip=req.ip,
     )
-    page = found[: query.limit]
-    cursor = encode_cursor(page[-1].created_at, page[-1].id) if len(found) > query.limit else None
+    page, cursor = cut_page(found, query.limit)
     return PatientPage(items=[Patient.of(p) for p in page], next_cursor=cursor)
 
 
@@ -164,8 +163,7 @@ async def list_notes(req: ApiRequest) -> NotePage:
         limit=query.limit + 1,
         ip=req.ip,
     )
-    page = notes[: query.limit]
-    cursor = encode_cursor(page[-1].created_at, page[-1].id) if len(notes) > query.limit else None
+    page, cursor = cut_page(notes, query.limit)
     return NotePage(items=[Note.of(n) for n in page], next_cursor=cursor)
 
 
