@@ -123,11 +123,27 @@ async def run_clinic_create(settings: Settings, args: argparse.Namespace) -> int
     return 0
 
 
+async def run_worker_command(settings: Settings) -> int:
+    """Send due notifications until SIGINT/SIGTERM (a server runs one too, unless
+    NOTIFY_IN_SERVER=false)."""
+    from teleconsult.api.scheduling.outbox import run_worker  # noqa: PLC0415
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with _database_dsn(settings) as dsn:
+        _say("notification worker running; press Ctrl-C to stop")
+        await run_worker(dsn, settings.notify, stop=stop)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="teleconsult", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the server")
     sub.add_parser("migrate", help="apply database migrations")
+    sub.add_parser("worker", help="run a notification worker on its own")
     audit = sub.add_parser("audit", help="audit trail tools")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     audit_sub.add_parser("verify", help="check the audit trail's hash chain")
@@ -154,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             asyncio.run(serve(settings))
             return 0
+        if args.command == "worker":
+            return asyncio.run(run_worker_command(settings))
         if args.command == "migrate":
             return asyncio.run(run_migrate(settings))
         if args.command == "audit":

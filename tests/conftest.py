@@ -52,6 +52,9 @@ def settings_env(database_url: str, data_dir: Path, **extra: str) -> dict[str, s
         "LOG_FORMAT": "text",
         # Many test users sign in from 127.0.0.1; per-address limits get their own test.
         "LOGIN_MAX_PER_ADDRESS": "100000",
+        # Tests that inspect the outbox must not race a sender; tests/test_outbox.py
+        # and the in-server test turn it on.
+        "NOTIFY_IN_SERVER": "false",
     }
     env.update(extra)
     return env

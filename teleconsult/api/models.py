@@ -6,9 +6,19 @@ error rather than silently coerced. Models forbid unknown fields.
 
 from __future__ import annotations
 
+import re
+from datetime import date, datetime, time
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 Email = Annotated[
     str,
@@ -22,6 +32,35 @@ Name = Annotated[
 ]
 Phone = Annotated[str, StringConstraints(pattern=r"^\+?[0-9 ()-]{5,32}$")]
 Limit = Annotated[int, Field(ge=1, le=200)]
+
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_ISO_TIME = re.compile(r"\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?")
+_ISO_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}.*")
+
+
+def _iso(pattern: re.Pattern[str], parse: Any, example: str) -> Any:
+    """Accept only ISO 8601 text, parsed here; pydantic alone would read "0" as 1970."""
+
+    def check(value: object) -> object:
+        if isinstance(value, str):
+            if not pattern.fullmatch(value):
+                raise ValueError(f"expected ISO 8601 like {example}")
+            try:
+                return parse(value)
+            except ValueError:
+                raise ValueError(f"expected ISO 8601 like {example}") from None
+        if isinstance(value, int | float):
+            raise ValueError(f"expected an ISO 8601 string like {example}")
+        return value
+
+    return BeforeValidator(check)
+
+
+IsoDate = Annotated[date, _iso(_ISO_DATE, date.fromisoformat, "2026-03-29")]
+IsoTime = Annotated[time, _iso(_ISO_TIME, time.fromisoformat, "09:30")]
+IsoDateTime = Annotated[
+    AwareDatetime, _iso(_ISO_DATETIME, datetime.fromisoformat, "2026-03-29T09:30:00Z")
+]
 Cursor = Annotated[str, StringConstraints(min_length=1, max_length=512)]
 
 

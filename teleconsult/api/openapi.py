@@ -97,7 +97,9 @@ def build_openapi(
                 "name": name,
                 "in": "path",
                 "required": True,
-                "schema": {"type": "string", "format": "uuid"},
+                "schema": {"type": "string", "minLength": 1, "maxLength": 128}
+                if name in op.string_params
+                else {"type": "string", "format": "uuid"},
             }
             for name in op.path_params
         ]
@@ -115,6 +117,17 @@ def build_openapi(
             responses[str(op.status)] = {
                 "description": "Success",
                 "content": {"application/json": {"schema": refs[(op.response, "serialization")]}},
+            }
+        elif op.media_type is not None:
+            responses[str(op.status)] = {
+                "description": "Success",
+                "content": {
+                    op.media_type: {
+                        "schema": {"type": "object"}
+                        if op.media_type.endswith("json")
+                        else {"type": "string"}
+                    }
+                },
             }
         else:
             responses[str(op.status)] = {"description": "Success, no content"}

@@ -44,6 +44,18 @@ class Action(StrEnum):
     NOTE_LIST = "note.list"
     NOTE_CREATE = "note.create"
     AUDIT_LIST = "audit.list"
+    DOCTOR_READ = "doctor.read"
+    DOCTOR_PROFILE_WRITE = "doctor.profile.write"
+    AVAILABILITY_READ = "availability.read"
+    AVAILABILITY_WRITE = "availability.write"
+    SLOT_SEARCH = "slot.search"
+    APPOINTMENT_BOOK = "appointment.book"
+    APPOINTMENT_READ = "appointment.read"
+    APPOINTMENT_CHANGE = "appointment.change"
+    APPOINTMENT_CONFIRM = "appointment.confirm"
+    APPOINTMENT_CONDUCT = "appointment.conduct"
+    FRONT_DESK = "front_desk"
+    CALENDAR_FEED_MANAGE = "calendar_feed.manage"
 
 
 ROLE_RULES: dict[Action, frozenset[Role]] = {
@@ -64,15 +76,33 @@ ROLE_RULES: dict[Action, frozenset[Role]] = {
     Action.NOTE_LIST: CLINICAL | {Role.PATIENT},
     Action.NOTE_CREATE: CLINICAL,
     Action.AUDIT_LIST: ADMIN,
+    # Scheduling. Where a doctor appears, they act on their own calendar only
+    # (ensure_self_or_any); appointments are scoped by Scope.doctor_id.
+    Action.DOCTOR_READ: ALL,
+    Action.DOCTOR_PROFILE_WRITE: ADMIN | {Role.DOCTOR},
+    Action.AVAILABILITY_READ: STAFF,
+    Action.AVAILABILITY_WRITE: frozenset({Role.ADMIN, Role.RECEPTIONIST, Role.DOCTOR}),
+    Action.SLOT_SEARCH: ALL,
+    Action.APPOINTMENT_BOOK: frozenset({Role.PATIENT, Role.RECEPTIONIST, Role.ADMIN, Role.DOCTOR}),
+    Action.APPOINTMENT_READ: ALL,
+    Action.APPOINTMENT_CHANGE: frozenset(
+        {Role.PATIENT, Role.RECEPTIONIST, Role.ADMIN, Role.DOCTOR}
+    ),
+    Action.APPOINTMENT_CONFIRM: frozenset({Role.RECEPTIONIST, Role.ADMIN, Role.DOCTOR}),
+    Action.APPOINTMENT_CONDUCT: frozenset({Role.DOCTOR}),
+    Action.FRONT_DESK: STAFF,
+    Action.CALENDAR_FEED_MANAGE: ADMIN | {Role.DOCTOR},
 }
 
 
 @dataclass(frozen=True)
 class Scope:
-    """Whose object this is: its clinic and, for patient data, the patient."""
+    """Whose object this is: its clinic, for patient data the patient, and for an
+    appointment its doctor (a doctor sees only their own appointments)."""
 
     clinic_id: UUID
     patient_id: UUID | None = None
+    doctor_id: UUID | None = None
 
 
 def is_allowed(role: Role, action: Action) -> bool:
@@ -89,6 +119,8 @@ def in_scope(principal: Principal, scope: Scope) -> bool:
         return False
     if principal.role is Role.PATIENT:
         return scope.patient_id is not None and scope.patient_id == principal.user_id
+    if principal.role is Role.DOCTOR and scope.doctor_id is not None:
+        return scope.doctor_id == principal.user_id
     return True
 
 
@@ -96,3 +128,13 @@ def ensure_in_scope(principal: Principal, scope: Scope | None, what: str) -> Non
     """Raise NotFound when the object is missing (None) or outside the principal's scope."""
     if scope is None or not in_scope(principal, scope):
         raise NotFound(f"{what} not found")
+
+
+def ensure_self_or_any(principal: Principal, target_user_id: UUID, *, self_only: Role) -> None:
+    """Principals of role ``self_only`` may act only on their own ``target_user_id``.
+
+    Used where the object is visible clinic-wide (a doctor's profile, their
+    availability) but a doctor may change only their own.
+    """
+    if principal.role is self_only and principal.user_id != target_user_id:
+        raise Forbidden(f"a {self_only.value} may change only their own")

@@ -107,6 +107,11 @@ class Operation:
     description: str = ""
     # Other answers with a body of their own (not a problem document), e.g. readyz's 503.
     alternatives: tuple[tuple[int, type[BaseModel]], ...] = ()
+    # Path parameters that are opaque strings rather than UUIDs.
+    string_params: tuple[str, ...] = ()
+    # A success body that is not a JSON model: its media type (the handler returns
+    # a web.Response), e.g. text/calendar.
+    media_type: str | None = None
 
     @property
     def path_params(self) -> list[str]:
@@ -134,6 +139,8 @@ class Api:
         status: int = 200,
         errors: tuple[int, ...] = (),
         alternatives: tuple[tuple[int, type[BaseModel]], ...] = (),
+        string_params: tuple[str, ...] = (),
+        media_type: str | None = None,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.operations.append(
@@ -151,6 +158,8 @@ class Api:
                     status=status,
                     errors=errors,
                     alternatives=alternatives,
+                    string_params=string_params,
+                    media_type=media_type,
                     description=(handler.__doc__ or "").strip(),
                 )
             )
@@ -238,6 +247,8 @@ def _wrap(op: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse
             ensure_allowed(principal, op.action)
         params: dict[str, UUID] = {}
         for name in op.path_params:
+            if name in op.string_params:
+                continue
             try:
                 params[name] = UUID(request.match_info[name])
             except ValueError:

@@ -30,6 +30,12 @@ class ErrorCode(StrEnum):
     EMAIL_TAKEN = "email_taken"
     LAST_ADMIN = "last_admin"
     SELF_LOCKOUT = "self_lockout"
+    SLOT_TAKEN = "slot_taken"
+    OUTSIDE_AVAILABILITY = "outside_availability"
+    SERVICE_NOT_OFFERED = "service_not_offered"
+    IN_THE_PAST = "in_the_past"
+    INVALID_TRANSITION = "invalid_transition"
+    STALE_VERSION = "stale_version"
     INVALID_CURSOR = "invalid_cursor"
     RATE_LIMITED = "rate_limited"
     INTERNAL = "internal_error"
@@ -120,6 +126,14 @@ class Conflict(ClientError):
     status = 409
     default_code = ErrorCode.CONFLICT
     title = "Conflict"
+
+
+class Unprocessable(ClientError):
+    """Well-formed, but against a domain rule (outside availability, in the past)."""
+
+    status = 422
+    default_code = ErrorCode.VALIDATION_FAILED
+    title = "Unprocessable request"
 
 
 class PayloadTooLarge(ClientError):

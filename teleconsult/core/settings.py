@@ -149,6 +149,27 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
+class SchedulingSettings:
+    """Consultation join window and reminder offsets."""
+
+    join_before_minutes: int = 15
+    join_after_minutes: int = 30
+    reminder_offsets_minutes: tuple[int, ...] = (24 * 60, 60)
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """Where notifications go: ``log`` (default) or a signed ``webhook``."""
+
+    channel: str = "log"
+    webhook_url: str | None = None
+    webhook_secret: str = field(repr=False, default="")
+    poll_interval: float = 1.0
+    lease_seconds: int = 60
+    run_in_server: bool = True
+
+
+@dataclass(frozen=True)
 class LogSettings:
     level: str = "INFO"
     format: str = "json"
@@ -163,6 +184,9 @@ class Settings:
     mqtt: MqttSettings
     auth: AuthSettings
     log: LogSettings
+    public_url: str = "http://127.0.0.1:8080"
+    scheduling: SchedulingSettings = field(default_factory=SchedulingSettings)
+    notify: NotifySettings = field(default_factory=NotifySettings)
 
     def service_urls(self) -> dict[str, str]:
         """The external services these settings point at, by variable name."""
@@ -234,6 +258,32 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         level=e.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         format=e.choice("LOG_FORMAT", "json", ("json", "text")),
     )
+    offsets_raw = e.text("REMINDER_OFFSETS_MINUTES", "1440,60")
+    try:
+        offsets = tuple(sorted({int(part) for part in offsets_raw.split(",") if part.strip()}))
+    except ValueError:
+        raise ConfigError("REMINDER_OFFSETS_MINUTES", "expected minutes like 1440,60") from None
+    if any(offset <= 0 for offset in offsets):
+        raise ConfigError("REMINDER_OFFSETS_MINUTES", "offsets must be positive")
+    scheduling = SchedulingSettings(
+        join_before_minutes=e.integer("JOIN_BEFORE_MINUTES", 15, minimum=0, maximum=240),
+        join_after_minutes=e.integer("JOIN_AFTER_MINUTES", 30, minimum=0, maximum=240),
+        reminder_offsets_minutes=offsets,
+    )
+    channel = e.choice("NOTIFY_CHANNEL", "log", ("log", "webhook"))
+    webhook_url = e.url("NOTIFY_WEBHOOK_URL", ("http", "https"))
+    if channel == "webhook" and webhook_url is None:
+        raise ConfigError("NOTIFY_WEBHOOK_URL", "required when NOTIFY_CHANNEL=webhook")
+    webhook_secret = e.get("NOTIFY_WEBHOOK_SECRET") or _dev_secret(data_dir, "webhook_secret")
+    notify = NotifySettings(
+        channel=channel,
+        webhook_url=webhook_url,
+        webhook_secret=webhook_secret,
+        poll_interval=e.number("NOTIFY_POLL_INTERVAL", 1.0, minimum=0.05),
+        lease_seconds=e.integer("NOTIFY_LEASE_SECONDS", 60, minimum=1),
+        run_in_server=e.flag("NOTIFY_IN_SERVER", True),
+    )
+    public_url = e.url("PUBLIC_URL", ("http", "https")) or f"http://{http.host}:{http.port}"
     return Settings(
         data_dir=data_dir,
         http=http,
@@ -242,4 +292,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         mqtt=mqtt,
         auth=auth,
         log=log,
+        public_url=public_url.rstrip("/"),
+        scheduling=scheduling,
+        notify=notify,
     )

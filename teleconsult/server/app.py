@@ -27,6 +27,11 @@ from teleconsult.api.registry import (
     Operation,
     mount,
 )
+from teleconsult.api.scheduling import feed_routes, fhir_routes
+from teleconsult.api.scheduling import routes as scheduling_routes
+from teleconsult.api.scheduling.feeds import CalendarFeedService
+from teleconsult.api.scheduling.outbox import BackgroundWorker
+from teleconsult.api.scheduling.service import SchedulingService
 from teleconsult.core import db
 from teleconsult.core.audit import AuditTrail
 from teleconsult.core.bus import Bus, create_bus
@@ -56,6 +61,9 @@ def all_operations() -> list[Operation]:
         *accounts_routes.api.operations,
         *patients_routes.api.operations,
         *audit_routes.api.operations,
+        *scheduling_routes.api.operations,
+        *feed_routes.api.operations,
+        *fhir_routes.api.operations,
     ]
 
 
@@ -125,6 +133,11 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[AUTHENTICATOR] = accounts
     app[patients_routes.PATIENTS] = PatientService(pool=pool, audit=audit)
     app[audit_routes.AUDIT_TRAIL] = audit
+    scheduling = SchedulingService(pool=pool, audit=audit, settings=settings.scheduling)
+    app[scheduling_routes.SCHEDULING] = scheduling
+    app[feed_routes.FEEDS] = CalendarFeedService(
+        pool=pool, audit=audit, scheduling=scheduling, public_url=settings.public_url
+    )
 
     async def database_ok() -> bool:
         return await db.ping(pool)
@@ -154,6 +167,7 @@ def create_app(settings: Settings) -> web.Application:
     app[METRICS] = metrics
     app[MAX_BODY_BYTES] = settings.http.max_body_bytes
     app[TRUST_FORWARDED_FOR] = settings.http.trust_forwarded_for
+    app[scheduling_routes.PUBLIC_URL] = settings.public_url
 
     operations = all_operations()
     mount(app, operations)
@@ -162,8 +176,23 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/metrics", metrics.handler, name="metrics")
 
     _add_resources(app)
+    app.cleanup_ctx.append(_notifications)
     app.cleanup_ctx.append(EventLoopLagMonitor(metrics).cleanup_ctx)
     return app
+
+
+async def _notifications(app: web.Application) -> AsyncIterator[None]:
+    """Send due notifications from this process (several processes may: leases)."""
+    settings = app[SETTINGS].notify
+    if not settings.run_in_server:
+        yield
+        return
+    worker = BackgroundWorker(settings)
+    await worker.start(app[POOL])
+    try:
+        yield
+    finally:
+        await worker.stop()
 
 
 def _add_resources(app: web.Application) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -11,7 +11,17 @@ from pydantic import BaseModel, StringConstraints
 
 from teleconsult.api.accounts.records import ClinicRecord, IssuedTokens, UserRecord
 from teleconsult.api.accounts.service import AccountService
-from teleconsult.api.models import Body, Email, Limit, Name, PageQuery, Password, Patch, Phone
+from teleconsult.api.models import (
+    Body,
+    Email,
+    IsoDate,
+    Limit,
+    Name,
+    PageQuery,
+    Password,
+    Patch,
+    Phone,
+)
 from teleconsult.api.pagination import cut_page, decode_cursor
 from teleconsult.api.policy import Action
 from teleconsult.api.registry import Api, ApiRequest
@@ -99,7 +109,7 @@ class RegisterBody(Body):
     password: Password
     full_name: Name
     phone: Phone | None = None
-    date_of_birth: date | None = None
+    date_of_birth: IsoDate | None = None
 
 
 class MePatch(Patch):

@@ -10,7 +10,7 @@ from aiohttp import web
 from pydantic import BaseModel, StringConstraints
 
 from teleconsult.api.accounts.records import UserRecord
-from teleconsult.api.models import Body, Name, PageQuery, Patch, Phone
+from teleconsult.api.models import Body, IsoDate, Name, PageQuery, Patch, Phone
 from teleconsult.api.pagination import cut_page, decode_cursor
 from teleconsult.api.patients.service import PatientService
 from teleconsult.api.patients.store import NoteRecord
@@ -58,7 +58,7 @@ class PatientPatch(Patch):
     nullable_fields = {"phone", "date_of_birth"}
     full_name: Name | None = None
     phone: Phone | None = None
-    date_of_birth: date | None = None
+    date_of_birth: IsoDate | None = None
 
 
 class Note(BaseModel):

@@ -1,0 +1,591 @@
+"""Authenticated ``GET /api/v1/me``: the whole teleconsult stack against its ceiling.
+
+Run: ``.venv/bin/python -m bench.api_requests [--duration 10] [--concurrency 32]
+[--rate R] [--targets teleconsult,reference] [--json PATH]``.
+
+One invocation makes a fresh database with a clinic and ``--users`` signed-in
+patients, then, one target after the other, starts the target's server in its
+own subprocess on 127.0.0.1 (pinned to one core, the generator to another),
+drives it closed-loop (and open-loop with ``--rate``), and stops it. The
+targets (see ``bench/servers.py``):
+
+* ``teleconsult`` -- ``teleconsult serve`` as deployed (INFO access log on);
+* ``teleconsult-quiet`` -- the same with ``LOG_LEVEL=WARNING`` (no access log);
+* ``reference`` -- bare aiohttp + pyjwt + one asyncpg ``SELECT``: the ceiling;
+* ``reference-nodb`` -- the reference without the query.
+
+A result is flagged invalid when the generator itself used >= 90 % of a core
+(then it measured the generator) or when any request failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import secrets
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import asyncpg
+
+from bench.cpu import CpuProbe, background_busy
+from bench.loadgen import GENERATOR_CPU_LIMIT, LoadSpec, Window, percentile, run_load
+from teleconsult.api.accounts import store
+from teleconsult.core.identity import Role
+from teleconsult.core.migrations import migrate
+from teleconsult.core.tokens import TokenService, hash_refresh_token, new_refresh_token
+
+ADMIN_DSN = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+HOST = "127.0.0.1"
+PATH = "/api/v1/me"
+ISSUER = "teleconsult"
+# CPU (share of a core) taken by neither generator, server nor database above which
+# a result is marked noisy: on a shared machine, someone else's work was running.
+NOISE_LIMIT = 0.25
+REPO = Path(__file__).resolve().parent.parent
+
+# (server kind, extra environment) per target name.
+TARGETS: dict[str, tuple[str, dict[str, str]]] = {
+    "teleconsult": ("teleconsult", {"LOG_LEVEL": "INFO"}),
+    "teleconsult-quiet": ("teleconsult", {"LOG_LEVEL": "WARNING"}),
+    "reference": ("reference", {}),
+    "reference-nodb": ("reference-nodb", {}),
+}
+# Settings the parent's environment must not leak into a server.
+_SCRUBBED = ("REDIS_URL", "MQTT_URL", "LOG_LEVEL", "LOG_FORMAT", "HOST", "PORT")
+
+
+@dataclass
+class Fixture:
+    dsn: str
+    secret: str
+    headers: list[dict[str, str]]
+
+
+@dataclass
+class Result:
+    target: str
+    mode: str
+    round: int
+    requests: int
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    p999_ms: float
+    max_ms: float
+    errors: int
+    error_kinds: dict[str, int]
+    generator_cpu: float
+    server_cpu: float
+    database_cpu: float
+    core_busy: dict[str, float]
+    other_cpu: float  # every core's busy time less generator, server and database
+    target_rate: float | None
+    invalid: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    noisy: bool = False  # something outside the benchmark took a noticeable share of CPU
+
+
+# --- database -------------------------------------------------------------------------
+
+
+def _dsn_for(database: str) -> str:
+    return urlunsplit(urlsplit(ADMIN_DSN)._replace(path=f"/{database}"))
+
+
+async def prepare_database(users: int) -> Fixture:
+    """A fresh migrated database, one clinic, ``users`` patients each with a live session."""
+    name = f"tc_bench_{os.getpid()}_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    dsn = _dsn_for(name)
+    secret = secrets.token_urlsafe(48)
+    tokens = TokenService(secret=secret, issuer=ISSUER, access_ttl=3600)
+    headers: list[dict[str, str]] = []
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn)
+        clinic = await store.insert_clinic(conn, name="Bench Clinic", timezone="UTC")
+        expires = datetime.now(UTC) + timedelta(days=1)
+        for i in range(users):
+            user = await store.insert_user(
+                conn,
+                clinic_id=clinic.id,
+                email=f"bench-{i}@example.test",
+                password_hash="!unusable",  # nobody signs in with a password here
+                role=Role.PATIENT,
+                full_name=f"Bench Patient {i}",
+                phone="+254700000000",
+            )
+            assert user is not None
+            session_id = await store.create_session(
+                conn,
+                user_id=user.id,
+                expires_at=expires,
+                token_hash=hash_refresh_token(new_refresh_token()),
+            )
+            token = tokens.mint_access(user_id=user.id, session_id=session_id)
+            headers.append({"Authorization": f"Bearer {token}"})
+    finally:
+        await conn.close()
+    return Fixture(dsn=dsn, secret=secret, headers=headers)
+
+
+async def drop_database(dsn: str) -> None:
+    name = urlsplit(dsn).path.lstrip("/")
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+# --- servers --------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Server:
+    """One target's server subprocess; always stopped by ``stop``."""
+
+    def __init__(self, target: str, fixture: Fixture, cpu: int | None, pool_max: int) -> None:
+        kind, extra = TARGETS[target]
+        self.target = target
+        self.port = _free_port()
+        self.url = f"http://{HOST}:{self.port}{PATH}"
+        self._dir = tempfile.TemporaryDirectory(prefix=f"bench-{target}-")
+        self.log_path = Path(self._dir.name) / "server.log"
+        env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
+        env.update(
+            HOST=HOST,
+            PORT=str(self.port),
+            DATABASE_URL=fixture.dsn,
+            DATABASE_POOL_MIN="1",
+            DATABASE_POOL_MAX=str(pool_max),
+            JWT_SECRET=fixture.secret,
+            JWT_ISSUER=ISSUER,
+            ACCESS_TOKEN_TTL="3600",
+            TELECONSULT_DATA_DIR=str(Path(self._dir.name) / "data"),
+            LOG_FORMAT="json",
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(extra)
+        command = [sys.executable, "-m", "bench.servers", kind, "--max-seconds", "900"]
+        if cpu is not None:
+            command += ["--cpu", str(cpu)]
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def log_tail(self, lines: int = 20) -> str:
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    async def wait_ready(self, headers: dict[str, str], within: float = 60.0) -> None:
+        deadline = time.monotonic() + within
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.target} exited early:\n{self.log_tail()}")
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
+                    async with session.get(self.url, headers=headers) as resp:
+                        body = await resp.text()
+                        if resp.status == 200:
+                            return
+                        raise RuntimeError(f"{self.target} answered {resp.status}: {body}")
+                await asyncio.sleep(0.2)
+        raise RuntimeError(f"{self.target} not ready after {within} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        try:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(timeout=5)
+        finally:
+            self._log.close()
+            self._dir.cleanup()
+
+
+# --- the run --------------------------------------------------------------------------
+
+
+def _result(
+    target: str,
+    round_no: int,
+    window: Window,
+    probe: CpuProbe,
+    rate: float | None,
+    errors_ok: bool,
+) -> Result:
+    lat = window.latencies
+    completed = len(lat) + window.error_count
+    ms = 1e3
+    result = Result(
+        target=target,
+        mode=window.mode,
+        round=round_no,
+        requests=completed,
+        rps=window.completed / window.wall if window.wall else 0.0,
+        p50_ms=percentile(lat, 50) * ms,
+        p90_ms=percentile(lat, 90) * ms,
+        p99_ms=percentile(lat, 99) * ms,
+        p999_ms=percentile(lat, 99.9) * ms,
+        max_ms=(lat[-1] if lat else float("nan")) * ms,
+        errors=window.error_count,
+        error_kinds=dict(window.errors),
+        generator_cpu=window.generator_cpu,
+        server_cpu=probe.server,
+        database_cpu=probe.database_cpu,
+        core_busy=probe.cores,
+        other_cpu=sum(probe.cores.values())
+        - window.generator_cpu
+        - probe.server
+        - probe.database_cpu,
+        target_rate=rate,
+    )
+    if window.generator_cpu >= GENERATOR_CPU_LIMIT:
+        result.invalid.append(
+            f"generator used {window.generator_cpu:.0%} of a core "
+            f"(limit {GENERATOR_CPU_LIMIT:.0%}): it measured itself"
+        )
+    if rate is not None and result.rps < 0.95 * rate:
+        result.notes.append(
+            f"open loop: {result.rps:.0f} of {rate:g} req/s answered in the window -- over "
+            "capacity, so latencies are mostly queueing"
+        )
+    if window.max_send_lag > 0.005:
+        result.notes.append(
+            f"open loop: the generator sent up to {window.max_send_lag * 1e3:.1f} ms late "
+            "(counted in the latencies)"
+        )
+    if result.other_cpu > NOISE_LIMIT:
+        result.noisy = True
+        result.notes.append(
+            f"{result.other_cpu:.0%} of a core went to neither generator, server nor database "
+            "(kernel, other processes): noisy"
+        )
+    if window.error_count and not errors_ok:
+        result.invalid.append(f"{window.error_count} failed requests: {dict(window.errors)}")
+    return result
+
+
+async def bench_target(
+    target: str,
+    round_no: int,
+    fixture: Fixture,
+    args: argparse.Namespace,
+    cores: tuple[int, int] | None,
+) -> list[Result]:
+    if args.quiet_wait > 0:
+        await _wait_for_quiet(args.quiet_wait)
+    server = Server(target, fixture, cores[1] if cores else None, args.pool_max)
+    monitor: asyncpg.Connection | None = None
+    try:
+        await server.wait_ready(fixture.headers[0])
+        monitor = await asyncpg.connect(fixture.dsn)
+        database = urlsplit(fixture.dsn).path.lstrip("/")
+        rates: list[float | None] = [None] + ([args.rate] if args.rate else [])
+        results = []
+        for rate in rates:
+            probe = CpuProbe(server.proc.pid, monitor, database)
+            spec = LoadSpec(
+                url=server.url,
+                headers=fixture.headers,
+                concurrency=args.concurrency,
+                warmup=args.warmup,
+                duration=args.duration,
+                rate=rate,
+                timeout=args.timeout,
+            )
+            window = await run_load(spec, target, probe)
+            results.append(_result(target, round_no, window, probe, rate, args.allow_errors))
+            if server.proc.poll() is not None:
+                raise RuntimeError(f"{target} died during the run:\n{server.log_tail()}")
+        return results
+    finally:
+        if monitor is not None:
+            await monitor.close()
+        server.stop()
+
+
+async def _wait_for_quiet(bound: float) -> None:
+    """On a shared machine, wait (at most ``bound`` s) until the others are idle."""
+    started = time.monotonic()
+    said = False
+    while True:
+        busy = sum((await background_busy()).values())
+        waited = time.monotonic() - started
+        if busy <= NOISE_LIMIT or waited >= bound:
+            if said or busy > NOISE_LIMIT:
+                state = "idle" if busy <= NOISE_LIMIT else f"still busy ({busy:.0%} of a core)"
+                print(f"machine {state} after {waited:.0f} s", file=sys.stderr)
+            return
+        if not said:
+            print(f"machine busy ({busy:.0%} of a core): waiting", file=sys.stderr)
+            said = True
+
+
+def ratios(results: list[Result]) -> list[dict[str, Any]]:
+    """Each target against ``reference`` in the same mode and round: throughput and p99."""
+    found = []
+    refs = {(r.mode, r.round): r for r in results if r.target == "reference"}
+    for r in results:
+        ref = refs.get((r.mode, r.round))
+        if ref is None or r is ref:
+            continue
+        found.append(
+            {
+                "target": r.target,
+                "mode": r.mode,
+                "round": r.round,
+                "throughput_ratio": r.rps / ref.rps if ref.rps else float("nan"),
+                "p99_ratio": r.p99_ms / ref.p99_ms if ref.p99_ms else float("nan"),
+            }
+        )
+    return found
+
+
+def machine(cores: tuple[int, int] | None) -> dict[str, Any]:
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    from importlib.metadata import version
+
+    return {
+        "nproc": len(os.sched_getaffinity(0)),  # called before the generator pins itself
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "aiohttp": version("aiohttp"),
+        "asyncpg": version("asyncpg"),
+        "pyjwt": version("pyjwt"),
+        "pinning": (
+            {"load_generator_core": cores[0], "server_core": cores[1]}
+            if cores
+            else "none (fewer than 2 cores)"
+        ),
+    }
+
+
+def _mode(r: Result) -> str:
+    return r.mode if r.target_rate is None else f"open@{r.target_rate:g}"
+
+
+def _validity(r: Result) -> str:
+    return "INVALID" if r.invalid else "noisy" if r.noisy else "yes"
+
+
+def _label(target: str, round_no: int, rounds: int) -> str:
+    return target if rounds == 1 else f"{target} #{round_no}"
+
+
+def _per_request_us(cpu: float, rps: float) -> float:
+    return cpu / rps * 1e6 if rps else float("nan")
+
+
+def format_table(results: list[Result], found_ratios: list[dict[str, Any]]) -> str:
+    """Throughput and latency first, then the ratios, then where the CPU went."""
+    rounds = max((r.round for r in results), default=1)
+    width = 18 if rounds == 1 else 22
+
+    def name(target: str, round_no: int) -> str:
+        return f"{_label(target, round_no, rounds):<{width}}"
+
+    head = (
+        f"{'target':<{width}} {'mode':<10} {'req/s':>7} {'p50 ms':>7} {'p90 ms':>7} "
+        f"{'p99 ms':>7} {'p99.9 ms':>8} {'max ms':>7} {'errors':>6}  valid"
+    )
+    lines = [head, "-" * len(head)]
+    for r in results:
+        lines.append(
+            f"{name(r.target, r.round)} {_mode(r):<10} {r.rps:>7.0f} {r.p50_ms:>7.2f} "
+            f"{r.p90_ms:>7.2f} {r.p99_ms:>7.2f} {r.p999_ms:>8.2f} {r.max_ms:>7.2f} "
+            f"{r.errors:>6}  {_validity(r)}"
+        )
+    for r in results:
+        for reason in r.invalid:
+            lines.append(f"  ! {_label(r.target, r.round, rounds)} {_mode(r)}: {reason}")
+        for note in r.notes:
+            lines.append(f"  - {_label(r.target, r.round, rounds)} {_mode(r)}: {note}")
+    if found_ratios:
+        lines.append("")
+        lines.append("vs reference, same mode and round:")
+        for ratio in found_ratios:
+            lines.append(
+                f"  {name(ratio['target'], ratio['round'])} {ratio['mode']:<7} "
+                f"throughput x{ratio['throughput_ratio']:.2f}   p99 x{ratio['p99_ratio']:.2f}"
+            )
+    lines.append("")
+    head = (
+        f"{'CPU, share of one core':<{width + 11}} {'gen':>5} {'server':>6} {'db':>5} "
+        f"{'other':>5} {'core0':>5} {'core1':>5}  {'server us/req':>13} {'db us/req':>9}"
+    )
+    lines += [head, "-" * len(head)]
+    for r in results:
+        busy = [r.core_busy[core] for core in sorted(r.core_busy)]
+        cores = " ".join(f"{b:>5.0%}" for b in busy[:2])
+        lines.append(
+            f"{name(r.target, r.round)} {_mode(r):<10} {r.generator_cpu:>5.0%} "
+            f"{r.server_cpu:>6.0%} {r.database_cpu:>5.0%} {r.other_cpu:>5.0%} {cores:>11}  "
+            f"{_per_request_us(r.server_cpu, r.rps):>13.0f} "
+            f"{_per_request_us(r.database_cpu, r.rps):>9.0f}"
+        )
+    return "\n".join(lines)
+
+
+def _pick_cores() -> tuple[int, int] | None:
+    """(load generator core, server core), or None on a single core."""
+    available = sorted(os.sched_getaffinity(0))
+    return (available[0], available[1]) if len(available) >= 2 else None
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    # SIGINT or SIGTERM cancel the run, so the ``finally`` clauses stop the
+    # servers and drop the database.
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, main_task.cancel)
+    cores = _pick_cores()
+    host = machine(cores)
+    host["busy_before_run"] = await background_busy()
+    fixture = await prepare_database(args.users)
+    results: list[Result] = []
+    try:
+        if cores:
+            os.sched_setaffinity(0, {cores[0]})
+        for round_no in range(1, args.rounds + 1):
+            for target in args.targets:
+                results.extend(await bench_target(target, round_no, fixture, args, cores))
+    finally:
+        await drop_database(fixture.dsn)
+    found_ratios = ratios(results)
+    return {
+        "benchmark": "api_requests: authenticated GET /api/v1/me",
+        "command": shlex.join([sys.executable, "-m", "bench.api_requests", *sys.argv[1:]]),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": host,
+        "params": {
+            "duration": args.duration,
+            "warmup": args.warmup,
+            "concurrency": args.concurrency,
+            "rate": args.rate,
+            "users": args.users,
+            "pool_max": args.pool_max,
+            "targets": args.targets,
+            "rounds": args.rounds,
+            "quiet_wait": args.quiet_wait,
+        },
+        "results": [asdict(r) for r in results],
+        "ratios": found_ratios,
+        "table": format_table(results, found_ratios),
+    }
+
+
+def _targets(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in TARGETS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(TARGETS)}; got {text!r}")
+    return names
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.api_requests",
+        description="Authenticated GET /api/v1/me: teleconsult against a bare-aiohttp reference.",
+    )
+    parser.add_argument("--duration", type=_positive, default=10.0, help="measured seconds")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
+    parser.add_argument("--concurrency", type=int, default=32, help="connections / workers")
+    parser.add_argument("--rate", type=_positive, default=None, help="also run open loop at R/s")
+    parser.add_argument("--users", type=int, default=64, help="signed-in users to cycle through")
+    parser.add_argument("--pool-max", type=int, default=10, help="database pool size (both)")
+    parser.add_argument("--timeout", type=_positive, default=10.0, help="per-request timeout")
+    parser.add_argument(
+        "--targets",
+        type=_targets,
+        default=["teleconsult", "reference"],
+        help=f"comma-separated, run in this order; from {', '.join(TARGETS)}",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run the target list this many times, in order"
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        help="before each target, wait up to this many seconds for an idle machine",
+    )
+    parser.add_argument("--allow-errors", action="store_true", help="errors do not invalidate")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = parser.parse_args(argv)
+    if min(args.concurrency, args.users, args.pool_max, args.rounds) < 1 or args.warmup < 0:
+        parser.error("--concurrency, --users, --pool-max, --rounds must be >= 1, --warmup >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        report = asyncio.run(run(args))
+    except asyncio.CancelledError:
+        print("interrupted: servers stopped, database dropped", file=sys.stderr)
+        return 130
+    host = report["machine"]
+    before = ", ".join(f"{core} {busy:.0%}" for core, busy in host["busy_before_run"].items())
+    print(
+        f"{host['nproc']} cores ({host['cpu_model']}), Python {host['python']}, "
+        f"pinning: {host['pinning']}; busy before the run: {before}"
+    )
+    if any(busy > 0.2 for busy in host["busy_before_run"].values()):
+        print("! something else was using the machine before the run: expect noise")
+    print(report["table"])
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"results written to {args.json}")
+    return 1 if any(r["invalid"] for r in report["results"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

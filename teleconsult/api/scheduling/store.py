@@ -1,0 +1,845 @@
+"""SQL for doctor profiles, availability, appointments, consultations, the outbox, feeds.
+
+Double-booking is refused by the database (the exclusion constraints of
+migration 0003), not by a read-then-write here: ``insert_appointment``,
+``reschedule`` and ``transition`` raise :class:`SlotTaken` when a constraint
+fires. The functions take a pool or a connection; on a connection inside a
+transaction, the guarded writes run in a savepoint so a refused booking leaves
+the outer transaction usable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import date, datetime, time, timedelta
+from typing import Any, Literal, TypeAlias
+from uuid import UUID
+
+import asyncpg
+
+from teleconsult.api.scheduling.records import (
+    ACTIVE_STATUSES,
+    Appointment,
+    AppointmentStatus,
+    AvailabilityException,
+    AvailabilityRule,
+    CalendarFeed,
+    Consultation,
+    ConsultationStatus,
+    DoctorProfile,
+    ExceptionKind,
+    NewNotification,
+    OutboxItem,
+    RuleKind,
+    ServiceKind,
+)
+from teleconsult.core.errors import TeleconsultError
+
+logger = logging.getLogger(__name__)
+
+Conn: TypeAlias = "asyncpg.Connection | asyncpg.Pool"
+
+SlotOwner = Literal["doctor", "patient"]
+
+_OVERLAP_CONSTRAINTS: dict[str, SlotOwner] = {
+    "appointments_doctor_no_overlap": "doctor",
+    "appointments_patient_no_overlap": "patient",
+}
+_MOVABLE = (AppointmentStatus.REQUESTED, AppointmentStatus.CONFIRMED)
+
+# Two transactions writing overlapping rows at the same moment can each wait for
+# the other inside the exclusion check, and PostgreSQL then aborts one as a
+# deadlock, again and again under contention. So writers that may enter the
+# check first queue on transaction-level advisory locks, always the doctor's
+# then the patient's (separate key spaces: a consistent order, no cycle). The
+# constraints still decide; the locks only make the losers fail with the
+# exclusion violation, after the winner committed. Deadlocks the locks cannot
+# prevent (a caller's transaction holding other locks) are retried.
+_LOCK_DOCTOR = 0x74636472  # "tcdr", the first key of pg_advisory_xact_lock(int, int)
+_LOCK_PATIENT = 0x74637074  # "tcpt"
+_LOCK_PEOPLE = (
+    "SELECT pg_advisory_xact_lock($1, hashtext($3::uuid::text)), "
+    "pg_advisory_xact_lock($2, hashtext($4::uuid::text))"
+)
+_LOCK_APPOINTMENT = (
+    "SELECT pg_advisory_xact_lock($1, hashtext(doctor_id::text)), "
+    "pg_advisory_xact_lock($2, hashtext(patient_id::text)) FROM appointments WHERE id = $3"
+)
+_DEADLOCK_ATTEMPTS = 3
+
+
+class SlotTaken(TeleconsultError):
+    """The time overlaps an active appointment of the same doctor or patient."""
+
+    def __init__(self, which: SlotOwner) -> None:
+        super().__init__(f"the {which} already has an appointment at that time")
+        self.which: SlotOwner = which
+
+
+class NoDoctorProfile(TeleconsultError):
+    """The doctor has no profile in the clinic, so cannot be booked."""
+
+
+@contextmanager
+def _slot_taken_on_overlap() -> Iterator[None]:
+    try:
+        yield
+    except asyncpg.exceptions.ExclusionViolationError as exc:
+        which = _OVERLAP_CONSTRAINTS.get(exc.constraint_name or "")
+        if which is None:
+            raise
+        raise SlotTaken(which) from exc
+
+
+async def _guarded_fetchrow(
+    conn: Conn, lock: tuple[str, list[Any]] | None, query: str, *args: Any
+) -> asyncpg.Record | None:
+    """Run one write the overlap constraints may refuse, after taking ``lock``.
+
+    ``lock`` is (_LOCK_PEOPLE, [doctor_id, patient_id]) or (_LOCK_APPOINTMENT,
+    [appointment_id]); None for writes that cannot enter an overlap check.
+    The write runs in a transaction, or in a savepoint of the caller's.
+    """
+    if isinstance(conn, asyncpg.Pool):
+        async with conn.acquire() as connection:
+            return await _guarded_fetchrow(connection, lock, query, *args)
+    for attempt in range(1, _DEADLOCK_ATTEMPTS + 1):
+        try:
+            with _slot_taken_on_overlap():
+                async with conn.transaction():
+                    if lock is not None:
+                        await conn.execute(lock[0], _LOCK_DOCTOR, _LOCK_PATIENT, *lock[1])
+                    row: asyncpg.Record | None = await conn.fetchrow(query, *args)
+                    return row
+        except asyncpg.exceptions.DeadlockDetectedError:
+            if attempt == _DEADLOCK_ATTEMPTS:
+                raise
+            logger.warning("overlap check deadlocked (attempt %s); retrying", attempt)
+    raise AssertionError("unreachable")
+
+
+def _status_count(status: str) -> int:
+    """Rows affected, from a command tag such as ``UPDATE 3``."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+# --- doctor profiles ------------------------------------------------------------------
+
+_DOCTOR_COLUMNS = (
+    "p.user_id, p.clinic_id, u.full_name, p.specialties, p.languages, "
+    "p.consultation_minutes, p.buffer_minutes, p.fee_cents, p.currency, "
+    "p.services::text[] AS services, p.bio, p.created_at, p.updated_at"
+)
+
+
+def _doctor(row: asyncpg.Record) -> DoctorProfile:
+    values = dict(row)
+    values["specialties"] = tuple(values["specialties"])
+    values["languages"] = tuple(values["languages"])
+    values["services"] = tuple(ServiceKind(s) for s in values["services"])
+    return DoctorProfile(**values)
+
+
+async def upsert_doctor_profile(
+    conn: Conn,
+    *,
+    user_id: UUID,
+    clinic_id: UUID,
+    specialties: Sequence[str],
+    languages: Sequence[str],
+    consultation_minutes: int,
+    buffer_minutes: int,
+    fee_cents: int,
+    currency: str,
+    services: Sequence[ServiceKind],
+    bio: str | None = None,
+) -> DoctorProfile | None:
+    """Create or replace a doctor's profile; None when the user is not a doctor of the clinic."""
+    row = await conn.fetchrow(
+        f"""
+        WITH p AS (
+            INSERT INTO doctor_profiles (
+                user_id, clinic_id, specialties, languages, consultation_minutes,
+                buffer_minutes, fee_cents, currency, services, bio
+            )
+            SELECT id, clinic_id, $3, $4, $5, $6, $7, $8, $9::text[]::service_kind[], $10
+            FROM users WHERE id = $1 AND clinic_id = $2 AND role = 'doctor'
+            ON CONFLICT (user_id) DO UPDATE SET
+                specialties = EXCLUDED.specialties,
+                languages = EXCLUDED.languages,
+                consultation_minutes = EXCLUDED.consultation_minutes,
+                buffer_minutes = EXCLUDED.buffer_minutes,
+                fee_cents = EXCLUDED.fee_cents,
+                currency = EXCLUDED.currency,
+                services = EXCLUDED.services,
+                bio = EXCLUDED.bio,
+                updated_at = now()
+            RETURNING *
+        )
+        SELECT {_DOCTOR_COLUMNS} FROM p JOIN users u ON u.id = p.user_id
+        """,
+        user_id,
+        clinic_id,
+        list(specialties),
+        list(languages),
+        consultation_minutes,
+        buffer_minutes,
+        fee_cents,
+        currency,
+        [ServiceKind(s).value for s in services],
+        bio,
+    )
+    return _doctor(row) if row else None
+
+
+async def get_doctor_profile(conn: Conn, user_id: UUID) -> DoctorProfile | None:
+    row = await conn.fetchrow(
+        f"SELECT {_DOCTOR_COLUMNS} FROM doctor_profiles p JOIN users u ON u.id = p.user_id "
+        "WHERE p.user_id = $1",
+        user_id,
+    )
+    return _doctor(row) if row else None
+
+
+async def list_doctors(
+    conn: Conn,
+    clinic_id: UUID,
+    *,
+    service: ServiceKind | None = None,
+    include_disabled: bool = False,
+) -> list[DoctorProfile]:
+    """The clinic's doctors with a profile, by name; disabled accounts left out unless asked."""
+    rows = await conn.fetch(
+        f"""
+        SELECT {_DOCTOR_COLUMNS} FROM doctor_profiles p JOIN users u ON u.id = p.user_id
+        WHERE p.clinic_id = $1
+          AND ($2::text IS NULL OR $2::text::service_kind = ANY(p.services))
+          AND ($3 OR u.status = 'active')
+        ORDER BY u.full_name, p.user_id
+        """,
+        clinic_id,
+        service.value if service else None,
+        include_disabled,
+    )
+    return [_doctor(row) for row in rows]
+
+
+# --- availability ---------------------------------------------------------------------
+
+_RULE_COLUMNS = (
+    "id, doctor_id, weekday, start_time, end_time, valid_from, valid_until, kind, created_at"
+)
+_EXCEPTION_COLUMNS = "id, doctor_id, starts_at, ends_at, kind, note, created_at"
+
+
+async def add_availability_rule(
+    conn: Conn,
+    *,
+    doctor_id: UUID,
+    weekday: int,
+    start_time: time,
+    end_time: time,
+    kind: RuleKind = "work",
+    valid_from: date | None = None,
+    valid_until: date | None = None,
+) -> AvailabilityRule:
+    row = await conn.fetchrow(
+        f"""
+        INSERT INTO availability_rules
+            (doctor_id, weekday, start_time, end_time, kind, valid_from, valid_until)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        RETURNING {_RULE_COLUMNS}
+        """,
+        doctor_id,
+        weekday,
+        start_time,
+        end_time,
+        kind,
+        valid_from,
+        valid_until,
+    )
+    assert row is not None
+    return AvailabilityRule(**dict(row))
+
+
+async def list_availability_rules(conn: Conn, doctor_id: UUID) -> list[AvailabilityRule]:
+    rows = await conn.fetch(
+        f"SELECT {_RULE_COLUMNS} FROM availability_rules WHERE doctor_id = $1 "
+        "ORDER BY weekday, start_time, id",
+        doctor_id,
+    )
+    return [AvailabilityRule(**dict(row)) for row in rows]
+
+
+async def delete_availability_rule(conn: Conn, *, doctor_id: UUID, rule_id: UUID) -> bool:
+    status = await conn.execute(
+        "DELETE FROM availability_rules WHERE id = $1 AND doctor_id = $2", rule_id, doctor_id
+    )
+    return _status_count(status) == 1
+
+
+async def add_availability_exception(
+    conn: Conn,
+    *,
+    doctor_id: UUID,
+    starts_at: datetime,
+    ends_at: datetime,
+    kind: ExceptionKind,
+    note: str | None = None,
+) -> AvailabilityException:
+    row = await conn.fetchrow(
+        f"""
+        INSERT INTO availability_exceptions (doctor_id, starts_at, ends_at, kind, note)
+        VALUES ($1, $2, $3, $4, $5)
+        RETURNING {_EXCEPTION_COLUMNS}
+        """,
+        doctor_id,
+        starts_at,
+        ends_at,
+        kind,
+        note,
+    )
+    assert row is not None
+    return AvailabilityException(**dict(row))
+
+
+async def list_availability_exceptions(
+    conn: Conn, doctor_id: UUID, start: datetime, end: datetime
+) -> list[AvailabilityException]:
+    """Exceptions overlapping ``[start, end)``."""
+    rows = await conn.fetch(
+        f"""
+        SELECT {_EXCEPTION_COLUMNS} FROM availability_exceptions
+        WHERE doctor_id = $1 AND starts_at < $3 AND ends_at > $2
+        ORDER BY starts_at, id
+        """,
+        doctor_id,
+        start,
+        end,
+    )
+    return [AvailabilityException(**dict(row)) for row in rows]
+
+
+async def delete_availability_exception(conn: Conn, *, doctor_id: UUID, exception_id: UUID) -> bool:
+    status = await conn.execute(
+        "DELETE FROM availability_exceptions WHERE id = $1 AND doctor_id = $2",
+        exception_id,
+        doctor_id,
+    )
+    return _status_count(status) == 1
+
+
+# --- appointments ---------------------------------------------------------------------
+
+_APPOINTMENT_COLUMNS = (
+    "id, clinic_id, doctor_id, patient_id, service::text AS service, starts_at, ends_at, "
+    "buffer_minutes, status, cancel_reason, checked_in_at, created_by, created_at, "
+    "updated_at, version"
+)
+
+
+def _appointment(row: asyncpg.Record) -> Appointment:
+    values = dict(row)
+    values["service"] = ServiceKind(values["service"])
+    values["status"] = AppointmentStatus(values["status"])
+    return Appointment(**values)
+
+
+async def insert_appointment(
+    conn: Conn,
+    *,
+    clinic_id: UUID,
+    doctor_id: UUID,
+    patient_id: UUID,
+    service: ServiceKind,
+    starts_at: datetime,
+    ends_at: datetime,
+    created_by: UUID | None,
+    status: AppointmentStatus = AppointmentStatus.REQUESTED,
+) -> Appointment:
+    """Book ``[starts_at, ends_at)``; the doctor's current buffer is copied onto the row.
+
+    Raises SlotTaken when the doctor (with buffers) or the patient is busy then,
+    and NoDoctorProfile when the doctor has no profile in the clinic.
+    """
+    row = await _guarded_fetchrow(
+        conn,
+        (_LOCK_PEOPLE, [doctor_id, patient_id]),
+        f"""
+        INSERT INTO appointments (
+            clinic_id, doctor_id, patient_id, service, starts_at, ends_at,
+            buffer_minutes, status, created_by
+        )
+        SELECT $1, p.user_id, $3, $4::text::service_kind, $5, $6, p.buffer_minutes, $7, $8
+        FROM doctor_profiles p WHERE p.user_id = $2 AND p.clinic_id = $1
+        RETURNING {_APPOINTMENT_COLUMNS}
+        """,
+        clinic_id,
+        doctor_id,
+        patient_id,
+        ServiceKind(service).value,
+        starts_at,
+        ends_at,
+        AppointmentStatus(status).value,
+        created_by,
+    )
+    if row is None:
+        raise NoDoctorProfile(f"doctor {doctor_id} has no profile in clinic {clinic_id}")
+    return _appointment(row)
+
+
+async def get_appointment(
+    conn: Conn, appointment_id: UUID, *, for_update: bool = False
+) -> Appointment | None:
+    """One appointment; ``for_update`` row-locks it (call inside a transaction)."""
+    lock = " FOR UPDATE" if for_update else ""
+    row = await conn.fetchrow(
+        f"SELECT {_APPOINTMENT_COLUMNS} FROM appointments WHERE id = $1{lock}", appointment_id
+    )
+    return _appointment(row) if row else None
+
+
+async def list_appointments(
+    conn: Conn,
+    *,
+    start: datetime,
+    end: datetime,
+    clinic_id: UUID | None = None,
+    doctor_id: UUID | None = None,
+    patient_id: UUID | None = None,
+    statuses: Iterable[AppointmentStatus] | None = None,
+    after: tuple[datetime, UUID] | None = None,
+    limit: int = 500,
+) -> list[Appointment]:
+    """Appointments starting in ``[start, end)``, by (starts_at, id), after a cursor.
+
+    At least one of clinic_id, doctor_id and patient_id is required: they pick
+    the agenda index.
+    """
+    conditions = ["starts_at >= $1", "starts_at < $2"]
+    args: list[Any] = [start, end]
+    for column, value in (
+        ("clinic_id", clinic_id),
+        ("doctor_id", doctor_id),
+        ("patient_id", patient_id),
+    ):
+        if value is not None:
+            args.append(value)
+            conditions.append(f"{column} = ${len(args)}")
+    if len(args) == 2:
+        raise ValueError("list_appointments needs a clinic_id, doctor_id or patient_id")
+    if statuses is not None:
+        args.append([AppointmentStatus(s).value for s in statuses])
+        conditions.append(f"status = ANY(${len(args)}::text[])")
+    if after is not None:
+        args.extend(after)
+        conditions.append(f"(starts_at, id) > (${len(args) - 1}, ${len(args)})")
+    args.append(limit)
+    rows = await conn.fetch(
+        f"SELECT {_APPOINTMENT_COLUMNS} FROM appointments WHERE {' AND '.join(conditions)} "
+        f"ORDER BY starts_at, id LIMIT ${len(args)}",
+        *args,
+    )
+    return [_appointment(row) for row in rows]
+
+
+async def list_busy(
+    conn: Conn, doctor_id: UUID, start: datetime, end: datetime
+) -> list[tuple[datetime, datetime]]:
+    """The doctor's active appointments as ``(starts_at, ends_at)``, without buffers.
+
+    Picks every appointment whose busy range (with its buffer) overlaps
+    ``[start, end)``, using the doctor exclusion constraint's index.
+    """
+    rows = await conn.fetch(
+        """
+        SELECT starts_at, ends_at FROM appointments
+        WHERE doctor_id = $1
+          AND status IN ('requested', 'confirmed', 'in_progress')
+          AND appointment_busy_range(starts_at, ends_at, buffer_minutes)
+              && tstzrange($2, $3, '[)')
+        ORDER BY starts_at
+        """,
+        doctor_id,
+        start,
+        end,
+    )
+    return [(row["starts_at"], row["ends_at"]) for row in rows]
+
+
+async def transition(
+    conn: Conn,
+    appointment_id: UUID,
+    from_statuses: Iterable[AppointmentStatus],
+    to_status: AppointmentStatus,
+    *,
+    reason: str | None = None,
+    expected_version: int | None = None,
+) -> Appointment | None:
+    """Move to ``to_status`` if the status is one of ``from_statuses`` (and the version matches).
+
+    None when the appointment is missing, in another status or at another
+    version. ``reason`` is the cancel reason: the table requires one exactly
+    for 'cancelled' (a CheckViolationError otherwise). Raises SlotTaken when
+    the move makes an inactive appointment active again over a taken slot.
+    """
+    target = AppointmentStatus(to_status)
+    lock = (_LOCK_APPOINTMENT, [appointment_id]) if target in ACTIVE_STATUSES else None
+    row = await _guarded_fetchrow(
+        conn,
+        lock,
+        f"""
+        UPDATE appointments
+        SET status = $3, cancel_reason = $4, updated_at = now(), version = version + 1
+        WHERE id = $1 AND status = ANY($2::text[]) AND ($5::integer IS NULL OR version = $5)
+        RETURNING {_APPOINTMENT_COLUMNS}
+        """,
+        appointment_id,
+        [AppointmentStatus(s).value for s in from_statuses],
+        target.value,
+        reason,
+        expected_version,
+    )
+    return _appointment(row) if row else None
+
+
+async def reschedule(
+    conn: Conn,
+    appointment_id: UUID,
+    new_start: datetime,
+    new_end: datetime,
+    expected_version: int,
+    *,
+    from_statuses: Iterable[AppointmentStatus] = _MOVABLE,
+) -> Appointment | None:
+    """Move the appointment in one UPDATE, so the constraints check the new range atomically.
+
+    Raises SlotTaken (and changes nothing) when the new time is taken. None when
+    the appointment is missing, not movable or at another version. A check-in
+    belongs to the old time and is cleared.
+    """
+    row = await _guarded_fetchrow(
+        conn,
+        (_LOCK_APPOINTMENT, [appointment_id]),
+        f"""
+        UPDATE appointments
+        SET starts_at = $2, ends_at = $3, checked_in_at = NULL,
+            updated_at = now(), version = version + 1
+        WHERE id = $1 AND version = $4 AND status = ANY($5::text[])
+        RETURNING {_APPOINTMENT_COLUMNS}
+        """,
+        appointment_id,
+        new_start,
+        new_end,
+        expected_version,
+        [AppointmentStatus(s).value for s in from_statuses],
+    )
+    return _appointment(row) if row else None
+
+
+async def check_in(
+    conn: Conn, appointment_id: UUID, *, expected_version: int | None = None
+) -> Appointment | None:
+    """Record the patient's arrival (front desk); None unless requested/confirmed and not yet in."""
+    row = await _guarded_fetchrow(
+        conn,
+        (_LOCK_APPOINTMENT, [appointment_id]),
+        f"""
+        UPDATE appointments
+        SET checked_in_at = now(), updated_at = now(), version = version + 1
+        WHERE id = $1 AND status IN ('requested', 'confirmed') AND checked_in_at IS NULL
+          AND ($2::integer IS NULL OR version = $2)
+        RETURNING {_APPOINTMENT_COLUMNS}
+        """,
+        appointment_id,
+        expected_version,
+    )
+    return _appointment(row) if row else None
+
+
+# --- consultations --------------------------------------------------------------------
+
+_CONSULTATION_COLUMNS = (
+    "id, appointment_id, room_id, join_opens_at, join_closes_at, status, started_at, "
+    "ended_at, created_at"
+)
+
+
+def new_room_id() -> str:
+    """An opaque room id: random, and nothing else, so a join link reveals nothing."""
+    return secrets.token_urlsafe(24)
+
+
+async def insert_consultation(
+    conn: Conn,
+    *,
+    appointment_id: UUID,
+    join_opens_at: datetime,
+    join_closes_at: datetime,
+    room_id: str | None = None,
+) -> Consultation:
+    row = await conn.fetchrow(
+        f"""
+        INSERT INTO consultations (appointment_id, room_id, join_opens_at, join_closes_at)
+        VALUES ($1, $2, $3, $4)
+        RETURNING {_CONSULTATION_COLUMNS}
+        """,
+        appointment_id,
+        room_id or new_room_id(),
+        join_opens_at,
+        join_closes_at,
+    )
+    assert row is not None
+    return Consultation(**dict(row))
+
+
+async def get_consultation_by_room(conn: Conn, room_id: str) -> Consultation | None:
+    row = await conn.fetchrow(
+        f"SELECT {_CONSULTATION_COLUMNS} FROM consultations WHERE room_id = $1", room_id
+    )
+    return Consultation(**dict(row)) if row else None
+
+
+async def get_consultation_for_appointment(conn: Conn, appointment_id: UUID) -> Consultation | None:
+    row = await conn.fetchrow(
+        f"SELECT {_CONSULTATION_COLUMNS} FROM consultations WHERE appointment_id = $1",
+        appointment_id,
+    )
+    return Consultation(**dict(row)) if row else None
+
+
+async def move_consultation_window(
+    conn: Conn, appointment_id: UUID, join_opens_at: datetime, join_closes_at: datetime
+) -> Consultation | None:
+    """Follow a rescheduled appointment; None unless the consultation is still scheduled."""
+    row = await conn.fetchrow(
+        f"""
+        UPDATE consultations SET join_opens_at = $2, join_closes_at = $3
+        WHERE appointment_id = $1 AND status = 'scheduled'
+        RETURNING {_CONSULTATION_COLUMNS}
+        """,
+        appointment_id,
+        join_opens_at,
+        join_closes_at,
+    )
+    return Consultation(**dict(row)) if row else None
+
+
+async def set_consultation_status(
+    conn: Conn,
+    consultation_id: UUID,
+    from_statuses: Iterable[ConsultationStatus],
+    to_status: ConsultationStatus,
+) -> Consultation | None:
+    """Move the consultation's status; 'open' stamps started_at once, 'ended' stamps ended_at."""
+    row = await conn.fetchrow(
+        f"""
+        UPDATE consultations
+        SET status = $3,
+            started_at = CASE WHEN $3 = 'open' THEN coalesce(started_at, now())
+                              ELSE started_at END,
+            ended_at = CASE WHEN $3 = 'ended' THEN now() ELSE ended_at END
+        WHERE id = $1 AND status = ANY($2::text[])
+        RETURNING {_CONSULTATION_COLUMNS}
+        """,
+        consultation_id,
+        list(from_statuses),
+        to_status,
+    )
+    return Consultation(**dict(row)) if row else None
+
+
+# --- notification outbox --------------------------------------------------------------
+
+
+def _outbox_columns(alias: str) -> str:
+    # payload as text: the caller's connection may lack the pool's jsonb codec.
+    return ", ".join(
+        f"{alias}.{column}" if column != "payload" else f"{alias}.payload::text AS payload"
+        for column in (
+            "id kind appointment_id due_at payload attempts locked_until claimed_by sent_at "
+            "cancelled_at failed_at last_error created_at"
+        ).split()
+    )
+
+
+_PENDING = "sent_at IS NULL AND cancelled_at IS NULL AND failed_at IS NULL"
+
+
+def _outbox_item(row: asyncpg.Record) -> OutboxItem:
+    values = dict(row)
+    values["payload"] = json.loads(values["payload"])
+    return OutboxItem(**values)
+
+
+async def enqueue(conn: Conn, items: Iterable[NewNotification]) -> int:
+    """Add notifications; one already pending or sent for (appointment, kind, due_at) is skipped.
+
+    Returns how many rows were added. Call it in the transaction that books,
+    moves or cancels, so the notification exists if and only if the change does.
+    """
+    batch = list(items)
+    if not batch:
+        return 0
+    status = await conn.execute(
+        """
+        INSERT INTO notification_outbox (kind, appointment_id, due_at, payload)
+        SELECT kind, appointment_id, due_at, payload::jsonb
+        FROM unnest($1::text[], $2::uuid[], $3::timestamptz[], $4::text[])
+            AS n (kind, appointment_id, due_at, payload)
+        ON CONFLICT (appointment_id, kind, due_at) WHERE cancelled_at IS NULL DO NOTHING
+        """,
+        [item.kind for item in batch],
+        [item.appointment_id for item in batch],
+        [item.due_at for item in batch],
+        [json.dumps(item.payload) for item in batch],
+    )
+    return _status_count(status)
+
+
+async def claim_due(
+    conn: Conn, *, now: datetime, lease: timedelta, limit: int, worker_id: str
+) -> list[OutboxItem]:
+    """Lease up to ``limit`` pending rows due at ``now`` to ``worker_id`` until ``now + lease``.
+
+    Safe to run concurrently: SKIP LOCKED hands each row to one caller, and a
+    row whose lease is still running is not due. A worker that dies without
+    marking its rows leaves them to be claimed again once the lease expires.
+    """
+    rows = await conn.fetch(
+        f"""
+        WITH due AS (
+            SELECT id FROM notification_outbox
+            WHERE {_PENDING} AND due_at <= $1 AND (locked_until IS NULL OR locked_until <= $1)
+            ORDER BY due_at, id
+            LIMIT $3
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE notification_outbox o
+        SET locked_until = $1 + $2::interval, claimed_by = $4, attempts = o.attempts + 1
+        FROM due WHERE o.id = due.id
+        RETURNING {_outbox_columns("o")}
+        """,
+        now,
+        lease,
+        limit,
+        worker_id,
+    )
+    items = [_outbox_item(row) for row in rows]
+    items.sort(key=lambda item: (item.due_at, item.id))
+    return items
+
+
+async def mark_sent(conn: Conn, item_id: int, worker_id: str) -> bool:
+    """Record delivery; False (and no change) when another worker holds the row now."""
+    status = await conn.execute(
+        """
+        UPDATE notification_outbox SET sent_at = now(), locked_until = NULL, last_error = NULL
+        WHERE id = $1 AND claimed_by = $2 AND sent_at IS NULL
+        """,
+        item_id,
+        worker_id,
+    )
+    return _status_count(status) == 1
+
+
+async def mark_failed(
+    conn: Conn, item_id: int, worker_id: str, *, error: str, retry_at: datetime | None
+) -> bool:
+    """Release the row until ``retry_at``, or give up on it when ``retry_at`` is None.
+
+    ``error`` is stored (truncated): keep personal data out of it. False when
+    another worker holds the row now.
+    """
+    status = await conn.execute(
+        """
+        UPDATE notification_outbox
+        SET last_error = left($3, 1000), locked_until = $4, claimed_by = NULL,
+            failed_at = CASE WHEN $4::timestamptz IS NULL THEN now() END
+        WHERE id = $1 AND claimed_by = $2 AND sent_at IS NULL
+        """,
+        item_id,
+        worker_id,
+        error,
+        retry_at,
+    )
+    return _status_count(status) == 1
+
+
+async def cancel_pending(
+    conn: Conn, appointment_id: UUID, *, kinds: Iterable[str] | None = None
+) -> int:
+    """Withdraw the appointment's unsent notifications (all, or those of ``kinds``).
+
+    For a cancelled or moved appointment: call it before enqueueing the change
+    notice and the new reminders. A row a worker is sending right now may
+    still go out; its mark_sent is then recorded as usual.
+    """
+    status = await conn.execute(
+        f"""
+        UPDATE notification_outbox SET cancelled_at = now()
+        WHERE appointment_id = $1 AND {_PENDING} AND ($2::text[] IS NULL OR kind = ANY($2))
+        """,
+        appointment_id,
+        None if kinds is None else list(kinds),
+    )
+    return _status_count(status)
+
+
+async def list_outbox(conn: Conn, appointment_id: UUID) -> list[OutboxItem]:
+    """Every outbox row of the appointment, oldest first (for inspection and tests)."""
+    rows = await conn.fetch(
+        f"SELECT {_outbox_columns('o')} FROM notification_outbox o WHERE o.appointment_id = $1 "
+        "ORDER BY o.id",
+        appointment_id,
+    )
+    return [_outbox_item(row) for row in rows]
+
+
+# --- calendar feeds -------------------------------------------------------------------
+
+_FEED_COLUMNS = "id, doctor_id, created_at, revoked_at"
+
+
+async def create_calendar_feed(conn: Conn, *, doctor_id: UUID, token_hash: bytes) -> CalendarFeed:
+    """Store a feed; the caller keeps the token and passes its SHA-256 here."""
+    row = await conn.fetchrow(
+        f"INSERT INTO calendar_feeds (doctor_id, token_hash) VALUES ($1, $2) "
+        f"RETURNING {_FEED_COLUMNS}",
+        doctor_id,
+        token_hash,
+    )
+    assert row is not None
+    return CalendarFeed(**dict(row))
+
+
+async def find_calendar_feed(conn: Conn, token_hash: bytes) -> CalendarFeed | None:
+    """The unrevoked feed with this token hash."""
+    row = await conn.fetchrow(
+        f"SELECT {_FEED_COLUMNS} FROM calendar_feeds WHERE token_hash = $1 AND revoked_at IS NULL",
+        token_hash,
+    )
+    return CalendarFeed(**dict(row)) if row else None
+
+
+async def list_calendar_feeds(conn: Conn, doctor_id: UUID) -> list[CalendarFeed]:
+    rows = await conn.fetch(
+        f"SELECT {_FEED_COLUMNS} FROM calendar_feeds WHERE doctor_id = $1 ORDER BY created_at, id",
+        doctor_id,
+    )
+    return [CalendarFeed(**dict(row)) for row in rows]
+
+
+async def revoke_calendar_feed(conn: Conn, *, doctor_id: UUID, feed_id: UUID) -> bool:
+    """Revoke one of the doctor's feeds; False when it is not theirs or already revoked."""
+    status = await conn.execute(
+        "UPDATE calendar_feeds SET revoked_at = now() "
+        "WHERE id = $1 AND doctor_id = $2 AND revoked_at IS NULL",
+        feed_id,
+        doctor_id,
+    )
+    return _status_count(status) == 1
