@@ -15,6 +15,11 @@ For each operation the test sends one request per role and per target kind:
 plus one request without a token (401). Denials must be problem documents with the
 right ``code`` and must change nothing; an allowed answer must not mention any id
 of the other clinic.
+
+Scheduling routes (doctors, availability, slots, appointments, calendar feeds and
+their FHIR views) have their own table and request builders in
+``tests/test_authz_matrix_scheduling.py``, which reuses the helpers here; the
+route-coverage tests below read both tables (``policy_tables``).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -50,7 +55,11 @@ class Expect(StrEnum):
 class Target(StrEnum):
     OWN = "own"
     SAME_CLINIC_OTHER_PATIENT = "same_clinic_other_patient"
+    # Scheduling only: another doctor of the caller's clinic (or their appointment),
+    # and for bookings, a patient of the other clinic.
+    SAME_CLINIC_OTHER_DOCTOR = "same_clinic_other_doctor"
     OTHER_TENANT = "other_tenant"
+    OTHER_TENANT_PATIENT = "other_tenant_patient"
 
 
 A, F, N = Expect.ALLOW, Expect.FORBIDDEN, Expect.NOT_FOUND
@@ -167,6 +176,12 @@ class Prepared:
     params: dict[str, UUID]
     body: dict[str, Any] | None = None
     probe: Probe | None = None
+    query: dict[str, str] | None = None
+
+
+W = TypeVar("W", bound=World)
+# Builds one request: (world, operation, role or None for no token, target kind).
+PrepareFn = Callable[[W, str, Role | None, Target], Awaitable[Prepared]]
 
 
 def read(pool: asyncpg.Pool, sql: str, *args: object) -> Probe:
@@ -261,6 +276,8 @@ async def check(
     kwargs: dict[str, Any] = {"headers": prep.caller.headers if prep.caller else {}}
     if prep.body is not None:
         kwargs["json"] = prep.body
+    if prep.query is not None:
+        kwargs["params"] = prep.query
     resp = await world.client.request(method, path, **kwargs)
     text = await resp.text()
     found: list[str] = []
@@ -303,6 +320,49 @@ def path_of(rule: Rule, params: dict[str, UUID] | dict[str, str]) -> str:
     return rule.path.format(**{k: str(v) for k, v in params.items()})
 
 
+def policy_tables() -> dict[str, Rule]:
+    """Both written tables: this file's and the scheduling one."""
+    # Imported here: that module imports this one.
+    from tests.test_authz_matrix_scheduling import SCHEDULING
+
+    assert not EXPECTED.keys() & SCHEDULING.keys(), "an operation is in both tables"
+    return EXPECTED | SCHEDULING
+
+
+async def route_problems(world: W, op: str, rule: Rule, prepare_fn: PrepareFn[W]) -> list[str]:
+    """Every role on every target kind, then anonymous: what went against the table."""
+    success = success_status(await openapi(world.client), rule)
+    problems: list[str] = []
+    for role in ROLES:
+        for target in rule.targets:
+            prep = await prepare_fn(world, op, role, target)
+            label = f"{op} as {role.value} on {target.value}"
+            path = path_of(rule, prep.params)
+            want = rule.cells[role][target]
+            problems += await check(world, label, rule.method, path, prep, want, success)
+    prep = await prepare_fn(world, op, None, Target.OWN)
+    anonymous = Expect.UNAUTHENTICATED
+    path = path_of(rule, prep.params)
+    problems += await check(world, f"{op} anonymous", rule.method, path, prep, anonymous, success)
+    return problems
+
+
+async def malformed_id_problems(
+    world: W, table: dict[str, Rule], prepare_fn: PrepareFn[W]
+) -> list[str]:
+    """A caller who may act, with every path id replaced by a non-UUID: 404, no change."""
+    problems: list[str] = []
+    for op, rule in sorted(table.items()):
+        if rule.public or "{" not in rule.path:
+            continue
+        role = next(r for r in ROLES if rule.cells[r][Target.OWN] is Expect.ALLOW)
+        prep = await prepare_fn(world, op, role, Target.OWN)
+        path = path_of(rule, dict.fromkeys(prep.params, "not-a-uuid"))
+        label = f"{op} as {role.value} with a malformed id"
+        problems += await check(world, label, rule.method, path, prep, Expect.NOT_FOUND, 0)
+    return problems
+
+
 @pytest.fixture
 def world(client: Client, app_pool: asyncpg.Pool, tenant: Tenant, other_tenant: Tenant) -> World:
     return World(client, app_pool, tenant, other_tenant)
@@ -318,13 +378,14 @@ async def test_every_documented_route_has_a_policy_row_and_vice_versa(client: Cl
         for path, methods in doc["paths"].items()
         for method, item in methods.items()
     }
-    written = {(r.path, r.method): op for op, r in EXPECTED.items()}
+    table = policy_tables()
+    written = {(r.path, r.method): op for op, r in table.items()}
     assert sorted(set(documented) - set(written)) == [], "routes without a policy row"
     assert sorted(set(written) - set(documented)) == [], "policy rows without a route"
     assert documented == written, "operationIds differ between the table and the document"
     for (path, method), op in documented.items():
         item = doc["paths"][path][method.lower()]
-        if EXPECTED[op].public:
+        if table[op].public:
             assert item["security"] == [], f"{op} is public in the table, not in the document"
             assert "x-policy-action" not in item, op
         else:
@@ -339,7 +400,7 @@ async def test_every_served_route_is_documented_or_known_undocumented(client: Cl
         for route in client.app.router.routes()
         if route.resource is not None and route.method != "HEAD"
     }
-    written = {(r.path, r.method) for r in EXPECTED.values()}
+    written = {(r.path, r.method) for r in policy_tables().values()}
     assert served - written == UNDOCUMENTED
 
 
@@ -348,20 +409,7 @@ async def test_every_served_route_is_documented_or_known_undocumented(client: Cl
 
 @pytest.mark.parametrize("op", AUTHENTICATED)
 async def test_route_answers_every_role_as_the_policy_says(op: str, world: World) -> None:
-    rule = EXPECTED[op]
-    success = success_status(await openapi(world.client), rule)
-    problems: list[str] = []
-    for role in ROLES:
-        for target in rule.targets:
-            prep = await prepare(world, op, role, target)
-            label = f"{op} as {role.value} on {target.value}"
-            path = path_of(rule, prep.params)
-            want = rule.cells[role][target]
-            problems += await check(world, label, rule.method, path, prep, want, success)
-    prep = await prepare(world, op, None, Target.OWN)
-    anonymous = Expect.UNAUTHENTICATED
-    path = path_of(rule, prep.params)
-    problems += await check(world, f"{op} anonymous", rule.method, path, prep, anonymous, success)
+    problems = await route_problems(world, op, EXPECTED[op], prepare)
     assert problems == [], "\n".join(problems)
 
 
@@ -450,14 +498,5 @@ async def test_unknown_patient_id_is_not_found(client: Client, tenant: Tenant, r
 
 
 async def test_malformed_path_id_is_not_found(world: World) -> None:
-    problems = []
-    for op in AUTHENTICATED:
-        rule = EXPECTED[op]
-        if "{" not in rule.path:
-            continue
-        role = next(r for r in ROLES if rule.cells[r][Target.OWN] is Expect.ALLOW)
-        prep = await prepare(world, op, role, Target.OWN)
-        path = path_of(rule, dict.fromkeys(prep.params, "not-a-uuid"))
-        label = f"{op} as {role.value} with a malformed id"
-        problems += await check(world, label, rule.method, path, prep, Expect.NOT_FOUND, 0)
+    problems = await malformed_id_problems(world, EXPECTED, prepare)
     assert problems == [], "\n".join(problems)

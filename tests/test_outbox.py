@@ -30,7 +30,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from teleconsult.api.accounts import store as accounts
-from teleconsult.api.scheduling import store
+from teleconsult.api.scheduling import outbox_store, store
 from teleconsult.api.scheduling.channels import (
     IDEMPOTENCY_HEADER,
     SIGNATURE_HEADER,
@@ -210,7 +210,7 @@ async def enqueue(
         )
         for i in range(count)
     ]
-    assert await store.enqueue(pool, batch) == count
+    assert await outbox_store.enqueue(pool, batch) == count
     return await rows(pool)
 
 
@@ -220,7 +220,7 @@ async def rows(pool: asyncpg.Pool) -> list[OutboxItem]:
         for appointment_id in await pool.fetch(
             "SELECT DISTINCT appointment_id FROM notification_outbox"
         )
-        for item in await store.list_outbox(pool, appointment_id["appointment_id"])
+        for item in await outbox_store.list_outbox(pool, appointment_id["appointment_id"])
     ]
 
 
@@ -275,7 +275,7 @@ async def test_the_log_channel_logs_kind_appointment_and_key_but_not_the_payload
 ) -> None:
     appointment = (await book(db, 1))[0]
     marker = NewNotification("confirmation", appointment, now(), {"marker": "not-for-logs"})
-    await store.enqueue(db, [marker])
+    await outbox_store.enqueue(db, [marker])
     caplog.set_level(logging.INFO, logger="teleconsult.api.scheduling.channels")
 
     await worker(db, LogChannel()).run_once()
@@ -289,7 +289,9 @@ async def test_the_log_channel_logs_kind_appointment_and_key_but_not_the_payload
 async def test_items_not_yet_due_are_left_pending(db: asyncpg.Pool) -> None:
     appointments = await book(db, 1)
     [due] = await enqueue(db, appointments, 1, now())
-    await store.enqueue(db, [NewNotification("reminder_24h", appointments[0], now() + LEASE)])
+    await outbox_store.enqueue(
+        db, [NewNotification("reminder_24h", appointments[0], now() + LEASE)]
+    )
 
     assert await worker(db, LogChannel()).run_once() == 1
 
@@ -301,7 +303,7 @@ async def test_withdrawn_items_are_never_sent(
     db: asyncpg.Pool, caplog: pytest.LogCaptureFixture
 ) -> None:
     item = await one_due(db, now())
-    assert await store.cancel_pending(db, item.appointment_id) == 1
+    assert await outbox_store.cancel_pending(db, item.appointment_id) == 1
     caplog.set_level(logging.INFO, logger="teleconsult.api.scheduling.channels")
 
     assert await worker(db, LogChannel()).run_once() == 0
@@ -481,7 +483,7 @@ class LeaseThief:
     at: datetime
 
     async def send(self, item: OutboxItem) -> None:
-        await store.claim_due(
+        await outbox_store.claim_due(
             self.pool, now=self.at + LEASE, lease=LEASE, limit=10, worker_id="other"
         )
 

@@ -317,3 +317,20 @@ async def test_numbers_are_not_taken_for_dates(
     resp = await client.get("/api/v1/agenda?day=0", headers=tenant[Role.RECEPTIONIST].headers)
     body = await assert_problem(resp, 400, "validation_failed")
     assert body["errors"][0]["field"] == "query.day"
+
+
+async def test_a_filter_naming_someone_else_matches_nothing(
+    client: TestClient[Any, Any], tenant: Tenant, doctor: Account
+) -> None:
+    patient = tenant[Role.PATIENT]
+    assert (await _book(client, patient, doctor, _next_weekday_at(10))).status == 201
+    assert tenant.other_patient is not None
+    window = {"from": _next_weekday_at(0).isoformat(), "to": _next_weekday_at(23).isoformat()}
+    own = await client.get("/api/v1/appointments", params=window, headers=patient.headers)
+    assert len((await own.json())["items"]) == 1
+    other = await client.get(
+        "/api/v1/appointments",
+        params={**window, "patient": str(tenant.other_patient.user_id)},
+        headers=patient.headers,
+    )
+    assert (await other.json())["items"] == []

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from teleconsult.api.accounts import store as accounts
-from teleconsult.api.scheduling import store
+from teleconsult.api.scheduling import feed_store, outbox_store, store
 from teleconsult.api.scheduling.records import (
     Appointment,
     AppointmentStatus,
@@ -231,7 +231,7 @@ async def test_busy_ranges_include_appointments_whose_buffer_reaches_the_window(
     busy = await store.list_busy(
         practice.pool, practice.doctor_id, window_start, window_start + HALF_HOUR
     )
-    assert busy == [(appointment.starts_at, appointment.ends_at)]
+    assert busy == [(appointment.starts_at, appointment.ends_at, appointment.buffer_minutes)]
 
 
 # --- reschedule and transitions --------------------------------------------------------
@@ -343,14 +343,14 @@ async def test_a_consultation_is_found_by_its_opaque_room_id(
 
 async def test_a_revoked_calendar_feed_is_no_longer_found(practice: Practice) -> None:
     token_hash = hashlib.sha256(secrets.token_bytes(32)).digest()
-    feed = await store.create_calendar_feed(
+    feed = await feed_store.create_calendar_feed(
         practice.pool, doctor_id=practice.doctor_id, token_hash=token_hash
     )
-    assert await store.find_calendar_feed(practice.pool, token_hash) == feed
-    assert await store.revoke_calendar_feed(
+    assert await feed_store.find_calendar_feed(practice.pool, token_hash) == feed
+    assert await feed_store.revoke_calendar_feed(
         practice.pool, doctor_id=practice.doctor_id, feed_id=feed.id
     )
-    assert await store.find_calendar_feed(practice.pool, token_hash) is None
+    assert await feed_store.find_calendar_feed(practice.pool, token_hash) is None
 
 
 # --- notification outbox ---------------------------------------------------------------
@@ -359,20 +359,20 @@ async def test_a_revoked_calendar_feed_is_no_longer_found(practice: Practice) ->
 async def test_enqueueing_the_same_notification_twice_keeps_one_row(
     practice: Practice, appointment: Appointment
 ) -> None:
-    assert await store.enqueue(practice.pool, [reminder(appointment.id, EPOCH)]) == 1
-    assert await store.enqueue(practice.pool, [reminder(appointment.id, EPOCH)]) == 0
-    assert len(await store.list_outbox(practice.pool, appointment.id)) == 1
+    assert await outbox_store.enqueue(practice.pool, [reminder(appointment.id, EPOCH)]) == 1
+    assert await outbox_store.enqueue(practice.pool, [reminder(appointment.id, EPOCH)]) == 0
+    assert len(await outbox_store.list_outbox(practice.pool, appointment.id)) == 1
 
 
 async def test_concurrent_claimers_never_get_the_same_item(
     practice: Practice, appointment: Appointment
 ) -> None:
     due = [reminder(appointment.id, EPOCH + timedelta(seconds=i)) for i in range(40)]
-    assert await store.enqueue(practice.pool, due) == 40
+    assert await outbox_store.enqueue(practice.pool, due) == 40
 
     async def drain(worker_id: str) -> list[int]:
         claimed: list[int] = []
-        while batch := await store.claim_due(
+        while batch := await outbox_store.claim_due(
             practice.pool, now=EPOCH + LEASE, lease=LEASE, limit=3, worker_id=worker_id
         ):
             claimed += [item.id for item in own(batch, appointment.id)]
@@ -386,10 +386,12 @@ async def test_concurrent_claimers_never_get_the_same_item(
 async def test_an_item_is_not_claimed_again_while_its_lease_runs(
     practice: Practice, appointment: Appointment
 ) -> None:
-    await store.enqueue(practice.pool, [reminder(appointment.id, EPOCH)])
-    first = await store.claim_due(practice.pool, now=EPOCH, lease=LEASE, limit=50, worker_id="a")
+    await outbox_store.enqueue(practice.pool, [reminder(appointment.id, EPOCH)])
+    first = await outbox_store.claim_due(
+        practice.pool, now=EPOCH, lease=LEASE, limit=50, worker_id="a"
+    )
     assert len(own(first, appointment.id)) == 1
-    again = await store.claim_due(
+    again = await outbox_store.claim_due(
         practice.pool, now=EPOCH + LEASE / 2, lease=LEASE, limit=50, worker_id="b"
     )
     assert own(again, appointment.id) == []
@@ -398,11 +400,13 @@ async def test_an_item_is_not_claimed_again_while_its_lease_runs(
 async def test_an_item_whose_worker_died_is_claimed_again_after_its_lease(
     practice: Practice, appointment: Appointment
 ) -> None:
-    await store.enqueue(practice.pool, [reminder(appointment.id, EPOCH)])
-    await store.claim_due(practice.pool, now=EPOCH, lease=LEASE, limit=50, worker_id="dies")
+    await outbox_store.enqueue(practice.pool, [reminder(appointment.id, EPOCH)])
+    await outbox_store.claim_due(practice.pool, now=EPOCH, lease=LEASE, limit=50, worker_id="dies")
     later = EPOCH + LEASE + timedelta(seconds=1)
     retaken = own(
-        await store.claim_due(practice.pool, now=later, lease=LEASE, limit=50, worker_id="b"),
+        await outbox_store.claim_due(
+            practice.pool, now=later, lease=LEASE, limit=50, worker_id="b"
+        ),
         appointment.id,
     )
     assert [(item.claimed_by, item.attempts) for item in retaken] == [("b", 2)]
@@ -411,22 +415,24 @@ async def test_an_item_whose_worker_died_is_claimed_again_after_its_lease(
 async def test_mark_sent_by_a_worker_whose_lease_was_taken_over_does_nothing(
     practice: Practice, appointment: Appointment
 ) -> None:
-    await store.enqueue(practice.pool, [reminder(appointment.id, EPOCH)])
-    await store.claim_due(practice.pool, now=EPOCH, lease=LEASE, limit=50, worker_id="slow")
+    await outbox_store.enqueue(practice.pool, [reminder(appointment.id, EPOCH)])
+    await outbox_store.claim_due(practice.pool, now=EPOCH, lease=LEASE, limit=50, worker_id="slow")
     later = EPOCH + LEASE + timedelta(seconds=1)
-    await store.claim_due(practice.pool, now=later, lease=LEASE, limit=50, worker_id="b")
-    [item] = await store.list_outbox(practice.pool, appointment.id)
-    assert not await store.mark_sent(practice.pool, item.id, "slow")
-    [unchanged] = await store.list_outbox(practice.pool, appointment.id)
+    await outbox_store.claim_due(practice.pool, now=later, lease=LEASE, limit=50, worker_id="b")
+    [item] = await outbox_store.list_outbox(practice.pool, appointment.id)
+    assert not await outbox_store.mark_sent(practice.pool, item.id, "slow")
+    [unchanged] = await outbox_store.list_outbox(practice.pool, appointment.id)
     assert (unchanged.sent_at, unchanged.claimed_by) == (None, "b")
 
 
 async def test_a_withdrawn_notification_is_not_claimed(
     practice: Practice, appointment: Appointment
 ) -> None:
-    await store.enqueue(practice.pool, [reminder(appointment.id, EPOCH)])
-    assert await store.cancel_pending(practice.pool, appointment.id) == 1
-    claimed = await store.claim_due(practice.pool, now=EPOCH, lease=LEASE, limit=50, worker_id="a")
+    await outbox_store.enqueue(practice.pool, [reminder(appointment.id, EPOCH)])
+    assert await outbox_store.cancel_pending(practice.pool, appointment.id) == 1
+    claimed = await outbox_store.claim_due(
+        practice.pool, now=EPOCH, lease=LEASE, limit=50, worker_id="a"
+    )
     assert own(claimed, appointment.id) == []
 
 
@@ -458,20 +464,24 @@ async def test_simultaneous_bookings_of_one_slot_never_fail_with_a_deadlock(
 async def test_a_failed_item_waits_for_its_retry_time(
     practice: Practice, appointment: Appointment
 ) -> None:
-    await store.enqueue(practice.pool, [reminder(appointment.id, EPOCH)])
+    await outbox_store.enqueue(practice.pool, [reminder(appointment.id, EPOCH)])
     [item] = own(
-        await store.claim_due(practice.pool, now=EPOCH, lease=LEASE, limit=50, worker_id="a"),
+        await outbox_store.claim_due(
+            practice.pool, now=EPOCH, lease=LEASE, limit=50, worker_id="a"
+        ),
         appointment.id,
     )
     retry_at = EPOCH + timedelta(minutes=1)
-    assert await store.mark_failed(
+    assert await outbox_store.mark_failed(
         practice.pool, item.id, "a", error="provider timeout", retry_at=retry_at
     )
-    early = await store.claim_due(
+    early = await outbox_store.claim_due(
         practice.pool, now=retry_at - timedelta(seconds=1), lease=LEASE, limit=50, worker_id="b"
     )
     assert own(early, appointment.id) == []
-    due = await store.claim_due(practice.pool, now=retry_at, lease=LEASE, limit=50, worker_id="b")
+    due = await outbox_store.claim_due(
+        practice.pool, now=retry_at, lease=LEASE, limit=50, worker_id="b"
+    )
     assert [i.last_error for i in own(due, appointment.id)] == ["provider timeout"]
 
 

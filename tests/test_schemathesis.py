@@ -16,12 +16,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
+from time import monotonic, sleep
 from typing import Any
 
 import asyncpg
@@ -75,16 +76,21 @@ class LiveServer:
     def log_tail(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")[-LOG_TAIL_CHARS:]
 
-    def post(self, path: str, body: dict[str, Any], token: str | None = None) -> dict[str, Any]:
+    def call(
+        self, method: str, path: str, body: dict[str, Any], token: str | None = None
+    ) -> dict[str, Any]:
         headers = {"Content-Type": "application/json"}
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
         request = urllib.request.Request(
-            self.base_url + path, data=json.dumps(body).encode(), headers=headers, method="POST"
+            self.base_url + path, data=json.dumps(body).encode(), headers=headers, method=method
         )
         with urllib.request.urlopen(request, timeout=30) as resp:
             answer: dict[str, Any] = json.load(resp)
         return answer
+
+    def post(self, path: str, body: dict[str, Any], token: str | None = None) -> dict[str, Any]:
+        return self.call("POST", path, body, token)
 
     def login(self, email: str, password: str = PASSWORD) -> dict[str, Any]:
         return self.post("/api/v1/auth/login", {"email": email, "password": password})
@@ -98,8 +104,8 @@ def _free_port() -> int:
 
 
 def _wait_until_healthy(proc: subprocess.Popen[bytes], server: LiveServer) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    deadline = monotonic() + 60
+    while monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"server exited with {proc.returncode}:\n{server.log_tail()}")
         try:
@@ -108,7 +114,7 @@ def _wait_until_healthy(proc: subprocess.Popen[bytes], server: LiveServer) -> No
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
-        time.sleep(0.2)
+        sleep(0.2)
     pytest.fail(f"server did not answer /healthz within 60 s:\n{server.log_tail()}")
 
 
@@ -189,19 +195,110 @@ def _member(server: LiveServer, email: str, password: str = PASSWORD) -> Member:
     )
 
 
-def _config(ids: dict[str, list[str]]) -> str:
-    """A schemathesis.toml that feeds real ids to path parameters (and register's clinic_id).
+def _at(days: int, hour: int) -> str:
+    """An hour (UTC) so many days from today, as ISO 8601."""
+    day = datetime.now(UTC).date() + timedelta(days=days)
+    return datetime.combine(day, time(hour), tzinfo=UTC).isoformat()
 
-    Each parameter takes a real id half of the time and a generated one otherwise,
-    so both the found and the not-found paths are exercised.
+
+def _open_calendar(
+    server: LiveServer, token: str, doctor_id: str, patient_id: str, booker: str | None = None
+) -> dict[str, list[str]]:
+    """Give a doctor a profile, every day 00:00-23:59 and two bookings: the ids and
+    times that let schemathesis reach the scheduling operations' success paths.
+
+    ``token`` manages the calendar (an admin, or the doctor); ``booker`` books
+    (``token`` unless given; a patient books for themself). The extra rule and
+    exception lie outside every window used, so deleting them changes nothing.
+    """
+    doctor = f"/api/v1/doctors/{doctor_id}"
+    server.call(
+        "PUT",
+        f"{doctor}/profile",
+        {"consultation_minutes": 30, "services": ["video", "in_person", "audio", "chat"]},
+        token,
+    )
+    for weekday in range(7):
+        server.post(
+            f"{doctor}/availability/rules",
+            {"weekday": weekday, "start_time": "00:00", "end_time": "23:59"},
+            token,
+        )
+    rule = server.post(
+        f"{doctor}/availability/rules",
+        {
+            "weekday": 0,
+            "start_time": "01:00",
+            "end_time": "02:00",
+            "kind": "break",
+            "valid_from": "2000-01-03",
+            "valid_until": "2000-01-03",
+        },
+        token,
+    )
+    exception = server.post(
+        f"{doctor}/availability/exceptions",
+        {"starts_at": _at(400, 1), "ends_at": _at(400, 2), "kind": "unavailable"},
+        token,
+    )
+    # One feed to revoke, one whose URL keeps working.
+    feed, kept = (server.post(f"{doctor}/calendar-feeds", {}, token) for _ in range(2))
+    booked = [
+        server.post(
+            "/api/v1/appointments",
+            {"doctor_id": doctor_id, "service": service, "starts_at": _at(days, 10)}
+            | ({} if booker else {"patient_id": patient_id}),
+            booker or token,
+        )
+        for days, service in ((2, "video"), (3, "in_person"))
+    ]
+    return {
+        "doctor_id": [doctor_id],
+        "patient_id": [patient_id],
+        "appointment_id": [a["id"] for a in booked],
+        "rule_id": [rule["id"]],
+        "exception_id": [exception["id"]],
+        "feed_id": [feed["id"]],
+        "token": [kept["url"].rsplit("/", 1)[-1]],
+        "window_from": [_at(1, 0)],
+        "window_to": [_at(15, 0)],
+        "starts_at": [_at(days, hour) for days in (4, 5, 6) for hour in (8, 14)],
+        "day": [_at(2, 0)[:10], _at(3, 0)[:10]],
+    }
+
+
+# Where each dictionary's values go; a name not listed here feeds the path
+# parameter of the same name.
+BINDINGS: dict[str, tuple[str, ...]] = {
+    "clinic_id": ("path.clinic_id", "body.clinic_id"),
+    "doctor_id": (
+        "path.doctor_id",
+        "body.doctor_id",
+        "query.doctor",
+        "query.schedule",
+        "query.practitioner",
+    ),
+    "patient_id": ("path.patient_id", "body.patient_id", "query.patient"),
+    # Times that make a window, a booking or a move succeed.
+    "window_from": ("query.from", "query.start"),
+    "window_to": ("query.to", "query.end"),
+    "starts_at": ("body.starts_at",),
+    "day": ("query.day",),
+}
+
+
+def _config(ids: dict[str, list[str]]) -> str:
+    """A schemathesis.toml that feeds real ids and times to parameters (see BINDINGS).
+
+    Each parameter takes a real value half of the time and a generated one
+    otherwise, so both the found and the not-found paths are exercised.
     """
     lines = []
     for name, values in ids.items():
         lines += [f"[dictionaries.{name}]", f"values = {json.dumps(values)}", ""]
     lines.append("[parameters]")
     for name in ids:
-        where = "body" if name == "clinic_id" else "path"
-        for key in sorted({f"{where}.{name}", f"path.{name}"}):
+        for key in BINDINGS.get(name, (f"path.{name}",)):
             lines.append(f'"{key}" = {{ dictionary = "{name}", probability = 0.5 }}')
     return "\n".join(lines) + "\n"
 
@@ -278,6 +375,17 @@ def test_admin_operations_conform_to_the_document(live_server: LiveServer, tmp_p
             "date_of_birth": "1990-01-01",
         },
     )
+    doctor = live_server.post(
+        "/api/v1/users",
+        {
+            "email": unique_email("st-doctor"),
+            "password": PASSWORD,
+            "full_name": "Target Doctor",
+            "role": "doctor",
+        },
+        admin.access_token,
+    )
+    calendar = _open_calendar(live_server, admin.access_token, doctor["id"], patient["user"]["id"])
     _run_schemathesis(
         live_server,
         admin.access_token,
@@ -285,7 +393,7 @@ def test_admin_operations_conform_to_the_document(live_server: LiveServer, tmp_p
         ids={
             "clinic_id": [admin.clinic_id],
             "user_id": [nurse["id"], patient["user"]["id"]],
-            "patient_id": [patient["user"]["id"]],
+            **calendar,
         },
         # Logging out would end the token's session mid-run; it has its own pass.
         extra=("--exclude-operation-id", "logout"),
@@ -301,11 +409,12 @@ def test_clinician_operations_conform_to_the_document(
     )
     doctor = _member(live_server, doctor_email)
     patient = _member(live_server, patient_email)
+    calendar = _open_calendar(live_server, doctor.access_token, doctor.user_id, patient.user_id)
     _run_schemathesis(
         live_server,
         doctor.access_token,
         tmp_path,
-        ids={"clinic_id": [clinic_id], "patient_id": [patient.user_id]},
+        ids={"clinic_id": [clinic_id], **calendar},
         extra=("--exclude-operation-id", "logout"),
     )
 
@@ -313,19 +422,25 @@ def test_clinician_operations_conform_to_the_document(
 def test_patient_operations_conform_to_the_document(
     live_server: LiveServer, tmp_path: Path
 ) -> None:
-    """As a patient who registered through the API, on their own record."""
-    clinic_id, _ = asyncio.run(_clinic_with(live_server.database_url, [Role.ADMIN]))
+    """As a patient who registered through the API, on their own record and bookings."""
+    clinic_id, (admin_email, doctor_email) = asyncio.run(
+        _clinic_with(live_server.database_url, [Role.ADMIN, Role.DOCTOR])
+    )
     email = unique_email("st-self")
     live_server.post(
         "/api/v1/auth/register",
         {"clinic_id": clinic_id, "email": email, "password": PASSWORD, "full_name": "Self"},
     )
     patient = _member(live_server, email)
+    admin, doctor = _member(live_server, admin_email), _member(live_server, doctor_email)
+    calendar = _open_calendar(
+        live_server, admin.access_token, doctor.user_id, patient.user_id, patient.access_token
+    )
     _run_schemathesis(
         live_server,
         patient.access_token,
         tmp_path,
-        ids={"clinic_id": [clinic_id], "patient_id": [patient.user_id]},
+        ids={"clinic_id": [clinic_id], **calendar},
         extra=("--exclude-operation-id", "logout"),
     )
 

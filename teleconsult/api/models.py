@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -36,6 +37,10 @@ Limit = Annotated[int, Field(ge=1, le=200)]
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _ISO_TIME = re.compile(r"\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?")
 _ISO_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}.*")
+# Far enough from datetime's limits (years 1 and 9999) that a time zone's offset,
+# a day's margin or an appointment's length cannot overflow (a 500, not a 400).
+_EARLIEST = date(2, 1, 1)
+_LATEST = date(9998, 12, 31)
 
 
 def _iso(pattern: re.Pattern[str], parse: Any, example: str) -> Any:
@@ -46,9 +51,13 @@ def _iso(pattern: re.Pattern[str], parse: Any, example: str) -> Any:
             if not pattern.fullmatch(value):
                 raise ValueError(f"expected ISO 8601 like {example}")
             try:
-                return parse(value)
+                parsed = parse(value)
             except ValueError:
                 raise ValueError(f"expected ISO 8601 like {example}") from None
+            day = parsed.date() if isinstance(parsed, datetime) else parsed
+            if isinstance(day, date) and not _EARLIEST <= day <= _LATEST:
+                raise ValueError("dates must lie between the years 2 and 9998")
+            return parsed
         if isinstance(value, int | float):
             raise ValueError(f"expected an ISO 8601 string like {example}")
         return value
@@ -57,7 +66,18 @@ def _iso(pattern: re.Pattern[str], parse: Any, example: str) -> Any:
 
 
 IsoDate = Annotated[date, _iso(_ISO_DATE, date.fromisoformat, "2026-03-29")]
-IsoTime = Annotated[time, _iso(_ISO_TIME, time.fromisoformat, "09:30")]
+# A wall-clock time without a zone: JSON Schema's "time" format would demand an offset.
+IsoTime = Annotated[
+    time,
+    _iso(_ISO_TIME, time.fromisoformat, "09:30"),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?$",
+            "examples": ["09:30"],
+        }
+    ),
+]
 IsoDateTime = Annotated[
     AwareDatetime, _iso(_ISO_DATETIME, datetime.fromisoformat, "2026-03-29T09:30:00Z")
 ]

@@ -17,7 +17,7 @@ import asyncpg
 
 from teleconsult.api.accounts import store as accounts
 from teleconsult.api.policy import ensure_self_or_any
-from teleconsult.api.scheduling import store
+from teleconsult.api.scheduling import feed_store, store
 from teleconsult.api.scheduling.ics import render_calendar
 from teleconsult.api.scheduling.records import CalendarFeed
 from teleconsult.api.scheduling.service import SchedulingService
@@ -65,7 +65,7 @@ class CalendarFeedService:
         await self._own_calendar(principal, doctor_id)
         token = secrets.token_urlsafe(32)
         async with self._pool.acquire() as conn, conn.transaction():
-            feed = await store.create_calendar_feed(
+            feed = await feed_store.create_calendar_feed(
                 conn, doctor_id=doctor_id, token_hash=_digest(token)
             )
             await self._audit.record(
@@ -75,14 +75,16 @@ class CalendarFeedService:
 
     async def list_feeds(self, principal: Principal, doctor_id: UUID) -> list[CalendarFeed]:
         await self._own_calendar(principal, doctor_id)
-        return await store.list_calendar_feeds(self._pool, doctor_id)
+        return await feed_store.list_calendar_feeds(self._pool, doctor_id)
 
     async def revoke(
         self, principal: Principal, doctor_id: UUID, feed_id: UUID, *, ip: str | None
     ) -> None:
         await self._own_calendar(principal, doctor_id)
         async with self._pool.acquire() as conn, conn.transaction():
-            if not await store.revoke_calendar_feed(conn, doctor_id=doctor_id, feed_id=feed_id):
+            if not await feed_store.revoke_calendar_feed(
+                conn, doctor_id=doctor_id, feed_id=feed_id
+            ):
                 raise NotFound("feed not found")
             await self._audit.record(
                 AuditEvent(
@@ -99,7 +101,7 @@ class CalendarFeedService:
 
     async def render(self, token: str, *, ip: str | None) -> str:
         """The feed behind ``token``; NotFound for unknown or revoked tokens."""
-        feed = await store.find_calendar_feed(self._pool, _digest(token))
+        feed = await feed_store.find_calendar_feed(self._pool, _digest(token))
         if feed is None:
             raise NotFound("no such calendar")
         doctor = await store.get_doctor_profile(self._pool, feed.doctor_id)

@@ -68,7 +68,7 @@ from uuid import UUID
 import aiohttp
 import asyncpg
 
-from teleconsult.api.scheduling import store
+from teleconsult.api.scheduling import outbox_store
 from teleconsult.api.scheduling.channels import (
     ChannelError,
     NotificationChannel,
@@ -195,7 +195,7 @@ class OutboxWorker:
         # The lease runs from claim_time; measure it on the monotonic clock
         # from before the claim, so it cannot be overestimated.
         deadline = time.monotonic() + self._send_window
-        items = await store.claim_due(
+        items = await outbox_store.claim_due(
             self._pool,
             now=claim_time,
             lease=self._lease,
@@ -241,7 +241,7 @@ class OutboxWorker:
             return False
         budget = deadline - time.monotonic()
         if budget <= 0:
-            await store.mark_failed(
+            await outbox_store.mark_failed(
                 self._pool,
                 item.id,
                 self.worker_id,
@@ -268,7 +268,7 @@ class OutboxWorker:
                 item, f"channel raised {type(exc).__name__}", True, None, now
             )
             return False
-        if await store.mark_sent(self._pool, item.id, self.worker_id):
+        if await outbox_store.mark_sent(self._pool, item.id, self.worker_id):
             logger.debug(
                 "sent notification %s (%s, appointment %s, key %s)",
                 item.id,
@@ -297,7 +297,7 @@ class OutboxWorker:
             if retry_after is not None:
                 delay = max(delay, min(timedelta(seconds=retry_after), self._retry_cap))
             retry_at = self._now(now) + delay
-        recorded = await store.mark_failed(
+        recorded = await outbox_store.mark_failed(
             self._pool, item.id, self.worker_id, error=error, retry_at=retry_at
         )
         if not recorded:

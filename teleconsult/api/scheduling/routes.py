@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, time
+from datetime import date, datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -23,6 +23,7 @@ from teleconsult.api.scheduling.records import (
     ServiceKind,
 )
 from teleconsult.api.scheduling.service import Booked, SchedulingService
+from teleconsult.core.errors import BadRequest
 
 SCHEDULING = web.AppKey("scheduling", SchedulingService)
 PUBLIC_URL = web.AppKey("public_url", str)
@@ -87,8 +88,8 @@ class DoctorQuery(BaseModel):
 class Rule(BaseModel):
     id: UUID
     weekday: int
-    start_time: time
-    end_time: time
+    start_time: IsoTime
+    end_time: IsoTime
     kind: Literal["work", "break"]
     valid_from: date | None
     valid_until: date | None
@@ -345,6 +346,8 @@ async def get_availability(req: ApiRequest) -> Availability:
 )
 async def add_rule(req: ApiRequest) -> Rule:
     body = req.body(RuleBody)
+    if body.valid_from and body.valid_until and body.valid_until < body.valid_from:
+        raise BadRequest("valid_until must not be before valid_from")
     rule = await _svc(req).add_rule(req.principal, req.params["doctor_id"], **body.model_dump())
     return Rule.of(rule)
 

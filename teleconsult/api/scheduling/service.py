@@ -19,7 +19,7 @@ import asyncpg
 
 from teleconsult.api.accounts import store as accounts
 from teleconsult.api.policy import Scope, ensure_in_scope, ensure_self_or_any
-from teleconsult.api.scheduling import store
+from teleconsult.api.scheduling import outbox_store, store
 from teleconsult.api.scheduling.records import (
     ACTIVE_STATUSES,
     ROOM_SERVICES,
@@ -216,7 +216,7 @@ class SchedulingService:
             rules=work,
             breaks=pauses,
             exceptions=dated,
-            busy=[Busy(s, e) for s, e in busy],
+            busy=[Busy(s, e, timedelta(minutes=b)) for s, e, b in busy],
             policy=SlotPolicy(
                 duration=timedelta(minutes=doctor.consultation_minutes), buffer=buffer
             ),
@@ -284,7 +284,7 @@ class SchedulingService:
                             join_opens_at=opens,
                             join_closes_at=closes,
                         )
-                    await store.enqueue(conn, self._notifications(appointment, "booked"))
+                    await outbox_store.enqueue(conn, self._notifications(appointment, "booked"))
                     await self._audit.record(
                         self._appointment_event(principal, "appointment.create", appointment, ip),
                         conn=conn,
@@ -369,20 +369,28 @@ class SchedulingService:
         other staff their clinic's; filters narrow further."""
         if end <= start:
             raise BadRequest("'to' must be after 'from'")
+        # A filter naming someone outside the caller's scope matches nothing.
+        outside = (
+            principal.role is Role.PATIENT and patient_id not in (None, principal.user_id)
+        ) or (principal.role is Role.DOCTOR and doctor_id not in (None, principal.user_id))
         if principal.role is Role.PATIENT:
             patient_id = principal.user_id
         if principal.role is Role.DOCTOR:
             doctor_id = principal.user_id
-        found = await store.list_appointments(
-            self._pool,
-            start=start,
-            end=end,
-            clinic_id=principal.clinic_id,
-            doctor_id=doctor_id,
-            patient_id=patient_id,
-            statuses=statuses,
-            after=after,
-            limit=limit,
+        found = (
+            []
+            if outside
+            else await store.list_appointments(
+                self._pool,
+                start=start,
+                end=end,
+                clinic_id=principal.clinic_id,
+                doctor_id=doctor_id,
+                patient_id=patient_id,
+                statuses=statuses,
+                after=after,
+                limit=limit,
+            )
         )
         await self._audit.record(
             AuditEvent(
@@ -460,8 +468,8 @@ class SchedulingService:
                         consultation = await store.move_consultation_window(
                             conn, appointment_id, opens, closes
                         )
-                    await store.cancel_pending(conn, appointment_id)
-                    await store.enqueue(conn, self._notifications(moved, "moved"))
+                    await outbox_store.cancel_pending(conn, appointment_id)
+                    await outbox_store.enqueue(conn, self._notifications(moved, "moved"))
                     await self._audit.record(
                         self._appointment_event(
                             principal,
@@ -569,8 +577,8 @@ class SchedulingService:
                     code=ErrorCode.INVALID_TRANSITION,
                 )
             if to_status is S.CANCELLED:
-                await store.cancel_pending(conn, appointment_id)
-                await store.enqueue(conn, self._notifications(changed, "cancelled"))
+                await outbox_store.cancel_pending(conn, appointment_id)
+                await outbox_store.enqueue(conn, self._notifications(changed, "cancelled"))
             consultation = await store.get_consultation_for_appointment(conn, appointment_id)
             if consultation is not None:
                 target = _ROOM_STATUS.get(to_status)
