@@ -29,6 +29,7 @@ from teleconsult.api.registry import (
 )
 from teleconsult.api.scheduling import feed_routes, fhir_routes
 from teleconsult.api.scheduling import routes as scheduling_routes
+from teleconsult.api.scheduling.availability import AvailabilityService
 from teleconsult.api.scheduling.feeds import CalendarFeedService
 from teleconsult.api.scheduling.outbox import BackgroundWorker
 from teleconsult.api.scheduling.service import SchedulingService
@@ -133,10 +134,13 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[AUTHENTICATOR] = accounts
     app[patients_routes.PATIENTS] = PatientService(pool=pool, audit=audit)
     app[audit_routes.AUDIT_TRAIL] = audit
-    scheduling = SchedulingService(pool=pool, audit=audit, settings=settings.scheduling)
-    app[scheduling_routes.SCHEDULING] = scheduling
+    calendars = AvailabilityService(pool=pool, audit=audit)
+    app[scheduling_routes.CALENDARS] = calendars
+    app[scheduling_routes.SCHEDULING] = SchedulingService(
+        pool=pool, audit=audit, calendars=calendars, settings=settings.scheduling
+    )
     app[feed_routes.FEEDS] = CalendarFeedService(
-        pool=pool, audit=audit, scheduling=scheduling, public_url=settings.public_url
+        pool=pool, audit=audit, calendars=calendars, public_url=settings.public_url
     )
 
     async def database_ok() -> bool:

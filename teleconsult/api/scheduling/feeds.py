@@ -18,9 +18,9 @@ import asyncpg
 from teleconsult.api.accounts import store as accounts
 from teleconsult.api.policy import ensure_self_or_any
 from teleconsult.api.scheduling import feed_store, store
+from teleconsult.api.scheduling.availability import AvailabilityService
 from teleconsult.api.scheduling.ics import render_calendar
 from teleconsult.api.scheduling.records import CalendarFeed
-from teleconsult.api.scheduling.service import SchedulingService
 from teleconsult.core.audit import AuditEvent, AuditTrail
 from teleconsult.core.errors import NotFound
 from teleconsult.core.identity import Principal, Role
@@ -41,13 +41,13 @@ class CalendarFeedService:
         *,
         pool: asyncpg.Pool,
         audit: AuditTrail,
-        scheduling: SchedulingService,
+        calendars: AvailabilityService,
         public_url: str,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._pool = pool
         self._audit = audit
-        self._scheduling = scheduling
+        self._calendars = calendars
         self._public_url = public_url
         self._now = clock
 
@@ -55,7 +55,7 @@ class CalendarFeedService:
         return f"{self._public_url}/api/v1/calendar/{token}"
 
     async def _own_calendar(self, principal: Principal, doctor_id: UUID) -> None:
-        await self._scheduling.get_doctor(principal, doctor_id)
+        await self._calendars.get_doctor(principal, doctor_id)
         ensure_self_or_any(principal, doctor_id, self_only=Role.DOCTOR)
 
     async def create(

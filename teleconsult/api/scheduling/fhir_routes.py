@@ -19,7 +19,7 @@ from teleconsult.api.policy import Action
 from teleconsult.api.registry import Api, ApiRequest
 from teleconsult.api.scheduling import fhir
 from teleconsult.api.scheduling.records import ServiceKind
-from teleconsult.api.scheduling.routes import PUBLIC_URL, SCHEDULING
+from teleconsult.api.scheduling.routes import CALENDARS, PUBLIC_URL, SCHEDULING
 
 api = Api()
 DEFAULT_PAST = timedelta(days=30)
@@ -113,7 +113,7 @@ async def search_appointments(req: ApiRequest) -> web.Response:
     media_type=fhir.CONTENT_TYPE,
 )
 async def read_schedule(req: ApiRequest) -> web.Response:
-    doctor = await req.request.app[SCHEDULING].get_doctor(req.principal, req.params["doctor_id"])
+    doctor = await req.request.app[CALENDARS].get_doctor(req.principal, req.params["doctor_id"])
     now = datetime.now(UTC)
     return _fhir(
         fhir.schedule_resource(doctor, horizon_start=now, horizon_end=now + DEFAULT_FUTURE)
@@ -133,7 +133,7 @@ async def read_schedule(req: ApiRequest) -> web.Response:
 )
 async def search_slots(req: ApiRequest) -> web.Response:
     query = req.query(SlotSearch)
-    scheduling = req.request.app[SCHEDULING]
+    scheduling = req.request.app[CALENDARS]
     doctor = await scheduling.get_doctor(req.principal, query.schedule)
     slots = await scheduling.search_slots(
         req.principal,

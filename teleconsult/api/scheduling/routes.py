@@ -13,6 +13,7 @@ from teleconsult.api.models import Body, IsoDate, IsoDateTime, IsoTime, Limit
 from teleconsult.api.pagination import cut_page, decode_cursor
 from teleconsult.api.policy import Action
 from teleconsult.api.registry import Api, ApiRequest
+from teleconsult.api.scheduling.availability import AvailabilityService
 from teleconsult.api.scheduling.records import (
     Appointment,
     AppointmentStatus,
@@ -26,6 +27,7 @@ from teleconsult.api.scheduling.service import Booked, SchedulingService
 from teleconsult.core.errors import BadRequest
 
 SCHEDULING = web.AppKey("scheduling", SchedulingService)
+CALENDARS = web.AppKey("calendars", AvailabilityService)
 PUBLIC_URL = web.AppKey("public_url", str)
 api = Api()
 
@@ -260,6 +262,10 @@ def _svc(req: ApiRequest) -> SchedulingService:
     return req.request.app[SCHEDULING]
 
 
+def _cal(req: ApiRequest) -> AvailabilityService:
+    return req.request.app[CALENDARS]
+
+
 def _out(req: ApiRequest, booked: Booked) -> AppointmentOut:
     base = req.request.app[PUBLIC_URL]
     return AppointmentOut.of(booked.appointment, booked.consultation, base)
@@ -276,7 +282,7 @@ def _out(req: ApiRequest, booked: Booked) -> AppointmentOut:
     response=DoctorList,
 )
 async def list_doctors(req: ApiRequest) -> DoctorList:
-    found = await _svc(req).list_doctors(req.principal, req.query(DoctorQuery).service)
+    found = await _cal(req).list_doctors(req.principal, req.query(DoctorQuery).service)
     return DoctorList(items=[Doctor.of(d) for d in found])
 
 
@@ -290,7 +296,7 @@ async def list_doctors(req: ApiRequest) -> DoctorList:
     response=Doctor,
 )
 async def get_doctor(req: ApiRequest) -> Doctor:
-    return Doctor.of(await _svc(req).get_doctor(req.principal, req.params["doctor_id"]))
+    return Doctor.of(await _cal(req).get_doctor(req.principal, req.params["doctor_id"]))
 
 
 @api.op(
@@ -307,7 +313,7 @@ async def set_profile(req: ApiRequest) -> Doctor:
     body = req.body(DoctorProfileBody)
     fields = body.model_dump()
     fields["services"] = list(dict.fromkeys(body.services))
-    profile = await _svc(req).set_doctor_profile(
+    profile = await _cal(req).set_doctor_profile(
         req.principal, req.params["doctor_id"], fields, ip=req.ip
     )
     return Doctor.of(profile)
@@ -325,7 +331,7 @@ async def set_profile(req: ApiRequest) -> Doctor:
 )
 async def get_availability(req: ApiRequest) -> Availability:
     window = req.query(Window)
-    rules, exceptions = await _svc(req).availability(
+    rules, exceptions = await _cal(req).availability(
         req.principal, req.params["doctor_id"], window.start, window.end
     )
     return Availability(
@@ -348,7 +354,7 @@ async def add_rule(req: ApiRequest) -> Rule:
     body = req.body(RuleBody)
     if body.valid_from and body.valid_until and body.valid_until < body.valid_from:
         raise BadRequest("valid_until must not be before valid_from")
-    rule = await _svc(req).add_rule(req.principal, req.params["doctor_id"], **body.model_dump())
+    rule = await _cal(req).add_rule(req.principal, req.params["doctor_id"], **body.model_dump())
     return Rule.of(rule)
 
 
@@ -362,7 +368,7 @@ async def add_rule(req: ApiRequest) -> Rule:
     status=204,
 )
 async def delete_rule(req: ApiRequest) -> None:
-    await _svc(req).delete_rule(req.principal, req.params["doctor_id"], req.params["rule_id"])
+    await _cal(req).delete_rule(req.principal, req.params["doctor_id"], req.params["rule_id"])
 
 
 @api.op(
@@ -378,7 +384,7 @@ async def delete_rule(req: ApiRequest) -> None:
 )
 async def add_exception(req: ApiRequest) -> DatedChange:
     body = req.body(ExceptionBody)
-    change = await _svc(req).add_exception(
+    change = await _cal(req).add_exception(
         req.principal, req.params["doctor_id"], **body.model_dump()
     )
     return DatedChange.of(change)
@@ -394,7 +400,7 @@ async def add_exception(req: ApiRequest) -> DatedChange:
     status=204,
 )
 async def delete_exception(req: ApiRequest) -> None:
-    await _svc(req).delete_exception(
+    await _cal(req).delete_exception(
         req.principal, req.params["doctor_id"], req.params["exception_id"]
     )
 
@@ -412,7 +418,7 @@ async def delete_exception(req: ApiRequest) -> None:
 )
 async def search_slots(req: ApiRequest) -> SlotList:
     query = req.query(SlotQuery)
-    slots = await _svc(req).search_slots(
+    slots = await _cal(req).search_slots(
         req.principal,
         doctor_id=query.doctor,
         start=query.start,
