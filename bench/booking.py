@@ -482,6 +482,94 @@ class _Loop:
         return self.m
 
 
+# --- who else used the CPU ------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_by_process() -> dict[int, tuple[str, int, float]]:
+    """(name, start time, user + system CPU seconds) of every process now."""
+    found: dict[int, tuple[str, int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm, rest = (entry / "stat").read_text().split(" (", 1)[1].rsplit(")", 1)
+            fields = rest.split()
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        cpu = (int(fields[11]) + int(fields[12])) / _TICK
+        found[int(entry.name)] = (comm, int(fields[19]), cpu)
+    return found
+
+
+def _kernel_ticks() -> tuple[int, int, int]:
+    """(irq + softirq, steal, total) jiffies over all cores, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    return values[5] + values[6], values[7], sum(values)
+
+
+def _command(pid: int, comm: str) -> str:
+    """The command line, cut short; a kernel thread (no command line) by its family."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        raw = b""
+    text = " ".join(raw.replace(b"\0", b" ").decode(errors="replace").split())
+    return text[:90] if text else f"[{comm.split('/')[0]}]"
+
+
+class Bystanders:
+    """Who else used CPU in the window -- processes outside the benchmark (summed by
+    command, kernel threads by family), interrupts and steal: the "other" column."""
+
+    def __init__(self, ours: set[int], database: str) -> None:
+        self._ours = ours
+        self._database = database
+        self._start: tuple[float, dict[int, tuple[str, int, float]], tuple[int, int, int]] | None
+        self._start = None
+        self.top: list[tuple[float, str]] = []  # (share of a core, command), largest first
+        self.total = 0.0  # every outside process seen at the end, share of one core
+        self.irq = self.steal = 0.0  # shares of one core
+
+    def __call__(self, edge: str) -> None:
+        now, cpu, kernel = time.perf_counter(), _cpu_by_process(), _kernel_ticks()
+        if edge == "start" or self._start is None:
+            self._start = (now, cpu, kernel)
+            return
+        began, cpu0, kernel0 = self._start
+        wall = now - began
+        cores = os.cpu_count() or 1
+        ticks = max(1, kernel[2] - kernel0[2])
+        self.irq = (kernel[0] - kernel0[0]) / ticks * cores
+        self.steal = (kernel[1] - kernel0[1]) / ticks * cores
+        by_command: dict[str, float] = {}
+        for pid, (comm, started, seconds) in cpu.items():
+            before = cpu0.get(pid)
+            # A process born in the window counts whole; the start time tells a reused pid.
+            used = seconds - (before[2] if before and before[1] == started else 0.0)
+            if pid in self._ours or used <= 0:
+                continue
+            command = _command(pid, comm)
+            if self._database not in command:  # not a backend of our own database
+                by_command[command] = by_command.get(command, 0.0) + used / wall
+        self.total = sum(by_command.values())
+        ranked = sorted(((share, cmd) for cmd, share in by_command.items()), reverse=True)
+        self.top = [(share, cmd) for share, cmd in ranked[:4] if share >= 0.02]
+
+
+class Edges:
+    """Everything sampled at the window's edges."""
+
+    def __init__(self, probe: CpuProbe, bystanders: Bystanders) -> None:
+        self.probe = probe
+        self.bystanders = bystanders
+
+    async def __call__(self, edge: str) -> None:
+        self.bystanders(edge)
+        await self.probe(edge)
+
+
 # --- targets --------------------------------------------------------------------------
 
 
@@ -683,16 +771,21 @@ class Result:
     rows_per_booking: float
     invalid: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    noisy: bool = False  # something outside the benchmark took a noticeable share of CPU
+    bystanders: list[str] = field(default_factory=list)  # other processes busy in the window
+    kernel_irq: float = 0.0  # interrupt + softirq time, share of one core (loopback TCP too)
+    steal: float = 0.0  # time the hypervisor gave our cores to someone else
 
 
 def _result(
     target: str,
     round_no: int,
     m: Measured,
-    probe: CpuProbe,
+    edges: Edges,
     rows: dict[str, int],
     in_process: bool,
 ) -> Result:
+    probe, bystanders = edges.probe, edges.bystanders
     lat = m.latencies
     server_cpu = m.generator_cpu if in_process else probe.server
     ours = m.generator_cpu + probe.database_cpu + (0.0 if in_process else probe.server)
@@ -732,10 +825,16 @@ def _result(
             f"{m.succeeded} bookings succeeded but the database holds "
             f"{rows['appointments']} appointments for their slots"
         )
+    result.bystanders = [f"{share:.0%} {command}" for share, command in bystanders.top]
+    result.kernel_irq = bystanders.irq
+    result.steal = bystanders.steal
     if result.other_cpu > NOISE_LIMIT:
+        result.noisy = True
+        named = "; ".join(result.bystanders) or "no single process"
         result.notes.append(
-            f"{result.other_cpu:.0%} of a core went to neither generator, server nor "
-            "database (kernel, other processes): noisy"
+            f"{result.other_cpu:.0%} of a core went to neither generator, server nor database: "
+            f"interrupts {bystanders.irq:.0%}, steal {bystanders.steal:.0%}, "
+            f"other processes {bystanders.total:.0%}: {named}"
         )
     return result
 
@@ -796,7 +895,8 @@ async def bench_target(
                 world.dsn, min_size=args.pool_size, max_size=args.pool_size
             )
             pid = os.getpid()
-        probe = CpuProbe(pid, monitor, world.database)
+        ours = {os.getpid(), pid}
+        edges = Edges(CpuProbe(pid, monitor, world.database), Bystanders(ours, world.database))
         if server is not None:
             connector = aiohttp.TCPConnector(
                 limit=args.concurrency, limit_per_host=args.concurrency
@@ -805,7 +905,7 @@ async def bench_target(
             async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
                 url = f"{server.base}/api/v1/appointments"
                 loop = _Loop(label, http_attempt(session, url, world, slots), slots, spec)
-                measured = await loop.run(probe)
+                measured = await loop.run(edges)
             if server.proc.poll() is not None:
                 raise RuntimeError(f"teleconsult died during the run:\n{server.log_tail()}")
         else:
@@ -816,7 +916,7 @@ async def bench_target(
                 audited = target == "reference-tx"
                 attempt = transaction_attempt(pool, world, slots, audited=audited)
             loop = _Loop(label, attempt, slots, spec)
-            measured = await loop.run(probe)
+            measured = await loop.run(edges)
         rows = await count_rows(monitor, world, slots, measured)
     finally:
         if pool is not None:
@@ -824,20 +924,21 @@ async def bench_target(
         if server is not None:
             server.stop()
         await monitor.close()
-    return _result(target, round_no, measured, probe, rows, in_process=server is None)
+    return _result(target, round_no, measured, edges, rows, in_process=server is None)
 
 
-def ratios(results: list[Result]) -> list[dict[str, Any]]:
-    """Every other target against ``reference`` of the same round."""
-    refs = {r.round: r for r in results if r.target == REFERENCE}
+def ratios(results: list[Result], base: str = REFERENCE) -> list[dict[str, Any]]:
+    """Every other target against ``base`` of the same round: throughput and p99."""
+    bases = {r.round: r for r in results if r.target == base}
     found = []
     for r in results:
-        ref = refs.get(r.round)
-        if ref is None or r is ref:
+        ref = bases.get(r.round)
+        if ref is None or r is ref or (base != REFERENCE and r.target != "teleconsult"):
             continue
         found.append(
             {
                 "target": r.target,
+                "base": base,
                 "round": r.round,
                 "throughput_ratio": (
                     r.bookings_per_s / ref.bookings_per_s if ref.bookings_per_s else float("nan")
@@ -852,14 +953,24 @@ def _per_booking_us(cpu: float, rate: float) -> float:
     return cpu / rate * 1e6 if rate else float("nan")
 
 
+def _validity(r: Result) -> str:
+    return "INVALID" if r.invalid else "noisy" if r.noisy else "yes"
+
+
 def format_table(results: list[Result], found: list[dict[str, Any]]) -> str:
+    """Throughput and latency, the ratios, then where the CPU went."""
     rounds = max((r.round for r in results), default=1)
 
+    def label(target: str, round_no: int) -> str:
+        return target if rounds == 1 else f"{target} #{round_no}"
+
+    width = max([len("target")] + [len(label(r.target, r.round)) for r in results])
+
     def name(target: str, round_no: int) -> str:
-        return f"{target if rounds == 1 else f'{target} #{round_no}':<16}"
+        return f"{label(target, round_no):<{width}}"
 
     head = (
-        f"{'target':<16} {'bookings/s':>10} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} "
+        f"{'target':<{width}} {'bookings/s':>10} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} "
         f"{'max ms':>7} {'errors':>6} {'rows/booking':>12}  valid"
     )
     lines = [head, "-" * len(head)]
@@ -867,26 +978,31 @@ def format_table(results: list[Result], found: list[dict[str, Any]]) -> str:
         lines.append(
             f"{name(r.target, r.round)} {r.bookings_per_s:>10.0f} {r.p50_ms:>7.2f} "
             f"{r.p90_ms:>7.2f} {r.p99_ms:>7.2f} {r.max_ms:>7.2f} {r.errors:>6} "
-            f"{r.rows_per_booking:>12.1f}  {'INVALID' if r.invalid else 'yes'}"
+            f"{r.rows_per_booking:>12.1f}  {_validity(r)}"
         )
     for r in results:
         for reason in r.invalid:
-            lines.append(f"  ! {name(r.target, r.round).strip()}: {reason}")
+            lines.append(f"  ! {label(r.target, r.round)}: {reason}")
         for note in r.notes:
-            lines.append(f"  - {name(r.target, r.round).strip()}: {note}")
+            lines.append(f"  - {label(r.target, r.round)}: {note}")
         for sample in r.error_samples:
-            lines.append(f"  > {name(r.target, r.round).strip()}: {sample}")
-    if found:
-        lines += ["", "vs reference (raw INSERT), same round:"]
-        for ratio in found:
+            lines.append(f"  > {label(r.target, r.round)}: {sample}")
+    for base, title in (
+        (REFERENCE, "vs reference (one raw INSERT), same round:"),
+        ("reference-tx", "vs reference-tx (the same write transaction, no HTTP), same round:"),
+    ):
+        block = [ratio for ratio in found if ratio["base"] == base]
+        if block:
+            lines += ["", title]
+        for ratio in block:
             lines.append(
                 f"  {name(ratio['target'], ratio['round'])} "
                 f"throughput x{ratio['throughput_ratio']:.3f}   p99 x{ratio['p99_ratio']:.1f}"
             )
     lines.append("")
     head = (
-        f"{'CPU, share of one core':<16} {'gen':>5} {'server':>6} {'db':>5} {'other':>5} "
-        f"{'cores':>11}  {'server us/bk':>12} {'db us/bk':>8}"
+        f"{'CPU (1.0 = a core)':<{width}} {'gen':>5} {'server':>6} {'db':>5} {'other':>5} "
+        f"{'irq':>5} {'cores':>11}  {'server us/bk':>12} {'db us/bk':>8}"
     )
     lines += [head, "-" * len(head)]
     for r in results:
@@ -894,10 +1010,14 @@ def format_table(results: list[Result], found: list[dict[str, Any]]) -> str:
         server = "(=gen)" if r.target != "teleconsult" else f"{r.server_cpu:.0%}"
         lines.append(
             f"{name(r.target, r.round)} {r.generator_cpu:>5.0%} {server:>6} "
-            f"{r.database_cpu:>5.0%} {r.other_cpu:>5.0%} {cores:>11}  "
+            f"{r.database_cpu:>5.0%} {r.other_cpu:>5.0%} {r.kernel_irq:>5.0%} {cores:>11}  "
             f"{_per_booking_us(r.server_cpu, r.bookings_per_s):>12.0f} "
             f"{_per_booking_us(r.database_cpu, r.bookings_per_s):>8.0f}"
         )
+    lines.append(
+        "(references run in the generator's process, so their 'server us/bk' is the client's; "
+        "'other' = busy cores less gen, server and db, incl. 'irq')"
+    )
     return "\n".join(lines)
 
 
@@ -935,7 +1055,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 results.append(await bench_target(target, round_no, world, slots, args, cores))
     finally:
         await drop_database(world.dsn)
-    found = ratios(results)
+    found = ratios(results) + ratios(results, "reference-tx")
     return {
         "benchmark": "booking: POST /api/v1/appointments vs raw asyncpg INSERT",
         "command": shlex.join([sys.executable, "-m", "bench.booking", *sys.argv[1:]]),

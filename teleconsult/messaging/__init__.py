@@ -1,0 +1,1 @@
+"""End-to-end encrypted chat: the envelope format, and (later) its service, store and transports."""
