@@ -47,7 +47,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import asyncpg
 
-from bench.cpu import CpuProbe, background_busy
+from bench.cpu import CpuProbe, others_busy
 from bench.loadgen import GENERATOR_CPU_LIMIT, LoadSpec, Window, percentile, run_load
 from bench.report import Result, format_table, ratios
 from teleconsult.api.accounts import store
@@ -246,10 +246,7 @@ def _result(
         server_cpu=probe.server,
         database_cpu=probe.database_cpu,
         core_busy=probe.cores,
-        other_cpu=sum(probe.cores.values())
-        - window.generator_cpu
-        - probe.server
-        - probe.database_cpu,
+        other_cpu=probe.other,
         target_rate=rate,
     )
     if window.generator_cpu >= GENERATOR_CPU_LIMIT:
@@ -343,7 +340,7 @@ async def _wait_for_quiet(bound: float) -> None:
     started = time.monotonic()
     said = False
     while True:
-        busy = sum((await background_busy()).values())
+        busy = await others_busy()
         waited = time.monotonic() - started
         if busy <= NOISE_LIMIT or waited >= bound:
             if said or busy > NOISE_LIMIT:
@@ -396,7 +393,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         loop.add_signal_handler(sig, main_task.cancel)
     cores = _pick_cores()
     host = machine(cores)
-    host["busy_before_run"] = await background_busy()
+    host["busy_before_run"] = await others_busy()
     fixture = await prepare_database(args.users)
     results: list[Result] = []
     try:
@@ -508,12 +505,12 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: servers stopped, database dropped", file=sys.stderr)
         return 130
     host = report["machine"]
-    before = ", ".join(f"{core} {busy:.0%}" for core, busy in host["busy_before_run"].items())
     print(
         f"{host['nproc']} cores ({host['cpu_model']}), Python {host['python']}, "
-        f"pinning: {host['pinning']}; busy before the run: {before}"
+        f"pinning: {host['pinning']}; "
+        f"other processes' CPU before the run: {host['busy_before_run']:.0%} of a core"
     )
-    if any(busy > 0.2 for busy in host["busy_before_run"].values()):
+    if host["busy_before_run"] > NOISE_LIMIT:
         print("! something else was using the machine before the run: expect noise")
     print(report["table"])
     if args.json is not None:

@@ -1,6 +1,12 @@
 """CPU accounting from /proc: per process, per PostgreSQL backend, per core.
 
 Every figure is CPU seconds over wall seconds, so 1.0 is one whole core.
+
+Per-process times (``/proc/PID/stat``) are exact: the kernel scales them to
+the scheduler's own run time. Per-core times (``/proc/stat``) are sampled at
+the timer tick, which can miss short bursts of work on a lightly loaded core;
+they are shown for orientation, and "other" work (someone else's processes,
+kernel threads) is counted from every process instead.
 """
 
 from __future__ import annotations
@@ -26,6 +32,23 @@ def _process_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def _all_processes() -> dict[int, float]:
+    """CPU seconds of every process on the machine, by pid."""
+    found: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            found[int(entry.name)] = _process_seconds(int(entry.name))
+    return found
+
+
+def _delta(after: dict[int, float], before: dict[int, float], skip: set[int]) -> float:
+    """CPU seconds spent between two snapshots, by processes not in ``skip``.
+
+    A process born in between counts from zero; one that died in between is lost.
+    """
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items() if pid not in skip)
+
+
 def _core_ticks() -> dict[str, tuple[int, int]]:
     """(busy, total) jiffies per core from /proc/stat."""
     found: dict[str, tuple[int, int]] = {}
@@ -44,6 +67,7 @@ class _Sample:
     server: float
     backends: dict[int, float]
     cores: dict[str, tuple[int, int]]
+    everyone: dict[int, float]
 
 
 class CpuProbe:
@@ -57,7 +81,7 @@ class CpuProbe:
         self._monitor = monitor
         self._database = database
         self._start: _Sample | None = None
-        self.server = self.database_cpu = 0.0
+        self.server = self.database_cpu = self.other = 0.0
         self.cores: dict[str, float] = {}
 
     async def _backends(self) -> dict[int, float]:
@@ -73,6 +97,7 @@ class CpuProbe:
             server=_process_seconds(self._server_pid),
             backends=await self._backends(),
             cores=_core_ticks(),
+            everyone=_all_processes(),
         )
         if edge == "start" or self._start is None:
             self._start = sample
@@ -83,13 +108,15 @@ class CpuProbe:
         self.database_cpu = (
             sum(cpu - start.backends.get(pid, 0.0) for pid, cpu in sample.backends.items()) / wall
         )
+        ours = {os.getpid(), self._server_pid, *start.backends, *sample.backends}
+        self.other = _delta(sample.everyone, start.everyone, ours) / wall
         for core, (busy, total) in sample.cores.items():
             busy0, total0 = start.cores.get(core, (0, 0))
             self.cores[core] = (busy - busy0) / max(1, total - total0)
 
 
 async def background_busy(seconds: float = 1.0) -> dict[str, float]:
-    """Per-core busy share while nothing of ours runs: what else uses this machine."""
+    """Per-core busy share over ``seconds`` (tick-sampled, see the module docstring)."""
     before = _core_ticks()
     await asyncio.sleep(seconds)
     after = _core_ticks()
@@ -98,3 +125,10 @@ async def background_busy(seconds: float = 1.0) -> dict[str, float]:
         for core, (busy, total) in after.items()
         if core in before
     }
+
+
+async def others_busy(seconds: float = 1.0) -> float:
+    """CPU (share of a core) that every process but this one used over ``seconds``."""
+    before = _all_processes()
+    await asyncio.sleep(seconds)
+    return _delta(_all_processes(), before, {os.getpid()}) / seconds

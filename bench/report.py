@@ -24,7 +24,7 @@ class Result:
     server_cpu: float
     database_cpu: float
     core_busy: dict[str, float]
-    other_cpu: float  # every core's busy time less generator, server and database
+    other_cpu: float  # every other process on the machine (someone else's work, kernel threads)
     target_rate: float | None
     invalid: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)

@@ -18,8 +18,10 @@ of the other clinic.
 
 Scheduling routes (doctors, availability, slots, appointments, calendar feeds and
 their FHIR views) have their own table and request builders in
-``tests/test_authz_matrix_scheduling.py``, which reuses the helpers here; the
-route-coverage tests below read both tables (``policy_tables``).
+``tests/test_authz_matrix_scheduling.py``, and messaging routes (devices, threads,
+messages, receipts) in ``tests/test_authz_matrix_messaging.py``; both reuse the
+helpers here, and the route-coverage tests below read all three tables
+(``policy_tables``).
 """
 
 from __future__ import annotations
@@ -321,12 +323,15 @@ def path_of(rule: Rule, params: dict[str, UUID] | dict[str, str]) -> str:
 
 
 def policy_tables() -> dict[str, Rule]:
-    """Both written tables: this file's and the scheduling one."""
-    # Imported here: that module imports this one.
+    """Every written table: this file's, the scheduling one and the messaging one."""
+    # Imported here: those modules import this one.
+    from tests.test_authz_matrix_messaging import MESSAGING
     from tests.test_authz_matrix_scheduling import SCHEDULING
 
-    assert not EXPECTED.keys() & SCHEDULING.keys(), "an operation is in both tables"
-    return EXPECTED | SCHEDULING
+    tables = [EXPECTED, SCHEDULING, MESSAGING]
+    ops = [op for table in tables for op in table]
+    assert len(ops) == len(set(ops)), "an operation is in two tables"
+    return EXPECTED | SCHEDULING | MESSAGING
 
 
 async def route_problems(world: W, op: str, rule: Rule, prepare_fn: PrepareFn[W]) -> list[str]:

@@ -56,6 +56,10 @@ class Action(StrEnum):
     APPOINTMENT_CONDUCT = "appointment.conduct"
     FRONT_DESK = "front_desk"
     CALENDAR_FEED_MANAGE = "calendar_feed.manage"
+    DEVICE_MANAGE = "device.manage"
+    THREAD_CREATE = "thread.create"
+    THREAD_READ = "thread.read"
+    MESSAGE_SEND = "message.send"
 
 
 ROLE_RULES: dict[Action, frozenset[Role]] = {
@@ -92,6 +96,11 @@ ROLE_RULES: dict[Action, frozenset[Role]] = {
     Action.APPOINTMENT_CONDUCT: frozenset({Role.DOCTOR}),
     Action.FRONT_DESK: STAFF,
     Action.CALENDAR_FEED_MANAGE: ADMIN | {Role.DOCTOR},
+    # Messaging: membership of the thread is the object scope (non-members: 404).
+    Action.DEVICE_MANAGE: ALL,
+    Action.THREAD_CREATE: STAFF,
+    Action.THREAD_READ: ALL,
+    Action.MESSAGE_SEND: ALL,
 }
 
 

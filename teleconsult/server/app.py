@@ -45,6 +45,8 @@ from teleconsult.core.passwords import PasswordHasher
 from teleconsult.core.ratelimit import RateLimiter, create_rate_limiter
 from teleconsult.core.settings import Settings
 from teleconsult.core.tokens import TokenService
+from teleconsult.messaging import routes as messaging_routes
+from teleconsult.messaging.service import MessagingService
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,7 @@ def all_operations() -> list[Operation]:
         *scheduling_routes.api.operations,
         *feed_routes.api.operations,
         *fhir_routes.api.operations,
+        *messaging_routes.api.operations,
     ]
 
 
@@ -139,6 +142,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[scheduling_routes.SCHEDULING] = SchedulingService(
         pool=pool, audit=audit, calendars=calendars, settings=settings.scheduling
     )
+    app[messaging_routes.MESSAGING] = MessagingService(pool=pool, audit=audit)
     app[feed_routes.FEEDS] = CalendarFeedService(
         pool=pool, audit=audit, calendars=calendars, public_url=settings.public_url
     )

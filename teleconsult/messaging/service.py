@@ -1,0 +1,299 @@
+"""Messaging: devices, threads, and durable ordered messages the server cannot read.
+
+Domain rules only; no HTTP or Socket.IO. Every envelope is checked here, whatever
+transport brought it: the sender is a current member, the device is the
+sender's and not revoked, the signature verifies with that device's key, the
+envelope names this thread, and every sealed key is for a current device of a
+current member. The envelope is stored as opaque bytes: the server holds no
+plaintext and no private key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from uuid import UUID
+
+import asyncpg
+
+from teleconsult.api.accounts import store as accounts
+from teleconsult.api.policy import Scope, ensure_in_scope
+from teleconsult.api.scheduling import store as scheduling
+from teleconsult.core.audit import AuditEvent, AuditTrail
+from teleconsult.core.errors import (
+    BadRequest,
+    Conflict,
+    ErrorCode,
+    FieldError,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+)
+from teleconsult.core.identity import Principal, Role
+from teleconsult.messaging import store
+from teleconsult.messaging.envelope import (
+    Envelope,
+    EnvelopeError,
+    EnvelopeErrorCode,
+    to_msgpack,
+    verify_signature,
+)
+from teleconsult.messaging.records import (
+    AppendResult,
+    ConflictingDuplicate,
+    Device,
+    DeviceKeyInUse,
+    DeviceNotUsable,
+    InvalidDeviceKey,
+    InvalidMembers,
+    Member,
+    NotAMember,
+    NotInClinic,
+    Receipt,
+    StoredMessage,
+    Thread,
+    ThreadKind,
+    ThreadNotFound,
+)
+
+MAX_PAGE = 200
+
+
+@dataclass(frozen=True)
+class ThreadView:
+    thread: Thread
+    members: list[Member]
+
+
+def envelope_problem(exc: EnvelopeError) -> BadRequest | PayloadTooLarge:
+    """The client-facing form of an envelope the server refuses."""
+    if exc.code is EnvelopeErrorCode.TOO_LARGE:
+        return PayloadTooLarge(exc.detail)
+    code = {
+        EnvelopeErrorCode.BAD_SIGNATURE: ErrorCode.BAD_SIGNATURE,
+        EnvelopeErrorCode.UNSUPPORTED_VERSION: ErrorCode.UNSUPPORTED_VERSION,
+        EnvelopeErrorCode.TOO_LARGE: ErrorCode.PAYLOAD_TOO_LARGE,
+    }.get(exc.code, ErrorCode.INVALID_ENVELOPE)
+    field = f"body.envelope.{exc.field}" if exc.field else "body.envelope"
+    return BadRequest(exc.detail, code=code, fields=[FieldError(field, exc.detail)])
+
+
+class MessagingService:
+    """Safe to call concurrently; the database orders messages per thread."""
+
+    def __init__(self, *, pool: asyncpg.Pool, audit: AuditTrail) -> None:
+        self._pool = pool
+        self._audit = audit
+
+    # --- devices --------------------------------------------------------------------
+
+    async def register_device(
+        self, principal: Principal, *, x25519: bytes, ed25519: bytes, label: str | None
+    ) -> Device:
+        try:
+            return await store.register_device(
+                self._pool,
+                user_id=principal.user_id,
+                x25519_public=x25519,
+                ed25519_public=ed25519,
+                label=label,
+            )
+        except InvalidDeviceKey as exc:
+            raise BadRequest(str(exc), fields=[FieldError("body", str(exc))]) from None
+        except DeviceKeyInUse:
+            raise Conflict(
+                "that signing key belongs to another device", code=ErrorCode.DEVICE_KEY_IN_USE
+            ) from None
+
+    async def my_devices(self, principal: Principal) -> list[Device]:
+        return await store.list_devices(self._pool, [principal.user_id])
+
+    async def revoke_device(self, principal: Principal, device_id: UUID) -> None:
+        if not await store.revoke_device(self._pool, principal.user_id, device_id):
+            raise NotFound("device not found")
+
+    # --- threads --------------------------------------------------------------------
+
+    async def _member_thread(self, principal: Principal, thread_id: UUID) -> Thread:
+        """The thread when the caller is a current member of it; NotFound otherwise."""
+        thread = await store.get_thread(self._pool, thread_id)
+        member = thread is not None and await store.is_member(
+            self._pool, thread_id, principal.user_id
+        )
+        # Membership is the scope: a member is in it whatever their role.
+        scope = Scope(thread.clinic_id, principal.user_id) if thread and member else None
+        ensure_in_scope(principal, scope, "thread")
+        assert thread is not None
+        return thread
+
+    async def create_thread(
+        self, principal: Principal, *, kind: ThreadKind, member_ids: Sequence[UUID]
+    ) -> Thread:
+        """Staff start threads with people of their own clinic (they are a member)."""
+        if principal.role is Role.PATIENT:
+            raise Forbidden("patients join threads that staff or appointments start")
+        people = [principal.user_id, *[m for m in member_ids if m != principal.user_id]]
+        members: list[tuple[UUID, str]] = []
+        for user_id in people:
+            user = await accounts.get_user(self._pool, user_id)
+            ensure_in_scope(principal, Scope(user.clinic_id) if user else None, "user")
+            assert user is not None
+            members.append((user_id, user.role.value))
+        try:
+            thread = await store.create_thread(
+                self._pool,
+                clinic_id=principal.clinic_id,
+                kind=kind,
+                created_by=principal.user_id,
+                members=members,
+            )
+        except (InvalidMembers, NotInClinic) as exc:
+            raise BadRequest(str(exc), fields=[FieldError("body.member_ids", str(exc))]) from None
+        await self._audit.record(self._event(principal, "thread.create", thread.id))
+        return thread
+
+    async def thread_for_appointment(self, principal: Principal, appointment_id: UUID) -> Thread:
+        """The appointment's direct patient-doctor thread, created on first use."""
+        appointment = await scheduling.get_appointment(self._pool, appointment_id)
+        ensure_in_scope(
+            principal,
+            Scope(appointment.clinic_id, appointment.patient_id, appointment.doctor_id)
+            if appointment
+            else None,
+            "appointment",
+        )
+        assert appointment is not None
+        existing = await store.thread_for_appointment(self._pool, appointment_id)
+        if existing is not None:
+            return existing
+        members = [(appointment.doctor_id, "doctor"), (appointment.patient_id, "patient")]
+        try:
+            thread = await store.create_thread(
+                self._pool,
+                clinic_id=appointment.clinic_id,
+                kind=ThreadKind.DIRECT,
+                created_by=principal.user_id,
+                members=members,
+                appointment_id=appointment_id,
+            )
+        except Exception as exc:  # a concurrent first use created it
+            found = await store.thread_for_appointment(self._pool, appointment_id)
+            if found is None:
+                raise exc
+            return found
+        await self._audit.record(self._event(principal, "thread.create", thread.id))
+        return thread
+
+    async def my_threads(self, principal: Principal) -> list[Thread]:
+        return await store.threads_for_user(self._pool, principal.user_id)
+
+    async def view(self, principal: Principal, thread_id: UUID) -> ThreadView:
+        thread = await self._member_thread(principal, thread_id)
+        return ThreadView(thread, await store.list_members(self._pool, thread_id))
+
+    async def member_devices(self, principal: Principal, thread_id: UUID) -> list[Device]:
+        """Current devices of current members: whom a sender must seal the key for."""
+        await self._member_thread(principal, thread_id)
+        return await store.thread_devices(self._pool, thread_id)
+
+    # --- messages -------------------------------------------------------------------
+
+    async def send(self, principal: Principal, thread_id: UUID, env: Envelope) -> AppendResult:
+        """Store an envelope after every check; idempotent on its client message id."""
+        await self._member_thread(principal, thread_id)
+        if env.thread_id != thread_id:
+            raise BadRequest(
+                "the envelope names another thread",
+                code=ErrorCode.INVALID_ENVELOPE,
+                fields=[FieldError("body.envelope.thread_id", "does not match the path")],
+            )
+        device = await store.get_device(self._pool, env.sender_device_id)
+        if device is None or device.user_id != principal.user_id or device.revoked_at is not None:
+            raise Forbidden(
+                "the sending device is not a current device of yours",
+                code=ErrorCode.DEVICE_NOT_USABLE,
+            )
+        try:
+            verify_signature(env, device.ed25519_public)
+        except EnvelopeError as exc:
+            raise envelope_problem(exc) from None
+        allowed = {d.id for d in await store.thread_devices(self._pool, thread_id)}
+        strangers = [str(r) for r in env.recipient_ids if r not in allowed]
+        if strangers:
+            raise BadRequest(
+                "keys are sealed for devices outside the thread",
+                code=ErrorCode.NOT_A_RECIPIENT,
+                fields=[FieldError("body.envelope.keys", ", ".join(strangers[:5]))],
+            )
+        try:
+            result = await store.append_message(
+                self._pool,
+                thread_id=thread_id,
+                client_msg_id=env.client_msg_id,
+                sender_user_id=principal.user_id,
+                sender_device_id=device.id,
+                envelope=to_msgpack(env),
+            )
+        except ConflictingDuplicate:
+            raise Conflict(
+                "that client message id was used for a different message",
+                code=ErrorCode.CLIENT_MSG_ID_REUSED,
+            ) from None
+        except NotAMember:
+            raise NotFound("thread not found") from None
+        except DeviceNotUsable:
+            raise Forbidden(
+                "the sending device is not usable", code=ErrorCode.DEVICE_NOT_USABLE
+            ) from None
+        except ThreadNotFound:
+            raise NotFound("thread not found") from None
+        if not result.duplicate:
+            await self._audit.record(
+                self._event(principal, "message.send", thread_id, seq=result.seq)
+            )
+        return result
+
+    async def history(
+        self, principal: Principal, thread_id: UUID, *, after: int, limit: int
+    ) -> tuple[list[StoredMessage], bool]:
+        """Messages after ``after``, oldest first, and whether that reached the newest."""
+        await self._member_thread(principal, thread_id)
+        page, complete = await store.messages_after(
+            self._pool, thread_id, after, min(limit, MAX_PAGE)
+        )
+        await self._audit.record(
+            self._event(principal, "message.read", thread_id, after=after, results=len(page))
+        )
+        return page, complete
+
+    async def mark(
+        self,
+        principal: Principal,
+        thread_id: UUID,
+        *,
+        delivered_seq: int | None,
+        read_seq: int | None,
+    ) -> Receipt:
+        await self._member_thread(principal, thread_id)
+        try:
+            return await store.update_receipt(
+                self._pool,
+                thread_id=thread_id,
+                user_id=principal.user_id,
+                delivered_seq=delivered_seq,
+                read_seq=read_seq,
+            )
+        except NotAMember:
+            raise NotFound("thread not found") from None
+
+    @staticmethod
+    def _event(principal: Principal, action: str, thread_id: UUID, **detail: int) -> AuditEvent:
+        return AuditEvent(
+            action=action,
+            actor_id=principal.user_id,
+            actor_role=principal.role.value,
+            clinic_id=principal.clinic_id,
+            object_type="thread",
+            object_id=str(thread_id),
+            detail=dict(detail),
+        )
