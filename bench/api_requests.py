@@ -49,7 +49,7 @@ import asyncpg
 
 from bench.cpu import CpuProbe, others_busy
 from bench.loadgen import GENERATOR_CPU_LIMIT, LoadSpec, Window, percentile, run_load
-from bench.report import Result, format_table, ratios
+from bench.report import Result, format_table, positive, ratios, target_list
 from teleconsult.api.accounts import store
 from teleconsult.core.identity import Role
 from teleconsult.core.migrations import migrate
@@ -428,36 +428,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _targets(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in TARGETS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"choose from {', '.join(TARGETS)}; got {text!r}")
-    return names
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.api_requests",
         description="Authenticated GET /api/v1/me: teleconsult against a bare-aiohttp reference.",
     )
-    parser.add_argument("--duration", type=_positive, default=10.0, help="measured seconds")
+    parser.add_argument("--duration", type=positive, default=10.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
     parser.add_argument("--concurrency", type=int, default=32, help="connections / workers")
-    parser.add_argument("--rate", type=_positive, default=None, help="also run open loop at R/s")
+    parser.add_argument("--rate", type=positive, default=None, help="also run open loop at R/s")
     parser.add_argument("--users", type=int, default=64, help="signed-in users to cycle through")
     parser.add_argument("--pool-max", type=int, default=10, help="database pool size (both)")
-    parser.add_argument("--timeout", type=_positive, default=10.0, help="per-request timeout")
+    parser.add_argument("--timeout", type=positive, default=10.0, help="per-request timeout")
     parser.add_argument(
         "--targets",
-        type=_targets,
+        type=target_list(TARGETS),
         default=["teleconsult", "reference"],
         help=f"comma-separated, run in this order; from {', '.join(TARGETS)}",
     )

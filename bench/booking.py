@@ -72,6 +72,7 @@ import asyncpg
 from bench.api_requests import ADMIN_DSN, drop_database, machine
 from bench.cpu import CpuProbe, background_busy
 from bench.loadgen import GENERATOR_CPU_LIMIT, percentile
+from bench.report import positive, target_list
 from teleconsult.api.accounts import store as accounts
 from teleconsult.api.scheduling import outbox_store
 from teleconsult.api.scheduling import store as scheduling
@@ -1079,27 +1080,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _targets(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in TARGETS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"choose from {', '.join(TARGETS)}; got {text!r}")
-    return names
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.booking",
         description="Bookings/s and latency: teleconsult against raw asyncpg INSERTs.",
     )
-    parser.add_argument("--duration", type=_positive, default=10.0, help="measured seconds")
+    parser.add_argument("--duration", type=positive, default=10.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
     parser.add_argument("--concurrency", type=int, default=16, help="closed-loop workers")
     parser.add_argument(
@@ -1112,10 +1098,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1,
         help="doctors booked in turn (1: every booking queues on the one doctor's lock)",
     )
-    parser.add_argument("--timeout", type=_positive, default=10.0, help="per-booking timeout")
+    parser.add_argument("--timeout", type=positive, default=10.0, help="per-booking timeout")
     parser.add_argument(
         "--targets",
-        type=_targets,
+        type=target_list(TARGETS),
         default=list(TARGETS),
         help=f"comma-separated, run in this order; from {', '.join(TARGETS)}",
     )

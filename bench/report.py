@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,3 +117,25 @@ def format_table(results: list[Result], found_ratios: list[dict[str, Any]]) -> s
             f"{_per_request_us(r.database_cpu, r.rps):>9.0f}"
         )
     return "\n".join(lines)
+
+
+def positive(text: str) -> float:
+    """argparse type: a number > 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def target_list(known: Iterable[str]) -> Callable[[str], list[str]]:
+    """argparse type factory: a comma-separated subset of ``known`` target names."""
+    choices = tuple(known)
+
+    def parse(text: str) -> list[str]:
+        names = [name.strip() for name in text.split(",") if name.strip()]
+        unknown = [name for name in names if name not in choices]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"choose from {', '.join(choices)}; got {text!r}")
+        return names
+
+    return parse

@@ -67,11 +67,9 @@ def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
 Mode = Literal["validation", "serialization"]
 
 
-def build_openapi(
-    operations: list[Operation], *, extra_models: tuple[type[BaseModel], ...] = ()
-) -> dict[str, Any]:
+def build_openapi(operations: list[Operation]) -> dict[str, Any]:
     wanted: list[tuple[type[BaseModel], Mode]] = [(Problem, "serialization")]
-    shared: tuple[type[BaseModel], ...] = (Health, Readiness, *extra_models)
+    shared: tuple[type[BaseModel], ...] = (Health, Readiness)
     wanted += [(m, "serialization") for m in shared]
     for op in operations:
         if op.body is not None:

@@ -128,9 +128,6 @@ class ClinicPatch(Patch):
     timezone: str | None = None
 
 
-StaffRole = Literal["doctor", "nurse", "receptionist", "admin"]
-
-
 class CreateUserBody(Body):
     email: Email
     password: Password

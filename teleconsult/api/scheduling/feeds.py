@@ -117,11 +117,8 @@ class CalendarFeedService:
             doctor_id=doctor.user_id,
             limit=2000,
         )
-        links: dict[UUID, str] = {}
-        for appointment in appointments:
-            room = await store.get_consultation_for_appointment(self._pool, appointment.id)
-            if room is not None:
-                links[appointment.id] = f"{self._public_url}/join/{room.room_id}"
+        rooms = await store.consultations_for(self._pool, [a.id for a in appointments])
+        links = {aid: f"{self._public_url}/join/{room.room_id}" for aid, room in rooms.items()}
         await self._audit.record(
             AuditEvent(
                 action="calendar_feed.read",

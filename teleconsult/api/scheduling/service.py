@@ -122,10 +122,7 @@ class SchedulingService:
                         conn=conn,
                     )
             except SlotTaken as exc:
-                raise Conflict(
-                    f"that time is taken: the {exc.which} already has an appointment",
-                    code=ErrorCode.SLOT_TAKEN,
-                ) from None
+                raise _slot_taken(exc) from None
         return Booked(appointment, consultation)
 
     async def _patient_for_booking(self, principal: Principal, patient_id: UUID | None) -> UUID:
@@ -313,10 +310,7 @@ class SchedulingService:
                         conn=conn,
                     )
             except SlotTaken as exc:
-                raise Conflict(
-                    f"that time is taken: the {exc.which} already has an appointment",
-                    code=ErrorCode.SLOT_TAKEN,
-                ) from None
+                raise _slot_taken(exc) from None
         return Booked(moved, consultation)
 
     async def cancel(
@@ -471,3 +465,10 @@ _ROOM_FROM: dict[ConsultationStatus, tuple[ConsultationStatus, ...]] = {
     "open": ("scheduled",),
     "ended": ("scheduled", "open"),
 }
+
+
+def _slot_taken(exc: SlotTaken) -> Conflict:
+    return Conflict(
+        f"that time is taken: the {exc.which} already has an appointment",
+        code=ErrorCode.SLOT_TAKEN,
+    )

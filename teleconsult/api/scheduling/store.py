@@ -609,6 +609,17 @@ async def get_consultation_for_appointment(conn: Conn, appointment_id: UUID) -> 
     return Consultation(**dict(row)) if row else None
 
 
+async def consultations_for(
+    conn: Conn, appointment_ids: Sequence[UUID]
+) -> dict[UUID, Consultation]:
+    """The consultations of these appointments, by appointment id (one query)."""
+    rows = await conn.fetch(
+        f"SELECT {_CONSULTATION_COLUMNS} FROM consultations WHERE appointment_id = ANY($1::uuid[])",
+        list(appointment_ids),
+    )
+    return {row["appointment_id"]: Consultation(**dict(row)) for row in rows}
+
+
 async def move_consultation_window(
     conn: Conn, appointment_id: UUID, join_opens_at: datetime, join_closes_at: datetime
 ) -> Consultation | None:
