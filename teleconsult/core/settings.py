@@ -170,6 +170,22 @@ class NotifySettings:
 
 
 @dataclass(frozen=True)
+class ChatSettings:
+    """Real-time chat limits, per connection unless said otherwise."""
+
+    max_frame_bytes: int = 256 * 1024
+    events_per_second: float = 20.0
+    event_burst: int = 40
+    max_queued_events: int = 256
+    typing_per_window: int = 5
+    typing_window: int = 10
+    presence_ttl: int = 60
+    ping_interval: int = 25
+    ping_timeout: int = 20
+    offline_hook: bool = True
+
+
+@dataclass(frozen=True)
 class LogSettings:
     level: str = "INFO"
     format: str = "json"
@@ -187,6 +203,7 @@ class Settings:
     public_url: str = "http://127.0.0.1:8080"
     scheduling: SchedulingSettings = field(default_factory=SchedulingSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
+    chat: ChatSettings = field(default_factory=ChatSettings)
 
     def service_urls(self) -> dict[str, str]:
         """The external services these settings point at, by variable name."""
@@ -283,6 +300,18 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         lease_seconds=e.integer("NOTIFY_LEASE_SECONDS", 60, minimum=1),
         run_in_server=e.flag("NOTIFY_IN_SERVER", True),
     )
+    chat = ChatSettings(
+        max_frame_bytes=e.integer("CHAT_MAX_FRAME_BYTES", 256 * 1024, minimum=16 * 1024),
+        events_per_second=e.number("CHAT_EVENTS_PER_SECOND", 20.0, minimum=0.1),
+        event_burst=e.integer("CHAT_EVENT_BURST", 40, minimum=1),
+        max_queued_events=e.integer("CHAT_MAX_QUEUED_EVENTS", 256, minimum=8),
+        typing_per_window=e.integer("CHAT_TYPING_PER_WINDOW", 5, minimum=1),
+        typing_window=e.integer("CHAT_TYPING_WINDOW", 10, minimum=1),
+        presence_ttl=e.integer("CHAT_PRESENCE_TTL", 60, minimum=5),
+        ping_interval=e.integer("CHAT_PING_INTERVAL", 25, minimum=1),
+        ping_timeout=e.integer("CHAT_PING_TIMEOUT", 20, minimum=1),
+        offline_hook=e.flag("CHAT_OFFLINE_HOOK", True),
+    )
     public_url = e.url("PUBLIC_URL", ("http", "https")) or f"http://{http.host}:{http.port}"
     return Settings(
         data_dir=data_dir,
@@ -295,4 +324,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         public_url=public_url.rstrip("/"),
         scheduling=scheduling,
         notify=notify,
+        chat=chat,
     )

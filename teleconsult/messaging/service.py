@@ -114,6 +114,16 @@ class MessagingService:
 
     # --- threads --------------------------------------------------------------------
 
+    async def ensure_member(self, principal: Principal, thread_id: UUID) -> Thread:
+        """The thread when the caller is a current member of it; NotFound otherwise."""
+        return await self._member_thread(principal, thread_id)
+
+    async def member_ids(self, thread_id: UUID) -> list[UUID]:
+        return await store.member_ids(self._pool, thread_id)
+
+    async def co_member_ids(self, user_id: UUID) -> list[UUID]:
+        return await store.co_member_ids(self._pool, user_id)
+
     async def _member_thread(self, principal: Principal, thread_id: UUID) -> Thread:
         """The thread when the caller is a current member of it; NotFound otherwise."""
         thread = await store.get_thread(self._pool, thread_id)

@@ -327,6 +327,29 @@ async def list_members(conn: Conn, thread_id: UUID) -> list[Member]:
     return [_member(row) for row in rows]
 
 
+async def member_ids(conn: Conn, thread_id: UUID) -> list[UUID]:
+    """The ids of the thread's current members: whom live events go to."""
+    rows = await conn.fetch(
+        "SELECT user_id FROM thread_members WHERE thread_id = $1 AND left_at IS NULL",
+        thread_id,
+    )
+    return [row["user_id"] for row in rows]
+
+
+async def co_member_ids(conn: Conn, user_id: UUID) -> list[UUID]:
+    """Everyone who shares a current thread with the user, the user excluded."""
+    rows = await conn.fetch(
+        """
+        SELECT DISTINCT other.user_id FROM thread_members mine
+        JOIN thread_members other
+          ON other.thread_id = mine.thread_id AND other.left_at IS NULL
+        WHERE mine.user_id = $1 AND mine.left_at IS NULL AND other.user_id <> $1
+        """,
+        user_id,
+    )
+    return [row["user_id"] for row in rows]
+
+
 async def is_member(conn: Conn, thread_id: UUID, user_id: UUID) -> bool:
     """Whether the user is a current member: who may read and send."""
     found = await conn.fetchval(

@@ -46,7 +46,11 @@ from teleconsult.core.ratelimit import RateLimiter, create_rate_limiter
 from teleconsult.core.settings import Settings
 from teleconsult.core.tokens import TokenService
 from teleconsult.messaging import routes as messaging_routes
+from teleconsult.messaging.chat import ChatService
+from teleconsult.messaging.hub import Hub
+from teleconsult.messaging.presence import create_presence
 from teleconsult.messaging.service import MessagingService
+from teleconsult.messaging.sio import CHAT, CHAT_ACCOUNTS, attach_socketio
 
 logger = logging.getLogger(__name__)
 
@@ -183,10 +187,33 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/v1/openapi.json", ops.openapi_json, name="openapi")
     app.router.add_get("/metrics", metrics.handler, name="metrics")
 
+    attach_socketio(app, settings.chat)
+
     _add_resources(app)
+    app.cleanup_ctx.append(_chat)
     app.cleanup_ctx.append(_notifications)
     app.cleanup_ctx.append(EventLoopLagMonitor(metrics).cleanup_ctx)
     return app
+
+
+async def _chat(app: web.Application) -> AsyncIterator[None]:
+    """Live chat: presence, the hub that feeds this process's connections, the service."""
+    settings = app[SETTINGS]
+    presence = create_presence(settings.redis.url, ttl=settings.chat.presence_ttl)
+    hub = Hub(app[BUS], presence, heartbeat=settings.chat.presence_ttl / 3)
+    await hub.start()
+    app[CHAT] = ChatService(
+        messaging=app[messaging_routes.MESSAGING],
+        hub=hub,
+        limiter=app[LIMITER],
+        settings=settings.chat,
+    )
+    app[CHAT_ACCOUNTS] = app[accounts_routes.ACCOUNTS]
+    try:
+        yield
+    finally:
+        await hub.close()
+        await presence.close()
 
 
 async def _notifications(app: web.Application) -> AsyncIterator[None]:

@@ -1,0 +1,180 @@
+"""How a chat client reaches the server: request/ack calls and pushed events.
+
+:class:`ChatClient` works over any :class:`Transport`. This module has the
+Socket.IO one (WebSocket or HTTP long-polling); the MQTT one is in
+``client/mqtt.py``. A transport keeps itself connected: after any drop (the
+network, a server restart, the server closing a slow consumer) it reconnects
+with jittered exponential backoff and calls ``on_connected`` so the client
+resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import socketio
+
+logger = logging.getLogger(__name__)
+
+EventHandler = Callable[[str, Any], Awaitable[None]]
+ConnectedHandler = Callable[[], Awaitable[None]]
+TokenProvider = Callable[[], Awaitable[str]]
+
+
+class TransportClosed(Exception):
+    """The call could not be made or answered: the link is down (retry later)."""
+
+
+class Refused(Exception):
+    """The server refused the connection itself (bad token): retrying will not help."""
+
+    def __init__(self, error: Any) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class Transport(Protocol):
+    connected: asyncio.Event
+
+    async def start(self, on_event: EventHandler, on_connected: ConnectedHandler) -> None: ...
+
+    async def call(self, event: str, data: Any, *, timeout: float) -> dict[str, Any]:
+        """Send a request and return its ack; TransportClosed when that failed."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Backoff:
+    def __init__(self, first: float = 0.2, most: float = 10.0) -> None:
+        self._first, self._most, self._next = first, most, first
+
+    def reset(self) -> None:
+        self._next = self._first
+
+    def delay(self) -> float:
+        value = self._next * (0.5 + random.random())  # noqa: S311 - jitter, not crypto
+        self._next = min(self._most, self._next * 2)
+        return value
+
+
+class SocketIoTransport:
+    """``transports``: ``("websocket",)``, ``("polling",)``, or both (polling, then upgrade)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: TokenProvider,
+        *,
+        transports: tuple[str, ...] = ("websocket",),
+        encoding: str = "msgpack",
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self._url = base_url.rstrip("/")
+        self._token = token
+        self._transports = list(transports)
+        self._encoding = encoding
+        self._connect_timeout = connect_timeout
+        self.connected = asyncio.Event()
+        self._sio: socketio.AsyncClient | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._dropped = asyncio.Event()
+        self._closing = False
+        self._on_event: EventHandler | None = None
+        self._on_connected: ConnectedHandler | None = None
+        self.reconnects = 0
+
+    async def start(self, on_event: EventHandler, on_connected: ConnectedHandler) -> None:
+        self._on_event, self._on_connected = on_event, on_connected
+        await self._connect_once()  # the first failure is the caller's to see
+        self._supervisor = asyncio.create_task(self._supervise(), name="sio-supervisor")
+
+    async def _connect_once(self) -> None:
+        sio = socketio.AsyncClient(reconnection=False, handle_sigint=False)
+        sio.on("*", self._dispatch, namespace="/chat")
+
+        async def lost(*_: Any) -> None:
+            if self._sio is sio:  # not a late event of an older connection
+                self.connected.clear()
+                self._dropped.set()
+
+        sio.on("disconnect", lost, namespace="/chat")
+        auth = {"token": await self._token(), "encoding": self._encoding}
+        try:
+            await sio.connect(
+                self._url,
+                auth=auth,
+                transports=self._transports,
+                namespaces=["/chat"],
+                wait_timeout=self._connect_timeout,
+            )
+        except socketio.exceptions.ConnectionError as exc:
+            with contextlib.suppress(Exception):
+                await sio.disconnect()
+            error = exc.args[1] if len(exc.args) > 1 else None
+            if isinstance(error, dict) and error.get("status") == 401:
+                raise Refused(error) from None
+            raise TransportClosed(str(exc)) from None
+        self._sio = sio
+        self._dropped.clear()
+        self.connected.set()
+        assert self._on_connected is not None
+        await self._on_connected()
+
+    async def _dispatch(self, event: str, data: Any = None) -> None:
+        if self._on_event is not None:
+            await self._on_event(event, data)
+
+    async def _supervise(self) -> None:
+        backoff = Backoff()
+        while not self._closing:
+            await self._dropped.wait()
+            if self._closing:
+                return
+            old, self._sio = self._sio, None
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    await old.disconnect()
+            while not self._closing:
+                await asyncio.sleep(backoff.delay())
+                try:
+                    await self._connect_once()
+                except Refused:
+                    logger.warning("the server refused the token; giving up reconnecting")
+                    return
+                except (TransportClosed, OSError, asyncio.TimeoutError):
+                    continue
+                self.reconnects += 1
+                backoff.reset()
+                break
+
+    async def call(self, event: str, data: Any, *, timeout: float) -> dict[str, Any]:
+        sio = self._sio
+        if sio is None or not self.connected.is_set():
+            raise TransportClosed("not connected")
+        try:
+            ack = await sio.call(event, data, namespace="/chat", timeout=timeout)
+        except (socketio.exceptions.TimeoutError, socketio.exceptions.BadNamespaceError) as exc:
+            raise TransportClosed(str(exc) or type(exc).__name__) from None
+        except socketio.exceptions.DisconnectedError:
+            raise TransportClosed("disconnected") from None
+        if not isinstance(ack, dict):
+            raise TransportClosed(f"unexpected ack {ack!r}")
+        return ack
+
+    async def close(self) -> None:
+        self._closing = True
+        self._dropped.set()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        if self._sio is not None:
+            with contextlib.suppress(Exception):
+                await self._sio.disconnect()
+        self.connected.clear()

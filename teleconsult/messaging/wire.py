@@ -1,0 +1,144 @@
+"""What the real-time transports carry: request bodies, acks and pushed events.
+
+Socket.IO and MQTT speak the same events with the same payloads (docs/protocol.md,
+"Real-time events"). A pushed ``message`` carries the envelope as msgpack bytes
+inside the server; :func:`for_encoding` turns it into the JSON form for a
+client that asked for JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Annotated, Any, Literal, TypeVar
+from uuid import UUID
+
+from pydantic import ConfigDict, Field, Strict, ValidationError
+
+from teleconsult.api.models import Body
+from teleconsult.core.errors import BadRequest, ClientError, ErrorCode, FieldError
+from teleconsult.messaging.envelope import (
+    Envelope,
+    EnvelopeError,
+    from_json,
+    from_msgpack,
+    to_json,
+)
+from teleconsult.messaging.records import StoredMessage
+from teleconsult.messaging.service import envelope_problem
+
+Encoding = Literal["json", "msgpack"]
+ENCODINGS: tuple[Encoding, ...] = ("json", "msgpack")
+Seq = Annotated[int, Field(ge=0, le=2**63 - 1)]
+MAX_RESUME_THREADS = 100
+M = TypeVar("M", bound="Event")
+# Payloads are checked strictly (no "1" for 1), except that ids arrive as text.
+Id = Annotated[UUID, Strict(False)]
+
+
+class Event(Body):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class SendRequest(Event):
+    thread_id: Id
+    envelope: dict[str, Any] | bytes
+
+
+class ResumeRequest(Event):
+    threads: Annotated[dict[Id, Seq], Field(max_length=MAX_RESUME_THREADS)]
+    limit: Annotated[int, Field(ge=1, le=200)] = 50
+
+
+class ReceiptRequest(Event):
+    thread_id: Id
+    delivered_seq: Seq | None = None
+    read_seq: Seq | None = None
+
+
+class TypingRequest(Event):
+    thread_id: Id
+    typing: bool
+
+
+class PresenceRequest(Event):
+    thread_id: Id
+
+
+def parse(model: type[M], data: object) -> M:
+    """Validate an event's payload strictly; a refusal names the fields."""
+    if not isinstance(data, dict):
+        raise BadRequest(
+            "the event payload must be an object", fields=[FieldError("data", "not an object")]
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        fields = [
+            FieldError(
+                "data." + ".".join(str(part) for part in err["loc"]) if err["loc"] else "data",
+                err["msg"],
+            )
+            for err in exc.errors(include_url=False)
+        ]
+        raise BadRequest("the event payload is invalid", fields=fields) from None
+
+
+def envelope_of(value: dict[str, Any] | bytes, *, max_bytes: int) -> Envelope:
+    try:
+        if isinstance(value, bytes):
+            return from_msgpack(value, max_bytes=max_bytes)
+        return from_json(value, max_bytes=max_bytes)
+    except EnvelopeError as exc:
+        raise envelope_problem(exc) from None
+
+
+def ok(**result: Any) -> dict[str, Any]:
+    return {"ok": True, **result}
+
+
+def error_ack(exc: ClientError) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": str(exc.code), "status": exc.status, "detail": exc.detail}
+    if exc.fields:
+        error["fields"] = [{"field": f.field, "message": f.message} for f in exc.fields]
+    retry = exc.headers.get("Retry-After")
+    if retry is not None:
+        error["retry_after"] = int(retry)
+    return {"ok": False, "error": error}
+
+
+def internal_error_ack() -> dict[str, Any]:
+    return {
+        "ok": False,
+        "error": {
+            "code": str(ErrorCode.INTERNAL),
+            "status": 500,
+            "detail": "the server failed; send again with the same client message id",
+        },
+    }
+
+
+def message_data(m: StoredMessage) -> dict[str, Any]:
+    """A stored message as pushed and resumed, envelope in msgpack bytes."""
+    return {
+        "thread_id": str(m.thread_id),
+        "seq": m.seq,
+        "client_msg_id": m.client_msg_id,
+        "sender_user_id": str(m.sender_user_id),
+        "sender_device_id": str(m.sender_device_id),
+        "created_at": _iso(m.created_at),
+        "envelope": m.envelope,
+    }
+
+
+def for_encoding(data: Mapping[str, Any], encoding: Encoding) -> dict[str, Any]:
+    """``data`` with its envelope in the client's encoding (bytes stay bytes for msgpack)."""
+    out = dict(data)
+    raw = out.get("envelope")
+    if encoding == "json" and isinstance(raw, bytes):
+        out["envelope"] = to_json(from_msgpack(raw, max_bytes=len(raw)))
+    return out
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
