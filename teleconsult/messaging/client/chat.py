@@ -23,12 +23,15 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+import aiohttp
+
 from teleconsult.messaging.client.crypto import DeviceKeys, new_client_msg_id, open_envelope, seal
 from teleconsult.messaging.client.rest import PeerDevice, RestClient
 from teleconsult.messaging.client.transport import Backoff, Transport, TransportClosed
 from teleconsult.messaging.envelope import (
     Envelope,
     EnvelopeError,
+    EnvelopeErrorCode,
     from_json,
     from_msgpack,
     to_json,
@@ -128,11 +131,22 @@ class ChatClient:
 
     # --- sending ----------------------------------------------------------------------
 
+    async def _devices(self, thread_id: UUID) -> list[PeerDevice]:
+        """The thread's current devices; a weak link or a restarting server is waited out."""
+        backoff = Backoff()
+        while True:
+            try:
+                devices = await self._rest.thread_devices(thread_id)
+            except (aiohttp.ClientError, TimeoutError):
+                await asyncio.sleep(backoff.delay())
+                continue
+            self._remember(devices)
+            return devices
+
     async def seal(
         self, thread_id: UUID, plaintext: bytes, *, client_msg_id: str | None = None
     ) -> Envelope:
-        devices = await self._rest.thread_devices(thread_id)
-        self._remember(devices)
+        devices = await self._devices(thread_id)
         return seal(
             plaintext=plaintext,
             thread_id=thread_id,
@@ -158,6 +172,18 @@ class ChatClient:
         payload = to_msgpack(env) if self._encoding == "msgpack" else to_json(env)
         data = {"thread_id": str(env.thread_id), "envelope": payload}
         ack, attempts = await self._call_until_answered("send", data, deadline=deadline)
+        # The server does not echo a message to the connection that sent it (bytes
+        # matter on 2G); it joins this device's ordered stream here instead.
+        if env.thread_id in self._last and self._rest.user_id is not None:
+            own = {
+                "thread_id": str(env.thread_id),
+                "seq": ack["seq"],
+                "client_msg_id": env.client_msg_id,
+                "sender_user_id": str(self._rest.user_id),
+                "sender_device_id": str(self._device_id),
+                "envelope": to_msgpack(env),
+            }
+            self._incoming.put_nowait(own)
         return Sent(env.thread_id, ack["seq"], env.client_msg_id, ack["duplicate"], attempts)
 
     async def _call_until_answered(
@@ -172,7 +198,7 @@ class ChatClient:
             attempts += 1
             try:
                 await asyncio.wait_for(self._transport.connected.wait(), self._timeout)
-                ack = await self._transport.call(event, data, timeout=self._timeout)
+                ack = await self._transport.call(event, data, within=self._timeout)
             except (TransportClosed, TimeoutError):
                 await asyncio.sleep(backoff.delay())
                 continue
@@ -201,8 +227,8 @@ class ChatClient:
 
     # --- receiving --------------------------------------------------------------------
 
-    async def next_message(self, timeout: float | None = None) -> Delivered:
-        return await asyncio.wait_for(self._inbox.get(), timeout)
+    async def next_message(self, within: float | None = None) -> Delivered:
+        return await asyncio.wait_for(self._inbox.get(), within)
 
     async def _on_event(self, event: str, data: Any) -> None:
         if event == "message" and isinstance(data, dict):
@@ -303,12 +329,10 @@ class ChatClient:
 
     async def _signer(self, thread_id: UUID, device_id: UUID) -> bytes:
         if device_id not in self._signers:
-            self._remember(await self._rest.thread_devices(thread_id))
+            await self._devices(thread_id)
         key = self._signers.get(device_id)
         if key is None:
             # A revoked device's key is no longer listed; the message cannot be verified.
-            from teleconsult.messaging.envelope import EnvelopeErrorCode
-
             raise EnvelopeError(EnvelopeErrorCode.BAD_SIGNATURE, "unknown sender device")
         return key
 

@@ -43,7 +43,7 @@ class Transport(Protocol):
 
     async def start(self, on_event: EventHandler, on_connected: ConnectedHandler) -> None: ...
 
-    async def call(self, event: str, data: Any, *, timeout: float) -> dict[str, Any]:
+    async def call(self, event: str, data: Any, *, within: float) -> dict[str, Any]:
         """Send a request and return its ack; TransportClosed when that failed."""
         ...
 
@@ -114,8 +114,7 @@ class SocketIoTransport:
                 wait_timeout=self._connect_timeout,
             )
         except socketio.exceptions.ConnectionError as exc:
-            with contextlib.suppress(Exception):
-                await sio.disconnect()
+            await _shut(sio)
             error = exc.args[1] if len(exc.args) > 1 else None
             if isinstance(error, dict) and error.get("status") == 401:
                 raise Refused(error) from None
@@ -138,8 +137,7 @@ class SocketIoTransport:
                 return
             old, self._sio = self._sio, None
             if old is not None:
-                with contextlib.suppress(Exception):
-                    await old.disconnect()
+                await _shut(old)
             while not self._closing:
                 await asyncio.sleep(backoff.delay())
                 try:
@@ -147,18 +145,21 @@ class SocketIoTransport:
                 except Refused:
                     logger.warning("the server refused the token; giving up reconnecting")
                     return
-                except (TransportClosed, OSError, asyncio.TimeoutError):
+                except (TimeoutError, TransportClosed, OSError):
+                    continue
+                except Exception:  # never let the supervisor die: the app would go deaf
+                    logger.exception("reconnecting failed unexpectedly; trying again")
                     continue
                 self.reconnects += 1
                 backoff.reset()
                 break
 
-    async def call(self, event: str, data: Any, *, timeout: float) -> dict[str, Any]:
+    async def call(self, event: str, data: Any, *, within: float) -> dict[str, Any]:
         sio = self._sio
         if sio is None or not self.connected.is_set():
             raise TransportClosed("not connected")
         try:
-            ack = await sio.call(event, data, namespace="/chat", timeout=timeout)
+            ack = await sio.call(event, data, namespace="/chat", timeout=within)
         except (socketio.exceptions.TimeoutError, socketio.exceptions.BadNamespaceError) as exc:
             raise TransportClosed(str(exc) or type(exc).__name__) from None
         except socketio.exceptions.DisconnectedError:
@@ -175,6 +176,13 @@ class SocketIoTransport:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
         if self._sio is not None:
-            with contextlib.suppress(Exception):
-                await self._sio.disconnect()
+            await _shut(self._sio)
         self.connected.clear()
+
+
+async def _shut(sio: socketio.AsyncClient) -> None:
+    """End a connection now. engine.io's own disconnect waits for a pending
+    long-poll to come back (up to the ping interval); aborting closes the HTTP
+    session under it instead. The server still gets the close packet."""
+    with contextlib.suppress(Exception):
+        await sio.eio.disconnect(abort=True)
