@@ -1,0 +1,1 @@
+"""WebRTC signaling for consultation rooms, with a waiting room (namespace /signal)."""

@@ -1,0 +1,60 @@
+"""Consultation rooms for signaling tests: an appointment with a room, open now."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+import asyncpg
+
+from teleconsult.api.scheduling import store as scheduling
+from teleconsult.api.scheduling.records import AppointmentStatus, ServiceKind
+from tests.world import Tenant
+from teleconsult.core.identity import Role
+
+
+async def open_room(
+    pool: asyncpg.Pool,
+    tenant: Tenant,
+    *,
+    patient_id: UUID | None = None,
+    opens_in: timedelta = timedelta(minutes=-5),
+    length: timedelta = timedelta(minutes=40),
+    offset_days: int = 0,
+) -> str:
+    """A confirmed video appointment of the tenant's doctor whose room is open now."""
+    doctor = tenant[Role.DOCTOR].user_id
+    patient = patient_id or tenant[Role.PATIENT].user_id
+    await scheduling.upsert_doctor_profile(
+        pool,
+        user_id=doctor,
+        clinic_id=tenant.clinic_id,
+        specialties=[],
+        languages=["en"],
+        consultation_minutes=30,
+        buffer_minutes=0,
+        fee_cents=0,
+        currency="KES",
+        services=[ServiceKind.VIDEO],
+    )
+    now = datetime.now(UTC).replace(microsecond=0)
+    # Each room of a test gets its own hour so the appointments never overlap.
+    starts_at = now + timedelta(days=offset_days, minutes=10)
+    appointment = await scheduling.insert_appointment(
+        pool,
+        clinic_id=tenant.clinic_id,
+        doctor_id=doctor,
+        patient_id=patient,
+        service=ServiceKind.VIDEO,
+        starts_at=starts_at,
+        ends_at=starts_at + timedelta(minutes=30),
+        created_by=doctor,
+        status=AppointmentStatus.CONFIRMED,
+    )
+    consultation = await scheduling.insert_consultation(
+        pool,
+        appointment_id=appointment.id,
+        join_opens_at=now + opens_in,
+        join_closes_at=now + opens_in + length,
+    )
+    return consultation.room_id

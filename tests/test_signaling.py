@@ -1,0 +1,233 @@
+"""Signaling (/signal): who may join, the waiting room, relay, grace and rejoin."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from teleconsult.core.identity import Role
+from teleconsult.signaling.client import SignalClient, SignalError
+from tests.signalkit import open_room
+from tests.world import Account, Tenant
+
+
+def _url(client: TestClient[Any, Any]) -> str:
+    return str(client.make_url("")).rstrip("/")
+
+
+@contextlib.asynccontextmanager
+async def _signal(
+    client: TestClient[Any, Any], *accounts: Account
+) -> AsyncIterator[list[SignalClient]]:
+    clients = [SignalClient(_url(client), a.access_token) for a in accounts]
+    try:
+        for c in clients:
+            await c.connect()
+        yield clients
+    finally:
+        for c in clients:
+            await c.close()
+
+
+async def _events(pool: asyncpg.Pool, room_id: str) -> list[tuple[str, str | None]]:
+    rows = await pool.fetch(
+        "SELECT e.kind, e.role FROM consultation_events e "
+        "JOIN consultations c ON c.id = e.consultation_id WHERE c.room_id = $1 ORDER BY e.id",
+        room_id,
+    )
+    return [(r["kind"], r["role"]) for r in rows]
+
+
+async def test_the_patient_waits_the_doctor_admits_and_offers_reach_only_the_named_peer(
+    client: TestClient[Any, Any], app_pool: asyncpg.Pool, tenant: Tenant
+) -> None:
+    room = await open_room(app_pool, tenant)
+    async with _signal(client, tenant[Role.DOCTOR], tenant[Role.PATIENT]) as (doctor, patient):
+        waiting = await patient.join(room)
+        assert waiting["status"] == "waiting" and waiting["peers"] == []
+        answer = await doctor.join(room)
+        assert answer["status"] == "admitted"
+        # The doctor sees who waits (the patient joined first).
+        assert [(p["peer_id"], p["status"]) for p in answer["peers"]] == [
+            (patient.peer_id, "waiting")
+        ]
+        # A waiting patient cannot signal yet.
+        with pytest.raises(SignalError) as refused:
+            await patient.call("signal", {"to": doctor.peer_id, "kind": "offer", "sdp": "v=0"})
+        assert refused.value.code == "not_admitted"
+        await doctor.call("admit", {"peer_id": patient.peer_id})
+        admitted = await patient.next_event("admitted")
+        assert [p["peer_id"] for p in admitted["peers"]] == [doctor.peer_id]
+        polite_patient = admitted["peers"][0]["polite"]
+        joined = await doctor.next_event("peer_joined")
+        assert joined["peer_id"] == patient.peer_id and joined["polite"] is not polite_patient
+        await patient.call("signal", {"to": doctor.peer_id, "kind": "offer", "sdp": "v=0 offer"})
+        offer = await doctor.next_event("signal")
+        assert offer == {
+            "from": patient.peer_id,
+            "kind": "offer",
+            "sdp": "v=0 offer",
+            "restart": False,
+        }
+        await doctor.call(
+            "signal",
+            {
+                "to": patient.peer_id,
+                "kind": "candidate",
+                "candidate": {
+                    "candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host",
+                    "sdpMid": "0",
+                },
+            },
+        )
+        candidate = await patient.next_event("signal")
+        assert candidate["kind"] == "candidate" and candidate["from"] == doctor.peer_id
+    kinds = await _events(app_pool, room)
+    assert ("waiting", "patient") in kinds and ("admitted", "patient") in kinds
+    assert ("started", None) in kinds
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"to": "x" * 12, "kind": "offer"}, "sdp"),
+        ({"to": "x" * 12, "kind": "bogus", "sdp": "v=0"}, "kind"),
+        ({"to": "short", "kind": "offer", "sdp": "v=0"}, "to"),
+        ({"to": "x" * 12, "kind": "candidate", "candidate": {"candidate": 5}}, "candidate"),
+        ("not an object", "data"),
+    ],
+)
+async def test_malformed_signals_are_refused_with_the_field_named(
+    client: TestClient[Any, Any], app_pool: asyncpg.Pool, tenant: Tenant, data: Any, field: str
+) -> None:
+    room = await open_room(app_pool, tenant)
+    async with _signal(client, tenant[Role.DOCTOR]) as (doctor,):
+        await doctor.join(room)
+        with pytest.raises(SignalError) as refused:
+            await doctor.call("signal", data)
+        assert refused.value.code == "validation_failed"
+        assert any(
+            field in f["field"] or field in f["message"] for f in refused.value.error["fields"]
+        )
+
+
+async def test_an_oversized_sdp_is_refused(
+    client: TestClient[Any, Any], app_pool: asyncpg.Pool, tenant: Tenant
+) -> None:
+    room = await open_room(app_pool, tenant)
+    async with _signal(client, tenant[Role.DOCTOR], tenant[Role.PATIENT]) as (doctor, patient):
+        await doctor.join(room)
+        await patient.join(room)
+        await doctor.call("admit", {"peer_id": patient.peer_id})
+        with pytest.raises(SignalError) as refused:
+            await doctor.call(
+                "signal", {"to": patient.peer_id, "kind": "offer", "sdp": "a" * 100_000}
+            )
+        assert refused.value.code == "payload_too_large"
+
+
+async def test_outsiders_other_patients_and_joins_outside_the_window_are_refused(
+    client: TestClient[Any, Any], app_pool: asyncpg.Pool, tenant: Tenant, other_tenant: Tenant
+) -> None:
+    room = await open_room(app_pool, tenant)
+    assert tenant.other_patient is not None
+    later = await open_room(app_pool, tenant, opens_in=timedelta(hours=2), offset_days=1)
+    async with _signal(
+        client,
+        other_tenant[Role.DOCTOR],
+        tenant.other_patient,
+        tenant[Role.NURSE],
+        tenant[Role.DOCTOR],
+    ) as (outsider, other_patient, nurse, doctor):
+        for who in (outsider, other_patient, nurse):
+            with pytest.raises(SignalError) as refused:
+                await who.join(room)
+            assert refused.value.code == "not_found"
+        with pytest.raises(SignalError) as early:
+            await doctor.join(later)
+        assert early.value.code == "outside_join_window"
+        with pytest.raises(SignalError) as unknown:
+            await doctor.join("no-such-room-0000000000")
+        assert unknown.value.code == "not_found"
+
+
+async def test_an_invited_nurse_waits_and_a_full_room_needs_the_sfu(
+    client: TestClient[Any, Any],
+    app_pool: asyncpg.Pool,
+    tenant: Tenant,
+    aiohttp_client: Any,
+    settings: Any,
+) -> None:
+    room = await open_room(app_pool, tenant)
+    async with _signal(client, tenant[Role.DOCTOR], tenant[Role.NURSE], tenant[Role.PATIENT]) as (
+        doctor,
+        nurse,
+        patient,
+    ):
+        await doctor.join(room)
+        await doctor.call("invite", {"user_id": str(tenant[Role.NURSE].user_id)})
+        answer = await nurse.join(room)
+        assert answer["status"] == "waiting" and answer["role"] == "guest"
+        seen = await doctor.next_event("waiting")
+        assert seen["peer_id"] == nurse.peer_id and seen["role"] == "guest"
+        await doctor.call("decline", {"peer_id": nurse.peer_id})
+        assert await nurse.next_event("declined") == {"by": doctor.peer_id}
+        # The patient may not use the doctor's controls.
+        await patient.join(room)
+        with pytest.raises(SignalError) as refused:
+            await patient.call("admit", {"peer_id": patient.peer_id})
+        assert refused.value.code == "forbidden"
+
+
+async def test_a_dropped_peer_keeps_its_place_and_rejoins_with_the_same_id(
+    client: TestClient[Any, Any], app_pool: asyncpg.Pool, tenant: Tenant
+) -> None:
+    room = await open_room(app_pool, tenant)
+    async with _signal(client, tenant[Role.DOCTOR], tenant[Role.PATIENT]) as (doctor, patient):
+        await doctor.join(room)
+        await patient.join(room)
+        await doctor.call("admit", {"peer_id": patient.peer_id})
+        await doctor.next_event("peer_joined")
+        old_id = patient.peer_id
+        assert old_id is not None
+        await patient.cut()
+        assert await doctor.next_event("peer_disconnected") == {"peer_id": old_id}
+        again = SignalClient(_url(client), tenant[Role.PATIENT].access_token)
+        try:
+            await again.connect()
+            answer = await again.join(room, peer_id=old_id)
+            assert answer["peer_id"] == old_id and answer["status"] == "admitted"
+            assert await doctor.next_event("peer_reconnected") == {"peer_id": old_id}
+            await again.call(
+                "signal", {"to": doctor.peer_id, "kind": "offer", "sdp": "v=0", "restart": True}
+            )
+            restart = await doctor.next_event("signal")
+            assert restart["restart"] is True
+        finally:
+            await again.close()
+
+
+async def test_the_doctor_is_never_locked_out_of_their_own_room(
+    client: TestClient[Any, Any], app_pool: asyncpg.Pool, tenant: Tenant
+) -> None:
+    room = await open_room(app_pool, tenant)
+    async with _signal(client, tenant[Role.DOCTOR], tenant[Role.PATIENT]) as (doctor, patient):
+        await doctor.join(room)
+        await patient.join(room)
+        await doctor.call("admit", {"peer_id": patient.peer_id})
+        await doctor.cut()
+        # Back on a new device without the old peer id: admitted at once, the old peer replaced.
+        again = SignalClient(_url(client), tenant[Role.DOCTOR].access_token)
+        try:
+            await again.connect()
+            answer = await again.join(room)
+            assert answer["status"] == "admitted" and answer["peer_id"] != doctor.peer_id
+            assert [p["peer_id"] for p in answer["peers"]] == [patient.peer_id]
+        finally:
+            await again.close()
