@@ -9,8 +9,8 @@ import asyncpg
 
 from teleconsult.api.scheduling import store as scheduling
 from teleconsult.api.scheduling.records import AppointmentStatus, ServiceKind
-from tests.world import Tenant
 from teleconsult.core.identity import Role
+from tests.world import Tenant
 
 
 async def open_room(

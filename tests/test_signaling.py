@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from teleconsult.api.accounts import store as accounts_store
 from teleconsult.core.identity import Role
+from teleconsult.messaging.client.rest import RestClient
 from teleconsult.signaling.client import SignalClient, SignalError
+from tests.dbutil import REDIS_URL
+from tests.servers import ServerProcess
 from tests.signalkit import open_room
-from tests.world import Account, Tenant
+from tests.world import PASSWORD, Account, Tenant, make_user
 
 
 def _url(client: TestClient[Any, Any]) -> str:
@@ -231,3 +237,46 @@ async def test_the_doctor_is_never_locked_out_of_their_own_room(
             assert [p["peer_id"] for p in answer["peers"]] == [patient.peer_id]
         finally:
             await again.close()
+
+
+async def test_peers_on_two_server_processes_reach_each_other(
+    fresh_db: str, tmp_path: Path
+) -> None:
+    one = ServerProcess(fresh_db, tmp_path, name="one", REDIS_URL=REDIS_URL)
+    two = ServerProcess(fresh_db, tmp_path, name="two", REDIS_URL=REDIS_URL)
+    pool = await asyncpg.create_pool(fresh_db, min_size=1, max_size=2)
+    try:
+        clinic = await accounts_store.insert_clinic(pool, name="Two processes", timezone="UTC")
+        tenant = Tenant(clinic_id=clinic.id)
+        for role in (Role.DOCTOR, Role.PATIENT):
+            tenant.users[role] = await make_user(pool, clinic.id, role)
+        room = await open_room(pool, tenant)
+    finally:
+        await pool.close()
+    await asyncio.gather(one.start(), two.start())
+    try:
+        doctor_rest, patient_rest = RestClient(one.base_url), RestClient(two.base_url)
+        await doctor_rest.login(tenant[Role.DOCTOR].email, PASSWORD)
+        await patient_rest.login(tenant[Role.PATIENT].email, PASSWORD)
+        doctor = SignalClient(one.base_url, doctor_rest.access_token)
+        patient = SignalClient(two.base_url, patient_rest.access_token, transports=("polling",))
+        try:
+            await doctor.connect()
+            await patient.connect()
+            await doctor.join(room)
+            await patient.join(room)
+            waiting = await doctor.next_event("waiting")
+            assert waiting["peer_id"] == patient.peer_id
+            await doctor.call("admit", {"peer_id": patient.peer_id})
+            await patient.next_event("admitted")
+            await patient.call("signal", {"to": doctor.peer_id, "kind": "offer", "sdp": "v=0"})
+            assert (await doctor.next_event("signal"))["from"] == patient.peer_id
+            await doctor.call("signal", {"to": patient.peer_id, "kind": "answer", "sdp": "v=0"})
+            assert (await patient.next_event("signal"))["kind"] == "answer"
+        finally:
+            await doctor.close()
+            await patient.close()
+            await doctor_rest.close()
+            await patient_rest.close()
+    finally:
+        await asyncio.gather(one.stop(), two.stop())

@@ -62,7 +62,7 @@ class SignalSocket:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-class SignalNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
+class SignalNamespace(socketio.AsyncNamespace):
     def __init__(self, app: web.Application) -> None:
         super().__init__(NAMESPACE)
         self._app = app

@@ -128,16 +128,18 @@ class RedisRooms:
             try:
                 yield
             finally:
-                await self._redis.eval(_RELEASE, 1, key, token)  # type: ignore[misc]
+                await self._redis.eval(_RELEASE, 1, key, token)
         except RedisError as exc:
             raise InfrastructureError(f"rooms: {exc}") from exc
 
     async def peers(self, room_id: str) -> dict[str, Peer]:
         try:
-            raw = await self._redis.hgetall(self._ROOM + room_id)  # type: ignore[misc]
+            raw = await self._redis.hgetall(self._ROOM + room_id)
         except RedisError as exc:
             raise InfrastructureError(f"rooms: {exc}") from exc
-        return {k.decode(): Peer.from_json(v) for k, v in raw.items()}
+        return {
+            k.decode() if isinstance(k, bytes) else k: Peer.from_json(v) for k, v in raw.items()
+        }
 
     async def put(self, room_id: str, peer: Peer) -> None:
         key = self._ROOM + room_id
@@ -151,7 +153,7 @@ class RedisRooms:
 
     async def remove(self, room_id: str, peer_id: str) -> None:
         try:
-            await self._redis.hdel(self._ROOM + room_id, peer_id)  # type: ignore[misc]
+            await self._redis.hdel(self._ROOM + room_id, peer_id)
         except RedisError as exc:
             raise InfrastructureError(f"rooms: {exc}") from exc
 

@@ -40,7 +40,7 @@ from teleconsult.core.errors import Conflict, ErrorCode, Forbidden, NotFound
 from teleconsult.core.identity import Principal
 from teleconsult.core.settings import SignalSettings
 from teleconsult.signaling import store
-from teleconsult.signaling.rooms import Peer, RoomRegistry, RoomRole, new_peer_id
+from teleconsult.signaling.rooms import Peer, RoomRegistry, RoomRole, Status, new_peer_id
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class SignalingService:
                     f"this call already has {len(peers)} people; more need the SFU",
                     code=ErrorCode.SFU_REQUIRED,
                 )
-            status = "admitted" if role == "doctor" else "waiting"
+            status: Status = "admitted" if role == "doctor" else "waiting"
             peer = Peer(
                 peer_id=new_peer_id(),
                 user_id=principal.user_id,

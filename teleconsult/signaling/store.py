@@ -108,4 +108,4 @@ async def mark_open(conn: Conn, consultation_id: UUID) -> bool:
         "WHERE id = $1 AND status = 'scheduled'",
         consultation_id,
     )
-    return status.endswith(" 1")
+    return bool(status == "UPDATE 1")
