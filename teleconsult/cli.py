@@ -1,4 +1,4 @@
-"""The ``teleconsult`` command line: serve, migrate, audit verify, clinic create."""
+"""The ``teleconsult`` command line: serve, migrate, audit verify, clinic create, loadtest."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from teleconsult.core.logging import JsonAccessLogger, configure_logging
 from teleconsult.core.metrics import count_open_connections
 from teleconsult.core.migrations import migrate
 from teleconsult.core.settings import Settings, load_settings
+from teleconsult.loadtest import cli as loadtest
 from teleconsult.server.app import METRICS, create_app, create_service_app
 from teleconsult.server.bootstrap import ensure_first_clinic, read_credentials
 
@@ -155,11 +156,14 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--admin-email", required=True)
     create.add_argument("--admin-name", default="Clinic Admin")
     create.add_argument("--admin-password", help="default: generated and printed")
+    loadtest.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "loadtest":  # a client of some server: no server settings
+        return loadtest.main(args)
     try:
         settings = load_settings()
     except ConfigError as exc:

@@ -49,7 +49,11 @@ async def person(base_url: str, account: Account) -> Person:
 
 
 def socketio_transport(
-    base_url: str, who: Person, *, transports: tuple[str, ...] = ("websocket",), encoding: str = "msgpack"
+    base_url: str,
+    who: Person,
+    *,
+    transports: tuple[str, ...] = ("websocket",),
+    encoding: str = "msgpack",
 ) -> SocketIoTransport:
     async def token() -> str:
         return who.rest.access_token
@@ -57,29 +61,36 @@ def socketio_transport(
     return SocketIoTransport(base_url, token, transports=transports, encoding=encoding)
 
 
-async def connect(who: Person, transport: Transport, *, encoding: str = "msgpack", timeout: float = 10.0) -> ChatClient:
+async def connect(
+    who: Person, transport: Transport, *, encoding: str = "msgpack", within: float = 10.0
+) -> ChatClient:
     chat = ChatClient(
-        transport, who.rest, keys=who.keys, device_id=who.device_id, encoding=encoding, call_timeout=timeout
+        transport,
+        who.rest,
+        keys=who.keys,
+        device_id=who.device_id,
+        encoding=encoding,
+        call_timeout=within,
     )
     await chat.start()
     who.chat = chat
     return chat
 
 
-async def receive(chat: ChatClient, count: int, *, timeout: float = 20.0) -> list[Delivered]:
+async def receive(chat: ChatClient, count: int, *, within: float = 20.0) -> list[Delivered]:
     """The next ``count`` deliveries, or fail naming how many came."""
     got: list[Delivered] = []
     with contextlib.suppress(asyncio.TimeoutError):
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             while len(got) < count:
                 got.append(await chat.next_message())
     assert len(got) == count, f"received {len(got)} of {count}: {[d.seq for d in got]}"
     return got
 
 
-async def next_event(chat: ChatClient, name: str, *, timeout: float = 10.0) -> Any:
+async def next_event(chat: ChatClient, name: str, *, within: float = 10.0) -> Any:
     """The next pushed event called ``name`` (others are skipped)."""
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(within):
         while True:
             event, data = await chat.events.get()
             if event == name:

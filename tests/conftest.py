@@ -18,7 +18,8 @@ from teleconsult.core.settings import (
     load_settings,
 )
 from teleconsult.server.app import POOL, create_app
-from tests.dbutil import create_database_sync, drop_database_sync
+from tests.coturnkit import Coturn, find_turnserver, free_port_tcp_udp
+from tests.dbutil import create_database, create_database_sync, drop_database, drop_database_sync
 from tests.world import Tenant, make_tenant
 
 
@@ -55,6 +56,8 @@ def settings_env(database_url: str, data_dir: Path, **extra: str) -> dict[str, s
         # Tests that inspect the outbox must not race a sender; tests/test_outbox.py
         # and the in-server test turn it on.
         "NOTIFY_IN_SERVER": "false",
+        # Port 1883 is the machine's Mosquitto; MQTT tests start their own brokers.
+        "MQTT_EMBEDDED_PORT": "off",
     }
     env.update(extra)
     return env
@@ -86,3 +89,30 @@ async def tenant(client: TestClient[Any, Any], app_pool: asyncpg.Pool) -> Tenant
 @pytest.fixture
 async def other_tenant(client: TestClient[Any, Any], app_pool: asyncpg.Pool) -> Tenant:
     return await make_tenant(app_pool, client, name="Other")
+
+
+@pytest.fixture
+async def fresh_db() -> AsyncIterator[str]:
+    """A database of its own (migrated), for tests that run server processes on it."""
+    dsn = await create_database()
+    try:
+        yield dsn
+    finally:
+        await drop_database(dsn)
+
+
+@pytest.fixture(scope="session")
+def turnserver() -> str:
+    """Path of coturn's turnserver, installing it if need be. Missing means FAIL."""
+    return find_turnserver()
+
+
+@pytest.fixture
+async def coturn(turnserver: str, tmp_path: Path) -> AsyncIterator[Coturn]:
+    workdir = tmp_path / "coturn"
+    workdir.mkdir()
+    server = Coturn(turnserver, workdir, free_port_tcp_udp())
+    try:
+        yield server
+    finally:
+        await server.stop()

@@ -147,13 +147,25 @@ EXPECTED: dict[str, Rule] = {
         (F, F, F), (A, A, N), (A, A, N), (F, F, F), (F, F, F)),
     "listAudit": row("GET /api/v1/audit", NO_ID,
         (F,),      (F,),      (F,),      (F,),      (A,)),
+    "getTurnCredentials": row("GET /api/v1/turn/credentials", NO_ID,
+        (A,),      (A,),      (A,),      (A,),      (A,)),
 }
 # fmt: on
 AUTHENTICATED = sorted(op for op, r in EXPECTED.items() if not r.public)
 PUBLIC = sorted(op for op, r in EXPECTED.items() if r.public)
 # Served without a token and outside the OpenAPI document: the document itself, and
 # the Prometheus scrape (which names route templates, never ids).
-UNDOCUMENTED = {("/api/v1/openapi.json", "GET"), ("/metrics", "GET")}
+# /socket.io/ is engine.io's endpoint (the /chat and /signal namespaces): it is
+# not a REST operation. Who may connect and what each event may touch are
+# checked per connection and per event: tests/test_chat_security.py and
+# tests/test_signaling.py.
+UNDOCUMENTED = {
+    ("/api/v1/openapi.json", "GET"),
+    ("/metrics", "GET"),
+    ("/socket.io/", "GET"),
+    ("/socket.io/", "POST"),
+    ("/socket.io/", "OPTIONS"),
+}
 
 
 @dataclass
@@ -219,7 +231,7 @@ async def prepare(world: World, op: str, role: Role | None, target: Target) -> P
     match op:
         case "getMe" | "getClinic" | "getUser" | "getPatient" | "listPatientNotes":
             pass  # reads: the path is the whole request
-        case "listUsers" | "listPatients" | "listAudit":
+        case "listUsers" | "listPatients" | "listAudit" | "getTurnCredentials":
             pass  # lists: scoped by the caller's clinic, checked by the leak check
         case "logout":
             # Logging out ends the session: use a fresh one, not the tenant's.
@@ -323,15 +335,16 @@ def path_of(rule: Rule, params: dict[str, UUID] | dict[str, str]) -> str:
 
 
 def policy_tables() -> dict[str, Rule]:
-    """Every written table: this file's, the scheduling one and the messaging one."""
+    """Every written table: this file's, the scheduling, messaging and rtc ones."""
     # Imported here: those modules import this one.
     from tests.test_authz_matrix_messaging import MESSAGING
+    from tests.test_authz_matrix_rtc import RTC
     from tests.test_authz_matrix_scheduling import SCHEDULING
 
-    tables = [EXPECTED, SCHEDULING, MESSAGING]
+    tables = [EXPECTED, SCHEDULING, MESSAGING, RTC]
     ops = [op for table in tables for op in table]
     assert len(ops) == len(set(ops)), "an operation is in two tables"
-    return EXPECTED | SCHEDULING | MESSAGING
+    return EXPECTED | SCHEDULING | MESSAGING | RTC
 
 
 async def route_problems(world: W, op: str, rule: Rule, prepare_fn: PrepareFn[W]) -> list[str]:

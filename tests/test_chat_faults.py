@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from uuid import UUID
 
 import asyncpg
 import pytest
@@ -21,20 +20,11 @@ import redis.asyncio as aioredis
 
 from teleconsult.core.identity import Role
 from tests.chatkit import Person, connect, person, receive, socketio_transport
-from tests.dbutil import REDIS_URL, create_database, drop_database
+from tests.dbutil import REDIS_URL
 from tests.servers import ServerProcess
 from tests.world import Account, make_user
 
 CANARY = "CANARY-2f9d-suicidal-thoughts-since-march"
-
-
-@pytest.fixture
-async def fresh_db() -> AsyncIterator[str]:
-    dsn = await create_database()
-    try:
-        yield dsn
-    finally:
-        await drop_database(dsn)
 
 
 async def _clinic(dsn: str) -> tuple[Account, Account, Account]:
@@ -85,6 +75,7 @@ async def test_every_acknowledged_message_arrives_exactly_once_in_order_across_s
             receiver.follow(thread)
             acked: dict[int, int] = {}  # message number -> seq
             killed = 0
+            progress = asyncio.Event()
 
             async def stream() -> None:
                 loop = asyncio.get_running_loop()
@@ -93,12 +84,14 @@ async def test_every_acknowledged_message_arrives_exactly_once_in_order_across_s
                         thread, f"message {n}".encode(), deadline=loop.time() + 90
                     )
                     acked[n] = sent.seq
+                    progress.set()
 
             async def chaos() -> None:
                 nonlocal killed
                 for k in range(1, kills + 1):
                     while len(acked) < k * total // (kills + 1):
-                        await asyncio.sleep(0.01)
+                        progress.clear()
+                        await progress.wait()
                     server.kill()
                     killed += 1
                     await asyncio.sleep(0.3)  # clients notice; sends fail and wait

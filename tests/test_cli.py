@@ -83,7 +83,13 @@ def _serve(base: str, data_dir: Path) -> subprocess.Popen[str]:
     port = base.rsplit(":", 1)[1]
     return subprocess.Popen(
         [sys.executable, "-m", "teleconsult", "serve"],
-        env=_env(TELECONSULT_DATA_DIR=str(data_dir), PORT=port, LOG_FORMAT="text"),
+        env=_env(
+            TELECONSULT_DATA_DIR=str(data_dir),
+            PORT=port,
+            LOG_FORMAT="text",
+            # The embedded MQTT broker's default 1883 is the machine's Mosquitto.
+            MQTT_EMBEDDED_PORT=str(_free_port()),
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 import nacl.signing
 import pytest
 from hypothesis import HealthCheck, given, settings

@@ -18,7 +18,14 @@ from tests.world import Tenant, assert_problem, make_user
 
 # Served outside the declared operations on purpose: the document itself and
 # the Prometheus exposition (text, not JSON).
-UNDOCUMENTED = {("GET", "/api/v1/openapi.json"), ("GET", "/metrics")}
+# /socket.io/ is engine.io's endpoint for the /chat and /signal namespaces (docs/protocol.md).
+UNDOCUMENTED = {
+    ("GET", "/api/v1/openapi.json"),
+    ("GET", "/metrics"),
+    ("GET", "/socket.io/"),
+    ("POST", "/socket.io/"),
+    ("OPTIONS", "/socket.io/"),
+}
 
 
 async def test_malformed_json_is_a_clear_error(client: TestClient[Any, Any]) -> None:

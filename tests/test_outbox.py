@@ -303,6 +303,7 @@ async def test_withdrawn_items_are_never_sent(
     db: asyncpg.Pool, caplog: pytest.LogCaptureFixture
 ) -> None:
     item = await one_due(db, now())
+    assert item.appointment_id is not None
     assert await outbox_store.cancel_pending(db, item.appointment_id) == 1
     caplog.set_level(logging.INFO, logger="teleconsult.api.scheduling.channels")
 

@@ -60,6 +60,9 @@ class Action(StrEnum):
     THREAD_CREATE = "thread.create"
     THREAD_READ = "thread.read"
     MESSAGE_SEND = "message.send"
+    TURN_CREDENTIALS = "turn.credentials"
+    NETWORK_TEST_RUN = "network_test.run"
+    NETWORK_TEST_READ = "network_test.read"
 
 
 ROLE_RULES: dict[Action, frozenset[Role]] = {
@@ -101,6 +104,13 @@ ROLE_RULES: dict[Action, frozenset[Role]] = {
     Action.THREAD_CREATE: STAFF,
     Action.THREAD_READ: ALL,
     Action.MESSAGE_SEND: ALL,
+    # Video calls: anyone signed in may relay through TURN (docs/turn.md).
+    Action.TURN_CREDENTIALS: ALL,
+    # Pre-call network tests: whoever takes part in a consultation (the patient, the
+    # doctor, a nurse) runs one; the clinic's staff read the results (scoped by the
+    # appointment, a patient only their own).
+    Action.NETWORK_TEST_RUN: CLINICAL | {Role.PATIENT},
+    Action.NETWORK_TEST_READ: ALL,
 }
 
 

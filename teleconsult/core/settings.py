@@ -10,8 +10,11 @@ run under the data folder, so a development checkout holds no secret.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -130,9 +133,29 @@ class RedisSettings:
 
 @dataclass(frozen=True)
 class MqttSettings:
-    """``url`` None means no external broker is configured."""
+    """The MQTT chat transport (docs/mqtt.md).
+
+    ``url`` names an external broker (Mosquitto, EMQX) that the server bridges,
+    with the bridge's own credentials in it. When it is None the server runs an
+    embedded broker on ``embedded_host:embedded_port``, unless that port is None
+    (``MQTT_EMBEDDED_PORT=off`` or ``0``). ``shared_group`` names the MQTT 5
+    shared subscription that lets several server processes take turns on
+    requests (``MQTT_SHARED_GROUP=off``: a plain subscription, for a broker
+    without them, and then only one server process may bridge it).
+    """
 
     url: str | None = None
+    embedded_port: int | None = 1883
+    embedded_host: str = "127.0.0.1"
+    shared_group: str = "teleconsult"
+    # False when the port is the default: then a port already in use (say, a
+    # system Mosquitto on 1883) turns the MQTT transport off with a warning
+    # instead of stopping `make run`; a port the operator chose must work.
+    embedded_port_required: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.url is not None or self.embedded_port is not None
 
 
 @dataclass(frozen=True)
@@ -186,6 +209,51 @@ class ChatSettings:
 
 
 @dataclass(frozen=True)
+class SignalSettings:
+    """Consultation rooms: peer-to-peer size, reconnect grace, message limits."""
+
+    max_p2p_peers: int = 4
+    grace_seconds: int = 30
+    max_message_bytes: int = 64 * 1024
+    heartbeat_seconds: int = 10
+
+
+@dataclass(frozen=True)
+class TurnSettings:
+    """TURN credentials for coturn's ``use-auth-secret`` (docs/turn.md).
+
+    ``secrets`` are newest first: the first signs; the others only mirror
+    coturn's list during a rotation's overlap. ``uris`` are handed to clients
+    as they are. ``user_ref_key`` keys the opaque user reference in TURN
+    usernames. A client in a call gets fresh credentials ``refresh_before``
+    seconds before its current ones expire.
+    """
+
+    secrets: tuple[str, ...] = field(repr=False, default=())
+    uris: tuple[str, ...] = (
+        "turn:127.0.0.1:3478?transport=udp",
+        "turn:127.0.0.1:3478?transport=tcp",
+        "turns:127.0.0.1:5349?transport=tcp",
+    )
+    ttl: int = 3600
+    refresh_before: int = 300
+    user_ref_key: str = field(repr=False, default="")
+    max_per_minute: int = 30
+
+
+@dataclass(frozen=True)
+class RtcSettings:
+    """The server's own WebRTC peer (docs/rtc.md): pre-call network tests.
+
+    Each test decodes and re-encodes the caller's media, so the number running
+    at once in one process is capped; each is closed after ``max_test_seconds``.
+    """
+
+    max_concurrent_tests: int = 8
+    max_test_seconds: int = 30
+
+
+@dataclass(frozen=True)
 class LogSettings:
     level: str = "INFO"
     format: str = "json"
@@ -204,6 +272,9 @@ class Settings:
     scheduling: SchedulingSettings = field(default_factory=SchedulingSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
     chat: ChatSettings = field(default_factory=ChatSettings)
+    turn: TurnSettings = field(default_factory=TurnSettings)
+    signal: SignalSettings = field(default_factory=SignalSettings)
+    rtc: RtcSettings = field(default_factory=RtcSettings)
 
     def service_urls(self) -> dict[str, str]:
         """The external services these settings point at, by variable name."""
@@ -232,6 +303,98 @@ def _dev_secret(data_dir: Path, name: str) -> str:
     return stored[name]
 
 
+def _embedded_port(e: _Env) -> int | None:
+    raw = e.get("MQTT_EMBEDDED_PORT")
+    if raw is not None and raw.lower() in ("off", "false", "no"):
+        return None
+    port = e.integer("MQTT_EMBEDDED_PORT", 1883, minimum=0, maximum=65535)
+    return port or None
+
+
+def _shared_group(e: _Env) -> str:
+    group = e.text("MQTT_SHARED_GROUP", "teleconsult")
+    if group.lower() in ("off", "none"):
+        return ""
+    if any(c in group for c in "/+#") or group != group.strip():
+        raise ConfigError("MQTT_SHARED_GROUP", "must not contain '/', '+', '#' or spaces")
+    return group
+
+
+_TURN_SECRET = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
+
+
+def _turn_uri(uri: str) -> str:
+    """A ``turn:``, ``turns:``, ``stun:`` or ``stuns:`` URI as RFC 7064/7065 allow it."""
+    scheme, sep, rest = uri.partition(":")
+    hostport, _, query = rest.partition("?")
+    ok = bool(sep) and scheme in ("turn", "turns", "stun", "stuns")
+    host_pattern = r"[A-Za-z0-9._-]+"
+    if hostport.startswith("["):  # an IPv6 address
+        host, bracket, port = hostport[1:].partition("]")
+        ok = ok and bool(bracket) and (not port or port.startswith(":"))
+        port = port[1:]
+        host_pattern = r"[0-9A-Fa-f:.]+"
+    elif ":" in hostport:
+        host, _, port = hostport.rpartition(":")
+    else:
+        host, port = hostport, ""
+    queries = ("", "transport=udp", "transport=tcp") if scheme.startswith("turn") else ("",)
+    if not (
+        ok
+        and re.fullmatch(host_pattern, host)
+        and (not port or (port.isascii() and port.isdigit() and 0 < int(port) < 65536))
+        and query in queries
+    ):
+        raise ConfigError(
+            "TURN_URIS", f"{uri!r} is not turn|turns|stun|stuns:host[:port][?transport=udp|tcp]"
+        )
+    return uri
+
+
+def _turn(e: _Env, data_dir: Path, public_url: str, jwt_secret: str) -> TurnSettings:
+    raw = e.get("TURN_SECRETS")
+    if raw is None:
+        turn_secrets: tuple[str, ...] = (_dev_secret(data_dir, "turn_secret"),)
+    else:
+        # Newest first, separated by commas (or one a line in a TURN_SECRETS_FILE).
+        turn_secrets = tuple(part.strip() for part in re.split(r"[,\n]", raw) if part.strip())
+        if not 0 < len(turn_secrets) <= 8 or len(set(turn_secrets)) != len(turn_secrets):
+            raise ConfigError("TURN_SECRETS", "expected 1 to 8 distinct secrets, newest first")
+        if not all(_TURN_SECRET.fullmatch(secret) for secret in turn_secrets):
+            raise ConfigError(
+                "TURN_SECRETS", "each secret must be 16-256 characters of A-Z a-z 0-9 . _ ~ + / = -"
+            )
+    uris_raw = e.get("TURN_URIS")
+    if uris_raw is None:
+        host = urlsplit(public_url).hostname or "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        uris: tuple[str, ...] = (
+            f"turn:{host}:3478?transport=udp",
+            f"turn:{host}:3478?transport=tcp",
+            f"turns:{host}:5349?transport=tcp",
+        )
+    else:
+        uris = tuple(_turn_uri(part.strip()) for part in uris_raw.split(",") if part.strip())
+        if not any(uri.startswith("turn") for uri in uris):
+            raise ConfigError("TURN_URIS", "name at least one turn: or turns: URI")
+    ttl = e.integer("TURN_TTL", 3600, minimum=60, maximum=86400)
+    # The user reference only has to be stable and unguessable. Without a key of its
+    # own it is keyed by a digest of the JWT secret, which every replica shares.
+    ref_key = e.get("TURN_USER_REF_KEY") or (
+        hmac.new(jwt_secret.encode(), b"teleconsult/turn-user-ref-key", hashlib.sha256).hexdigest()
+    )
+    return TurnSettings(
+        secrets=turn_secrets,
+        uris=uris,
+        ttl=ttl,
+        refresh_before=e.integer(
+            "TURN_REFRESH_BEFORE", min(300, ttl // 2), minimum=10, maximum=ttl // 2
+        ),
+        user_ref_key=ref_key,
+        max_per_minute=e.integer("TURN_MAX_PER_MINUTE", 30, minimum=1),
+    )
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every setting; raise ConfigError naming the first bad one."""
     e = _Env(os.environ if env is None else env)
@@ -251,7 +414,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         pool_max=e.integer("DATABASE_POOL_MAX", max(10, pool_min), minimum=pool_min),
     )
     redis = RedisSettings(url=e.url("REDIS_URL", ("redis", "rediss", "unix")))
-    mqtt = MqttSettings(url=e.url("MQTT_URL", ("mqtt", "mqtts", "tcp")))
+    mqtt = MqttSettings(
+        url=e.url("MQTT_URL", ("mqtt", "mqtts", "tcp")),
+        embedded_port=_embedded_port(e),
+        embedded_host=e.text("MQTT_EMBEDDED_HOST", http.host),
+        shared_group=_shared_group(e),
+        embedded_port_required=e.get("MQTT_EMBEDDED_PORT") is not None,
+    )
 
     jwt_secret = e.get("JWT_SECRET")
     if jwt_secret is None:
@@ -312,7 +481,18 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ping_timeout=e.integer("CHAT_PING_TIMEOUT", 20, minimum=1),
         offline_hook=e.flag("CHAT_OFFLINE_HOOK", True),
     )
+    signal = SignalSettings(
+        max_p2p_peers=e.integer("SIGNAL_MAX_P2P_PEERS", 4, minimum=2, maximum=16),
+        grace_seconds=e.integer("SIGNAL_GRACE_SECONDS", 30, minimum=1, maximum=600),
+        max_message_bytes=e.integer("SIGNAL_MAX_MESSAGE_BYTES", 64 * 1024, minimum=4096),
+        heartbeat_seconds=e.integer("SIGNAL_HEARTBEAT_SECONDS", 10, minimum=1, maximum=60),
+    )
+    rtc = RtcSettings(
+        max_concurrent_tests=e.integer("RTC_MAX_CONCURRENT_TESTS", 8, minimum=1, maximum=1000),
+        max_test_seconds=e.integer("RTC_MAX_TEST_SECONDS", 30, minimum=1, maximum=600),
+    )
     public_url = e.url("PUBLIC_URL", ("http", "https")) or f"http://{http.host}:{http.port}"
+    turn = _turn(e, data_dir, public_url, jwt_secret)
     return Settings(
         data_dir=data_dir,
         http=http,
@@ -325,4 +505,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         scheduling=scheduling,
         notify=notify,
         chat=chat,
+        turn=turn,
+        signal=signal,
+        rtc=rtc,
     )

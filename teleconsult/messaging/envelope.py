@@ -22,7 +22,7 @@ from enum import StrEnum
 from typing import Final, TypeGuard
 from uuid import UUID
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 import nacl.exceptions
 import nacl.signing
 

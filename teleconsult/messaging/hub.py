@@ -105,7 +105,11 @@ class Hub:
                     )
                 user.sessions[session.id] = session
                 break
-        return await self._presence.connected(session.user_id, session.id)
+        try:
+            return await self._presence.connected(session.user_id, session.id)
+        except InfrastructureError:
+            await self.detach(session)  # the caller refuses the session: deliver nothing to it
+            raise
 
     async def detach(self, session: Session) -> bool:
         """Stop delivering to ``session``; True when its user has no session left anywhere."""

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 from uuid import UUID
 
@@ -39,8 +39,11 @@ logger = logging.getLogger(__name__)
 
 NAMESPACE = "/chat"
 AUTH_RECHECK_SECONDS = 30.0
+_MIN_RECHECK_SECONDS = 0.1  # however small the period, an idle check never spins
 # Pushed events the engine.io layer may hold for one client beyond our own queue.
 _ENGINE_BACKLOG = 64
+# Binary attachments one client packet may announce (a `send` in msgpack has one).
+MAX_ATTACHMENTS = 4
 
 
 class SioSession:
@@ -66,6 +69,8 @@ class SioSession:
         self.checked_at = time.monotonic()
         self._queue: asyncio.Queue[tuple[str, Mapping[str, Any]]] = asyncio.Queue(max_queued)
         self._writer = asyncio.create_task(self._write(), name=f"sio-writer-{sid}")
+        self._watcher: asyncio.Task[None] | None = None
+        self._closing = False
         self._hub_id = f"sio:{secrets.token_hex(8)}:{sid}"
 
     @property
@@ -84,16 +89,25 @@ class SioSession:
         return True
 
     async def close(self, reason: str) -> None:
+        if self._closing:  # every push that fails while closing asks again
+            return
+        self._closing = True
         if reason == SLOW_CONSUMER:
             logger.info("closing a slow consumer", extra={"sid": self._sid})
         with contextlib.suppress(Exception):
             await self._server.emit("bye", {"reason": reason}, to=self._sid, namespace=NAMESPACE)
         await self._server.disconnect(self._sid, namespace=NAMESPACE)
 
+    def watch(self, check: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``check`` for as long as the connection lives."""
+        self._watcher = asyncio.create_task(check(), name=f"sio-watcher-{self._sid}")
+
     async def stop(self) -> None:
-        self._writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
+        for task in (self._writer, self._watcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     def _engine_backlog(self) -> int:
         eio_sid = self._server.manager.eio_sid_from_sid(self._sid, NAMESPACE)
@@ -106,7 +120,8 @@ class SioSession:
             event, data = await self._queue.get()
             # Wait (while our own bounded queue fills) rather than pile packets
             # into engine.io's unbounded one.
-            while self._engine_backlog() > _ENGINE_BACKLOG:
+            # engine.io has no drain event to wait on, so poll the backlog.
+            while self._engine_backlog() > _ENGINE_BACKLOG:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
             try:
                 payload = wire.for_encoding(data, self.encoding)
@@ -119,13 +134,14 @@ CHAT = web.AppKey("chat", ChatService)
 CHAT_ACCOUNTS = web.AppKey("chat_accounts", AccountService)
 
 
-class ChatNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
+class ChatNamespace(socketio.AsyncNamespace):
     """Looks its services up in the app: they start after the routes are mounted."""
 
     def __init__(self, app: web.Application) -> None:
         super().__init__(NAMESPACE)
         self._app = app
         self._sessions: dict[str, SioSession] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def _chat(self) -> ChatService:
@@ -144,7 +160,7 @@ class ChatNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             token, encoding = _connect_auth(auth)
             principal = await self._accounts.authenticate(token)
         except ClientError as exc:
-            raise socketio.exceptions.ConnectionRefusedError(wire.error_ack(exc)["error"]) from None
+            raise _refusal(wire.error_ack(exc)["error"]) from None
         session = SioSession(
             self.server,
             sid,
@@ -160,9 +176,10 @@ class ChatNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         except InfrastructureError:
             self._sessions.pop(sid, None)
             await session.stop()
-            raise socketio.exceptions.ConnectionRefusedError(
+            raise _refusal(
                 {"code": str(ErrorCode.UNAVAILABLE), "status": 503, "detail": "try again"}
             ) from None
+        session.watch(lambda: self._watch(session))
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
         session = self._sessions.pop(sid, None)
@@ -172,9 +189,13 @@ class ChatNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         await self._chat.close_session(session)
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
-        if event in ("connect", "disconnect"):
-            return await super().trigger_event(event, *args)
         sid = args[0]
+        # The server's own connect and disconnect come while the sid is pending; a
+        # client may also emit events with those names, which must not reach here.
+        if event in ("connect", "disconnect") and not self.server.manager.is_connected(
+            sid, NAMESPACE
+        ):
+            return await super().trigger_event(event, *args)
         data = args[1] if len(args) > 1 else None
         session = self._sessions.get(sid)
         if session is None:
@@ -187,7 +208,8 @@ class ChatNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         refusal = await self._recheck(session)
         if refusal is not None:
             return refusal
-        return await self._chat.handle(session.principal, event, data, session_id=session.id)
+        ack = await self._chat.handle(session.principal, event, data, session_id=session.id)
+        return wire.ack_for_encoding(event, ack, session.encoding)
 
     async def _reauth(self, session: SioSession, data: Any) -> dict[str, Any]:
         """A fresh access token for a long-lived connection (after a refresh)."""
@@ -202,19 +224,47 @@ class ChatNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         session.checked_at = time.monotonic()
         return wire.ok()
 
-    async def _recheck(self, session: SioSession) -> dict[str, Any] | None:
+    async def _recheck(self, session: SioSession, *, idle: bool = False) -> dict[str, Any] | None:
         """Logout, disabling and role changes reach open connections within seconds."""
         if time.monotonic() - session.checked_at < AUTH_RECHECK_SECONDS:
             return None
         try:
             session.principal = await self._accounts.authenticate(session.token)
         except Unauthenticated as exc:
-            if exc.code is ErrorCode.TOKEN_EXPIRED:
+            if exc.code is ErrorCode.TOKEN_EXPIRED and not idle:
                 return wire.error_ack(exc)  # the client sends `auth` with a fresh token
-            asyncio.get_running_loop().create_task(session.close(str(exc.code)))
+            self._spawn(session.close(str(exc.code)))
             return wire.error_ack(exc)
         session.checked_at = time.monotonic()
         return None
+
+    async def _watch(self, session: SioSession) -> None:
+        """Re-check connections that only receive, too.
+
+        An expired token closes the connection here (the client reconnects with a
+        fresh one, or sends ``auth`` in time): an expired token cannot show whether
+        its session was ended since, and pushes must stop when it was.
+        """
+        while True:
+            due = session.checked_at + AUTH_RECHECK_SECONDS - time.monotonic()
+            await asyncio.sleep(max(due, _MIN_RECHECK_SECONDS))
+            try:
+                if await self._recheck(session, idle=True) is not None:
+                    return
+            except Exception:
+                logger.warning("could not re-check a chat connection", exc_info=True)
+                session.checked_at = time.monotonic()  # try again a period later
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        # Not a child of the caller: closing cancels the session's own tasks.
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _refusal(error: dict[str, Any]) -> socketio.exceptions.ConnectionRefusedError:
+    """The client's ``connect_error`` gets ``{message, data: {code, status, detail}}``."""
+    return socketio.exceptions.ConnectionRefusedError(error["detail"], error)
 
 
 def _connect_auth(auth: Any, *, encoding: wire.Encoding = "json") -> tuple[str, wire.Encoding]:
@@ -226,9 +276,25 @@ def _connect_auth(auth: Any, *, encoding: wire.Encoding = "json") -> tuple[str, 
     return auth["token"], chosen
 
 
+class _BoundedPacket(socketio.packet.Packet):
+    """Refuses packets announcing more binary attachments than any event of ours has.
+
+    python-socketio keeps a packet's attachments (each up to the frame limit)
+    until as many have come as its header announced, up to ten digits' worth:
+    one connection could otherwise hold any amount of server memory.
+    """
+
+    def decode(self, encoded_packet: Any) -> int:
+        count = int(super().decode(encoded_packet) or 0)
+        if count > MAX_ATTACHMENTS:
+            raise ValueError(f"a packet announced {count} binary attachments")
+        return count
+
+
 def attach_socketio(app: web.Application, settings: ChatSettings) -> socketio.AsyncServer:
     server = socketio.AsyncServer(
         async_mode="aiohttp",
+        serializer=_BoundedPacket,
         async_handlers=False,
         max_http_buffer_size=settings.max_frame_bytes,
         ping_interval=settings.ping_interval,

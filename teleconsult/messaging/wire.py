@@ -140,5 +140,18 @@ def for_encoding(data: Mapping[str, Any], encoding: Encoding) -> dict[str, Any]:
     return out
 
 
+def ack_for_encoding(event: str, ack: dict[str, Any], encoding: Encoding) -> dict[str, Any]:
+    """``ack`` with the envelopes of resumed messages in the client's encoding."""
+    if event != "resume" or encoding != "json" or not ack.get("ok"):
+        return ack
+    threads = {
+        thread: {**result, "messages": [for_encoding(m, encoding) for m in result["messages"]]}
+        if result.get("ok")
+        else result
+        for thread, result in ack["threads"].items()
+    }
+    return {**ack, "threads": threads}
+
+
 def _iso(value: datetime) -> str:
     return value.isoformat().replace("+00:00", "Z")

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
+from uuid import UUID
 
 import asyncpg
+import socketio
 from aiohttp import web
 
 from teleconsult.api import ops
@@ -48,9 +51,19 @@ from teleconsult.core.tokens import TokenService
 from teleconsult.messaging import routes as messaging_routes
 from teleconsult.messaging.chat import ChatService
 from teleconsult.messaging.hub import Hub
+from teleconsult.messaging.mqtt_bridge import MQTT_BRIDGE, mqtt_transport
+from teleconsult.messaging.offline import OfflineNotifier
 from teleconsult.messaging.presence import create_presence
 from teleconsult.messaging.service import MessagingService
 from teleconsult.messaging.sio import CHAT, CHAT_ACCOUNTS, attach_socketio
+from teleconsult.rtc import routes as rtc_routes
+from teleconsult.rtc.network_test import NetworkTestRunner
+from teleconsult.rtc.service import NetworkTestService
+from teleconsult.signaling.namespace import SIGNALING, SignalNamespace
+from teleconsult.signaling.rooms import create_rooms
+from teleconsult.signaling.service import SignalingService
+from teleconsult.turn import routes as turn_routes
+from teleconsult.turn.service import TurnService
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +73,8 @@ POOL = web.AppKey("pool", asyncpg.Pool)
 BUS = web.AppKey("bus", Bus)
 LIMITER = web.AppKey("rate_limiter", RateLimiter)
 AUDIT = web.AppKey("audit", AuditTrail)
+SIGNAL_NAMESPACE = web.AppKey("signal_namespace", SignalNamespace)
+REALTIME = web.AppKey("realtime", socketio.AsyncServer)
 
 
 def all_operations() -> list[Operation]:
@@ -72,6 +87,8 @@ def all_operations() -> list[Operation]:
         *feed_routes.api.operations,
         *fhir_routes.api.operations,
         *messaging_routes.api.operations,
+        *turn_routes.api.operations,
+        *rtc_routes.api.operations,
     ]
 
 
@@ -147,6 +164,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         pool=pool, audit=audit, calendars=calendars, settings=settings.scheduling
     )
     app[messaging_routes.MESSAGING] = MessagingService(pool=pool, audit=audit)
+    app[turn_routes.TURN] = TurnService(settings.turn, limiter=app[LIMITER])
     app[feed_routes.FEEDS] = CalendarFeedService(
         pool=pool, audit=audit, calendars=calendars, public_url=settings.public_url
     )
@@ -187,10 +205,18 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/v1/openapi.json", ops.openapi_json, name="openapi")
     app.router.add_get("/metrics", metrics.handler, name="metrics")
 
-    attach_socketio(app, settings.chat)
+    realtime = attach_socketio(app, settings.chat)
+    app[REALTIME] = realtime
+    app.on_shutdown.append(_close_realtime)
+    signal_namespace = SignalNamespace(app)
+    realtime.register_namespace(signal_namespace)
+    app[SIGNAL_NAMESPACE] = signal_namespace
 
     _add_resources(app)
+    app.cleanup_ctx.append(_rtc)
     app.cleanup_ctx.append(_chat)
+    app.cleanup_ctx.append(_signaling)
+    app.cleanup_ctx.append(_mqtt)
     app.cleanup_ctx.append(_notifications)
     app.cleanup_ctx.append(EventLoopLagMonitor(metrics).cleanup_ctx)
     return app
@@ -208,12 +234,85 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
         limiter=app[LIMITER],
         settings=settings.chat,
     )
+    if settings.chat.offline_hook:
+        app[CHAT].add_sink(OfflineNotifier(app[POOL], hub).sink)
     app[CHAT_ACCOUNTS] = app[accounts_routes.ACCOUNTS]
     try:
         yield
     finally:
         await hub.close()
         await presence.close()
+
+
+async def _rtc(app: web.Application) -> AsyncIterator[None]:
+    """The server's own WebRTC peers (pre-call network tests), all closed on shutdown."""
+    settings = app[SETTINGS].rtc
+    runner = NetworkTestRunner(
+        max_concurrent=settings.max_concurrent_tests, max_seconds=settings.max_test_seconds
+    )
+    app[rtc_routes.NETWORK_TESTS] = NetworkTestService(
+        pool=app[POOL], audit=app[AUDIT], runner=runner
+    )
+    try:
+        yield
+    finally:
+        await runner.close()
+
+
+async def _close_realtime(app: web.Application) -> None:
+    """On shutdown, before any service stops: end every Socket.IO connection now.
+
+    Their disconnect handlers run while the pool and the hub still work (peers
+    go into grace, presence is cleared), clients start reconnecting (to another
+    process behind the balancer), and open long-polls do not hold the shutdown
+    for its whole timeout.
+    """
+    server = app[REALTIME]
+    if server.eio.sockets:  # engine.io's disconnect-all fails on none
+        await server.eio.disconnect()
+    await server.shutdown()
+
+
+async def _signaling(app: web.Application) -> AsyncIterator[None]:
+    """Consultation rooms: the shared room registry and the /signal namespace's timers."""
+    settings = app[SETTINGS]
+    rooms = create_rooms(settings.redis.url)
+    turn = app[turn_routes.TURN]
+
+    def ice_servers(user_id: UUID) -> tuple[list[dict[str, Any]], float | None]:
+        """TURN credentials for the join answer, and when to push fresh ones."""
+        credentials = turn.for_user(user_id)
+        return credentials.ice_servers(), float(turn.refresh_at(credentials))
+
+    app[SIGNALING] = SignalingService(
+        pool=app[POOL],
+        rooms=rooms,
+        bus=app[BUS],
+        settings=settings.signal,
+        ice=ice_servers,
+        network=app[rtc_routes.NETWORK_TESTS].latest_for,
+    )
+    namespace = app[SIGNAL_NAMESPACE]
+    await namespace.start()
+    try:
+        yield
+    finally:
+        await namespace.stop()
+        await rooms.close()
+
+
+async def _mqtt(app: web.Application) -> AsyncIterator[None]:
+    """The MQTT transport: the bridge, and an embedded broker unless MQTT_URL names one."""
+    accounts = app[accounts_routes.ACCOUNTS]
+    async with mqtt_transport(
+        app[SETTINGS].mqtt,
+        chat=app[CHAT],
+        principals=accounts.principal_of_user,
+        authenticate=accounts.authenticate,
+    ) as bridge:
+        if bridge is not None:
+            app[MQTT_BRIDGE] = bridge
+        yield
 
 
 async def _notifications(app: web.Application) -> AsyncIterator[None]:

@@ -83,6 +83,18 @@ class AccountService:
             session_id=claims.session_id,
         )
 
+    async def principal_of_user(self, user_id: UUID) -> Principal:
+        """A user a broker authenticated (MQTT): no login session, so ``session_id`` is nil.
+
+        Role and clinic come from the users table; an unknown or disabled user is refused.
+        """
+        user = await store.get_user(self._pool, user_id)
+        if user is None or user.status != "active":
+            raise Unauthenticated("account is disabled", code=ErrorCode.ACCOUNT_DISABLED)
+        return Principal(
+            user_id=user.id, clinic_id=user.clinic_id, role=user.role, session_id=UUID(int=0)
+        )
+
     async def _issue(
         self, conn: asyncpg.Connection | asyncpg.Pool, user: UserRecord
     ) -> IssuedTokens:

@@ -11,12 +11,18 @@ channels never log a payload or a remote answer.
 
 Webhook contract
 ----------------
-Each notification is POSTed as JSON::
+Each notification is POSTed as JSON. An appointment notification::
 
     {"id": "notif-42", "kind": "reminder_1h", "appointment_id": "<uuid>",
      "due_at": "2031-03-03T08:00:00+00:00", "payload": {...}}
 
-with the headers
+Chat news (:mod:`teleconsult.messaging.offline`) -- "this thread has news for
+this user", never the message, its sender or any name::
+
+    {"id": "notif-43", "kind": "thread_news", "thread_id": "<uuid>",
+     "user_id": "<uuid>", "due_at": "2031-03-03T08:00:00+00:00"}
+
+Both come with the headers
 
 * ``Content-Type: application/json``
 * ``Idempotency-Key: notif-42`` -- equal to ``id``, the same on every retry of
@@ -95,14 +101,21 @@ def idempotency_key(item: OutboxItem) -> str:
     return f"notif-{item.id}"
 
 
+def subject(item: OutboxItem) -> str:
+    """What the row is about, by ids: ``appointment <id>`` or ``thread <id> user <id>``."""
+    if item.appointment_id is not None:
+        return f"appointment {item.appointment_id}"
+    return f"thread {item.thread_id} user {item.user_id}"
+
+
 class LogChannel:
-    """Writes one INFO line per notification: its kind, appointment id and key."""
+    """Writes one INFO line per notification: its kind, subject ids and key."""
 
     async def send(self, item: OutboxItem) -> None:
         logger.info(
-            "notification %s for appointment %s (key %s)",
+            "notification %s for %s (key %s)",
             item.kind,
-            item.appointment_id,
+            subject(item),
             idempotency_key(item),
         )
 
@@ -170,17 +183,19 @@ class WebhookChannel:
         self._clock = clock
 
     def body(self, item: OutboxItem) -> bytes:
-        return json.dumps(
-            {
-                "id": idempotency_key(item),
-                "kind": item.kind,
-                "appointment_id": str(item.appointment_id),
-                "due_at": item.due_at.isoformat(),
-                "payload": item.payload,
-            },
-            separators=(",", ":"),
-            sort_keys=True,
-        ).encode()
+        fields: dict[str, object] = {
+            "id": idempotency_key(item),
+            "kind": item.kind,
+            "due_at": item.due_at.isoformat(),
+        }
+        if item.appointment_id is not None:
+            fields["appointment_id"] = str(item.appointment_id)
+            fields["payload"] = item.payload
+        else:
+            # Chat news: ids only, whatever the row's payload holds.
+            fields["thread_id"] = str(item.thread_id)
+            fields["user_id"] = str(item.user_id)
+        return json.dumps(fields, separators=(",", ":"), sort_keys=True).encode()
 
     async def send(self, item: OutboxItem) -> None:
         body = self.body(item)

@@ -9,12 +9,13 @@ How a row is sent
 1. A worker claims up to ``batch`` due rows (``store.claim_due``: ``FOR UPDATE
    SKIP LOCKED``, so concurrent workers get disjoint rows) and leases them to
    itself until ``now + lease``. The claim counts an attempt.
-2. It sends each row through the channel. Rows of one appointment go in order,
-   one after another; different appointments go concurrently. Every send must
-   finish inside the lease, less a safety margin (``min(lease / 5, 5 s)``): a
-   send that would outlast it is abandoned as a retryable failure, and rows not
-   started in time are released unsent. So a worker never sends a row after
-   its lease could have passed to another worker.
+2. It sends each row through the channel. Rows of one subject (an appointment,
+   or a thread member for chat news) go in order, one after another; different
+   subjects go concurrently. Every send must finish inside the lease, less a
+   safety margin (``min(lease / 5, 5 s)``): a send that would outlast it is
+   abandoned as a retryable failure, and rows not started in time are released
+   unsent. So a worker never sends a row after its lease could have passed to
+   another worker.
 3. On success it records ``sent_at`` with ``store.mark_sent``, which changes
    nothing (and is not counted) unless the row is still claimed by this worker.
 4. On a retryable failure the row is released until ``now + retry_delay``
@@ -63,7 +64,6 @@ import socket
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from uuid import UUID
 
 import aiohttp
 import asyncpg
@@ -74,6 +74,7 @@ from teleconsult.api.scheduling.channels import (
     NotificationChannel,
     create_channel,
     idempotency_key,
+    subject,
 )
 from teleconsult.api.scheduling.records import OutboxItem
 from teleconsult.core.db import create_pool
@@ -204,14 +205,14 @@ class OutboxWorker:
         )
         if not items:
             return 0, 0
-        by_appointment: dict[UUID, list[OutboxItem]] = {}
+        by_subject: dict[str, list[OutboxItem]] = {}
         for item in items:
-            by_appointment.setdefault(item.appointment_id, []).append(item)
+            by_subject.setdefault(subject(item), []).append(item)
         sent: list[bool] = []
         # The task group keeps a reference to every task and awaits them all;
-        # _send_in_order never raises, so one appointment cannot stop another.
+        # _send_in_order never raises, so one subject cannot stop another.
         async with asyncio.TaskGroup() as group:
-            for queue in by_appointment.values():
+            for queue in by_subject.values():
                 group.create_task(self._send_in_order(queue, deadline, now, sent))
         return len(items), sum(sent)
 
@@ -270,10 +271,10 @@ class OutboxWorker:
             return False
         if await outbox_store.mark_sent(self._pool, item.id, self.worker_id):
             logger.debug(
-                "sent notification %s (%s, appointment %s, key %s)",
+                "sent notification %s (%s, %s, key %s)",
                 item.id,
                 item.kind,
-                item.appointment_id,
+                subject(item),
                 idempotency_key(item),
             )
             return True
@@ -304,10 +305,10 @@ class OutboxWorker:
             logger.warning("notification %s failed, but another worker holds it now", item.id)
         elif retry_at is None:
             logger.error(
-                "notification %s (%s, appointment %s) failed for good after %s attempts: %s",
+                "notification %s (%s, %s) failed for good after %s attempts: %s",
                 item.id,
                 item.kind,
-                item.appointment_id,
+                subject(item),
                 item.attempts,
                 error,
             )

@@ -1,4 +1,8 @@
-"""SQL of the notification outbox: enqueue in the changing transaction, claim with a lease."""
+"""SQL of the notification outbox: enqueue in the changing transaction, claim with a lease.
+
+A row's subject is an appointment (reminders, changes) or a thread member
+(chat news, coalesced to one unsent row per member and thread).
+"""
 
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ def _outbox_columns(alias: str) -> str:
         f"{alias}.{column}" if column != "payload" else f"{alias}.payload::text AS payload"
         for column in (
             "id kind appointment_id due_at payload attempts locked_until claimed_by sent_at "
-            "cancelled_at failed_at last_error created_at"
+            "cancelled_at failed_at last_error created_at thread_id user_id"
         ).split()
     )
 
@@ -59,6 +63,44 @@ async def enqueue(conn: Conn, items: Iterable[NewNotification]) -> int:
         [json.dumps(item.payload) for item in batch],
     )
     return rows_affected(status)
+
+
+async def enqueue_thread_news(
+    conn: Conn, *, kind: str, thread_id: UUID, seq: int, user_ids: Iterable[UUID]
+) -> list[UUID]:
+    """Tell these users, in one statement, that the thread has news; return whom it added.
+
+    ``seq`` is the message that is news. A user gets a row only when they are a
+    current member, have no unsent row of ``kind`` for the thread (coalescing:
+    that row will announce this message too), and have no row, sent or not,
+    raised by this message or a later one (a client retrying a message already
+    announced). A row failed for good or withdrawn does not count. The row is
+    due at once and its payload is empty: the webhook carries ids only.
+    """
+    users = list(dict.fromkeys(user_ids))
+    if not users:
+        return []
+    rows = await conn.fetch(
+        f"""
+        INSERT INTO notification_outbox (kind, thread_id, user_id, thread_seq, due_at)
+        SELECT $1, m.thread_id, m.user_id, $3, now()
+        FROM thread_members m
+        WHERE m.thread_id = $2 AND m.user_id = ANY($4::uuid[]) AND m.left_at IS NULL
+            AND NOT EXISTS (
+                SELECT 1 FROM notification_outbox o
+                WHERE o.thread_id = m.thread_id AND o.user_id = m.user_id AND o.kind = $1
+                    AND o.thread_seq >= $3 AND o.cancelled_at IS NULL AND o.failed_at IS NULL
+            )
+        ON CONFLICT (thread_id, user_id, kind) WHERE thread_id IS NOT NULL AND {_PENDING}
+        DO NOTHING
+        RETURNING user_id
+        """,
+        kind,
+        thread_id,
+        seq,
+        users,
+    )
+    return [row["user_id"] for row in rows]
 
 
 async def claim_due(
@@ -156,5 +198,15 @@ async def list_outbox(conn: Conn, appointment_id: UUID) -> list[OutboxItem]:
         f"SELECT {_outbox_columns('o')} FROM notification_outbox o WHERE o.appointment_id = $1 "
         "ORDER BY o.id",
         appointment_id,
+    )
+    return [_outbox_item(row) for row in rows]
+
+
+async def list_thread_news(conn: Conn, thread_id: UUID) -> list[OutboxItem]:
+    """Every chat-news row of the thread, oldest first (for inspection and tests)."""
+    rows = await conn.fetch(
+        f"SELECT {_outbox_columns('o')} FROM notification_outbox o WHERE o.thread_id = $1 "
+        "ORDER BY o.id",
+        thread_id,
     )
     return [_outbox_item(row) for row in rows]

@@ -130,9 +130,11 @@ class NewNotification:
 
 @dataclass(frozen=True)
 class OutboxItem:
+    """One outbox row. Its subject is an appointment, or a thread member (chat news)."""
+
     id: int
     kind: str
-    appointment_id: UUID
+    appointment_id: UUID | None
     due_at: datetime
     payload: dict[str, Any]
     attempts: int
@@ -143,6 +145,8 @@ class OutboxItem:
     failed_at: datetime | None
     last_error: str | None
     created_at: datetime
+    thread_id: UUID | None
+    user_id: UUID | None
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,7 @@ class ChatClient:
         device_id: UUID,
         encoding: str = "msgpack",
         call_timeout: float = 10.0,
+        device_ttl: float = 30.0,
     ) -> None:
         self._transport = transport
         self._rest = rest
@@ -93,6 +94,10 @@ class ChatClient:
         self._last: dict[UUID, int] = {}
         self._held: dict[UUID, dict[int, dict[str, Any]]] = {}
         self._signers: dict[UUID, bytes] = {}
+        # Whom to seal for, per thread: a device added since is missed for at
+        # most this long (and a removed one is refused by the server: refetch).
+        self._device_ttl = device_ttl
+        self._device_cache: dict[UUID, tuple[float, list[PeerDevice]]] = {}
         self._locks: dict[UUID, asyncio.Lock] = {}
         self._inbox: asyncio.Queue[Delivered] = asyncio.Queue()
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=10_000)
@@ -131,8 +136,13 @@ class ChatClient:
 
     # --- sending ----------------------------------------------------------------------
 
-    async def _devices(self, thread_id: UUID) -> list[PeerDevice]:
-        """The thread's current devices; a weak link or a restarting server is waited out."""
+    async def _devices(self, thread_id: UUID, *, fresh: bool = False) -> list[PeerDevice]:
+        """The thread's current devices, cached for ``device_ttl`` seconds; a weak
+        link or a restarting server is waited out."""
+        loop = asyncio.get_running_loop()
+        cached = self._device_cache.get(thread_id)
+        if cached is not None and not fresh and loop.time() - cached[0] < self._device_ttl:
+            return cached[1]
         backoff = Backoff()
         while True:
             try:
@@ -141,6 +151,7 @@ class ChatClient:
                 await asyncio.sleep(backoff.delay())
                 continue
             self._remember(devices)
+            self._device_cache[thread_id] = (loop.time(), devices)
             return devices
 
     async def seal(
@@ -164,8 +175,20 @@ class ChatClient:
         client_msg_id: str | None = None,
         deadline: float | None = None,
     ) -> Sent:
-        """Seal once and send until acknowledged; ChatError for a permanent refusal."""
+        """Seal once and send until acknowledged; ChatError for a permanent refusal.
+
+        If the thread's devices changed since they were cached (a device was
+        revoked, a member left: ``not_a_recipient``), nothing was stored: the
+        message is sealed again for the current devices, under the same id.
+        """
         env = await self.seal(thread_id, plaintext, client_msg_id=client_msg_id)
+        try:
+            return await self.send_envelope(env, deadline=deadline)
+        except ChatError as exc:
+            if exc.code != "not_a_recipient":
+                raise
+        await self._devices(thread_id, fresh=True)
+        env = await self.seal(thread_id, plaintext, client_msg_id=env.client_msg_id)
         return await self.send_envelope(env, deadline=deadline)
 
     async def send_envelope(self, env: Envelope, *, deadline: float | None = None) -> Sent:
@@ -329,7 +352,7 @@ class ChatClient:
 
     async def _signer(self, thread_id: UUID, device_id: UUID) -> bytes:
         if device_id not in self._signers:
-            await self._devices(thread_id)
+            await self._devices(thread_id, fresh=True)
         key = self._signers.get(device_id)
         if key is None:
             # A revoked device's key is no longer listed; the message cannot be verified.

@@ -95,7 +95,7 @@ class MqttTransport:
                 await self._runner
         self.connected.clear()
 
-    async def call(self, event: str, data: Any, *, timeout: float) -> dict[str, Any]:  # noqa: ASYNC109
+    async def call(self, event: str, data: Any, *, within: float) -> dict[str, Any]:
         client = self._client
         if client is None or not self.connected.is_set():
             raise TransportClosed("not connected")
@@ -104,9 +104,9 @@ class MqttTransport:
         self._pending[request_id] = answer
         payload = mqtt_wire.encode_request(request_id, event, data, self._encoding)
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(within):
                 await client.publish(
-                    mqtt_wire.request_topic(self._user_id), payload, qos=1, timeout=timeout
+                    mqtt_wire.request_topic(self._user_id), payload, qos=1, timeout=within
                 )
                 return await answer
         except (aiomqtt.MqttError, TimeoutError) as exc:

@@ -176,13 +176,28 @@ class SocketIoTransport:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
         if self._sio is not None:
-            await _shut(self._sio)
+            # Say goodbye when we can: the server frees the session now instead
+            # of after its ping timeout.
+            await _shut(self._sio, polite=1.0 if self.connected.is_set() else 0.0)
         self.connected.clear()
 
 
-async def _shut(sio: socketio.AsyncClient) -> None:
-    """End a connection now. engine.io's own disconnect waits for a pending
-    long-poll to come back (up to the ping interval); aborting closes the HTTP
-    session under it instead. The server still gets the close packet."""
+async def _shut(sio: socketio.AsyncClient, *, polite: float = 0.0) -> None:
+    """End a connection. engine.io's own disconnect waits for a pending
+    long-poll to come back (up to the ping interval); after ``polite`` seconds
+    (time for the close packets to go out) the HTTP session is closed under it.
+    A dead link (``polite`` 0) is aborted at once."""
+    if polite > 0:
+        closing = asyncio.ensure_future(sio.disconnect())
+        done, _ = await asyncio.wait({closing}, timeout=polite)
+        if done:
+            with contextlib.suppress(Exception):
+                closing.result()
+            return
+        with contextlib.suppress(Exception):
+            await sio.eio.disconnect(abort=True)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(closing, polite)
+        return
     with contextlib.suppress(Exception):
         await sio.eio.disconnect(abort=True)
