@@ -17,7 +17,7 @@ from teleconsult.core.identity import Role
 from teleconsult.core.settings import load_settings
 from teleconsult.messaging.client.chat import ChatClient
 from teleconsult.messaging.client.crypto import seal
-from teleconsult.messaging.envelope import from_json, from_msgpack
+from teleconsult.messaging.envelope import from_json, from_msgpack, to_json
 from teleconsult.server.app import POOL, create_app
 from tests.chatkit import Person, connect, next_event, people, receive, socketio_transport
 from tests.conftest import settings_env
@@ -363,3 +363,32 @@ async def test_receipts_only_move_forward_and_reach_every_member(
             }
             assert await next_event(d, "receipt") == pushed
             assert await next_event(p, "receipt") == pushed  # the reader's other devices
+
+
+async def test_a_message_sent_over_rest_reaches_live_connections_and_late_follows_catch_up(
+    start_server: StartServer,
+) -> None:
+    server, tenant = await _server_and_tenant(start_server)
+    base = _url(server)
+    async with (
+        asyncio.timeout(60),
+        people(base, tenant[Role.DOCTOR], tenant[Role.PATIENT]) as (doctor, patient),
+    ):
+        thread = await doctor.rest.create_thread([patient.user_id])
+        p = await connect(patient, socketio_transport(base, patient))
+        # Followed after start: what was sent before is fetched at once.
+        d_chat = await connect(doctor, socketio_transport(base, doctor))
+        early = await d_chat.seal(thread, b"before the follow")
+        await doctor.rest.call(
+            "POST", f"/api/v1/threads/{thread}/messages", {"envelope": to_json(early)}
+        )
+        p.follow(thread)
+        got = await receive(p, 1)
+        assert got[0].plaintext == b"before the follow"
+        # Sent over plain HTTP while the patient is connected: pushed live.
+        late = await d_chat.seal(thread, b"over rest, pushed live")
+        await doctor.rest.call(
+            "POST", f"/api/v1/threads/{thread}/messages", {"envelope": to_json(late)}
+        )
+        got = await receive(p, 1)
+        assert (got[0].seq, got[0].plaintext) == (2, b"over rest, pushed live")

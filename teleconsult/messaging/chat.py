@@ -23,9 +23,9 @@ from teleconsult.core.identity import Principal
 from teleconsult.core.ratelimit import RateLimiter
 from teleconsult.core.settings import ChatSettings
 from teleconsult.messaging import wire
-from teleconsult.messaging.envelope import DEFAULT_MAX_BYTES, to_msgpack
+from teleconsult.messaging.envelope import DEFAULT_MAX_BYTES, Envelope, to_msgpack
 from teleconsult.messaging.hub import Hub, Session
-from teleconsult.messaging.records import StoredMessage
+from teleconsult.messaging.records import AppendResult, StoredMessage
 from teleconsult.messaging.service import MessagingService
 
 logger = logging.getLogger(__name__)
@@ -133,9 +133,27 @@ class ChatService:
         self, principal: Principal, req: wire.SendRequest, session_id: str | None
     ) -> dict[str, Any]:
         env = wire.envelope_of(req.envelope, max_bytes=self._max_envelope)
-        result = await self._messaging.send(principal, req.thread_id, env)
+        result = await self.send(principal, req.thread_id, env, skip_session=session_id)
+        return wire.ok(
+            seq=result.seq,
+            duplicate=result.duplicate,
+            created_at=result.created_at.isoformat().replace("+00:00", "Z"),
+        )
+
+    async def send(
+        self,
+        principal: Principal,
+        thread_id: UUID,
+        env: Envelope,
+        *,
+        skip_session: str | None = None,
+    ) -> AppendResult:
+        """Store an envelope (every check in MessagingService), then deliver it live.
+
+        The REST send comes here too, so its messages reach live connections."""
+        result = await self._messaging.send(principal, thread_id, env)
         stored = StoredMessage(
-            thread_id=req.thread_id,
+            thread_id=thread_id,
             seq=result.seq,
             client_msg_id=env.client_msg_id,
             sender_user_id=principal.user_id,
@@ -145,12 +163,8 @@ class ChatService:
         )
         # Published again for a duplicate too: the first attempt may have died
         # between commit and publish. Receivers drop a seq they already hold.
-        await self.fan_out(stored, skip_session=session_id)
-        return wire.ok(
-            seq=result.seq,
-            duplicate=result.duplicate,
-            created_at=result.created_at.isoformat().replace("+00:00", "Z"),
-        )
+        await self.fan_out(stored, skip_session=skip_session)
+        return result
 
     async def fan_out(self, stored: StoredMessage, *, skip_session: str | None = None) -> None:
         members = await self._messaging.member_ids(stored.thread_id)

@@ -17,6 +17,7 @@ from teleconsult.api.models import Body, Limit
 from teleconsult.api.policy import Action
 from teleconsult.api.registry import Api, ApiRequest
 from teleconsult.core.errors import BadRequest, FieldError
+from teleconsult.messaging.chat import ChatService
 from teleconsult.messaging.envelope import (
     EnvelopeError,
     decode_b64url,
@@ -29,6 +30,8 @@ from teleconsult.messaging.records import Device, StoredMessage, Thread, ThreadK
 from teleconsult.messaging.service import MessagingService, envelope_problem
 
 MESSAGING = web.AppKey("messaging", MessagingService)
+# Live delivery for messages sent over REST (set by the composition root).
+CHAT = web.AppKey("chat", ChatService)
 api = Api()
 
 Key = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{43}$")]
@@ -313,7 +316,7 @@ async def send_message(req: ApiRequest) -> SendResult:
         envelope = from_json(body.envelope)
     except EnvelopeError as exc:
         raise envelope_problem(exc) from None
-    result = await _svc(req).send(req.principal, req.params["thread_id"], envelope)
+    result = await req.request.app[CHAT].send(req.principal, req.params["thread_id"], envelope)
     return SendResult(seq=result.seq, duplicate=result.duplicate, created_at=result.created_at)
 
 

@@ -34,6 +34,7 @@ from teleconsult.core.settings import ChatSettings
 from teleconsult.messaging import wire
 from teleconsult.messaging.chat import ChatService, TokenBucket, rate_limited
 from teleconsult.messaging.hub import SLOW_CONSUMER
+from teleconsult.messaging.routes import CHAT
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +131,6 @@ class SioSession:
                 logger.exception("could not push %s", event)
 
 
-CHAT = web.AppKey("chat", ChatService)
 CHAT_ACCOUNTS = web.AppKey("chat_accounts", AccountService)
 
 

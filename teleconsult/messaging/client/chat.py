@@ -26,7 +26,7 @@ from uuid import UUID
 import aiohttp
 
 from teleconsult.messaging.client.crypto import DeviceKeys, new_client_msg_id, open_envelope, seal
-from teleconsult.messaging.client.rest import PeerDevice, RestClient
+from teleconsult.messaging.client.rest import ApiError, PeerDevice, RestClient
 from teleconsult.messaging.client.transport import Backoff, Transport, TransportClosed
 from teleconsult.messaging.envelope import (
     Envelope,
@@ -104,10 +104,12 @@ class ChatClient:
         self._tasks: set[asyncio.Task[None]] = set()
         # Pushed messages wait here so the transport's reader never waits on us.
         self._incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._started = False
 
     # --- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._started = True
         self._spawn(self._process())
         await self._transport.start(self._on_event, self._on_connected)
 
@@ -118,8 +120,14 @@ class ChatClient:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def follow(self, thread_id: UUID, *, after: int = 0) -> None:
-        """Deliver this thread's messages after ``after`` (kept across reconnects)."""
-        self._last.setdefault(thread_id, after)
+        """Deliver this thread's messages after ``after`` (kept across reconnects).
+
+        Followed while connected, the thread is caught up at once."""
+        if thread_id in self._last:
+            return
+        self._last[thread_id] = after
+        if self._started:
+            self._spawn(self._catch_up([thread_id]))
 
     def positions(self) -> dict[UUID, int]:
         return dict(self._last)
@@ -132,7 +140,12 @@ class ChatClient:
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("a chat client task failed", exc_info=task.exception())
 
     # --- sending ----------------------------------------------------------------------
 
@@ -148,6 +161,11 @@ class ChatClient:
             try:
                 devices = await self._rest.thread_devices(thread_id)
             except (aiohttp.ClientError, TimeoutError):
+                await asyncio.sleep(backoff.delay())
+                continue
+            except ApiError as exc:
+                if exc.status < 500 and exc.status != 429:
+                    raise
                 await asyncio.sleep(backoff.delay())
                 continue
             self._remember(devices)
@@ -326,7 +344,6 @@ class ChatClient:
 
     async def _deliver(self, data: dict[str, Any]) -> None:
         thread_id, seq = UUID(data["thread_id"]), int(data["seq"])
-        self._last[thread_id] = seq
         raw = data["envelope"]
         plaintext: bytes | None = None
         error: str | None = None
@@ -349,6 +366,8 @@ class ChatClient:
                 error=error,
             )
         )
+        # Only now: a failure above leaves the seq to be fetched again.
+        self._last[thread_id] = seq
 
     async def _signer(self, thread_id: UUID, device_id: UUID) -> bytes:
         if device_id not in self._signers:

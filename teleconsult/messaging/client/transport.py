@@ -88,6 +88,8 @@ class SocketIoTransport:
         self._on_event: EventHandler | None = None
         self._on_connected: ConnectedHandler | None = None
         self.reconnects = 0
+        # Set when the server refused the credentials for good (revoked, disabled).
+        self.refused: Refused | None = None
 
     async def start(self, on_event: EventHandler, on_connected: ConnectedHandler) -> None:
         self._on_event, self._on_connected = on_event, on_connected
@@ -104,6 +106,12 @@ class SocketIoTransport:
                 self._dropped.set()
 
         sio.on("disconnect", lost, namespace="/chat")
+        refusal: list[Any] = []
+
+        async def refused(data: Any = None) -> None:
+            refusal.append(data)
+
+        sio.on("connect_error", refused, namespace="/chat")
         auth = {"token": await self._token(), "encoding": self._encoding}
         try:
             await sio.connect(
@@ -115,8 +123,16 @@ class SocketIoTransport:
             )
         except socketio.exceptions.ConnectionError as exc:
             await _shut(sio)
-            error = exc.args[1] if len(exc.args) > 1 else None
-            if isinstance(error, dict) and error.get("status") == 401:
+            # The server's refusal: {"message", "data": {"code", "status", "detail"}}.
+            data = refusal[-1] if refusal else None
+            error = data.get("data") if isinstance(data, dict) else None
+            # An expired token is the app's to refresh (the next attempt asks the
+            # token provider again); any other 401 will not get better by itself.
+            if (
+                isinstance(error, dict)
+                and error.get("status") == 401
+                and error.get("code") != "token_expired"
+            ):
                 raise Refused(error) from None
             raise TransportClosed(str(exc)) from None
         self._sio = sio
@@ -142,8 +158,9 @@ class SocketIoTransport:
                 await asyncio.sleep(backoff.delay())
                 try:
                     await self._connect_once()
-                except Refused:
+                except Refused as exc:
                     logger.warning("the server refused the token; giving up reconnecting")
+                    self.refused = exc
                     return
                 except (TimeoutError, TransportClosed, OSError):
                     continue
