@@ -116,3 +116,21 @@ async def coturn(turnserver: str, tmp_path: Path) -> AsyncIterator[Coturn]:
         yield server
     finally:
         await server.stop()
+
+
+StartServer = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+def start_server(
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    database_url: str,
+    tmp_path: Path,
+) -> StartServer:
+    """A real server with some chat settings of the test's own (``CHAT_...=...``)."""
+
+    async def start(**env: str) -> TestClient[Any, Any]:
+        settings = load_settings(settings_env(database_url, tmp_path, **env))
+        return await aiohttp_client(create_app(settings))
+
+    return start

@@ -4,27 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
 
 import pytest
 from aiohttp.test_utils import TestClient
-from aiohttp.web import Application
 
 from teleconsult.core.identity import Role
-from teleconsult.core.settings import load_settings
 from teleconsult.messaging.client.chat import ChatClient
 from teleconsult.messaging.client.crypto import seal
 from teleconsult.messaging.envelope import from_json, from_msgpack, to_json
-from teleconsult.server.app import POOL, create_app
+from teleconsult.server.app import POOL
 from tests.chatkit import Person, connect, next_event, people, receive, socketio_transport
-from tests.conftest import settings_env
+from tests.conftest import StartServer
 from tests.dbutil import REDIS_URL
 from tests.world import Tenant, make_tenant
 
-StartServer = Callable[..., Awaitable[TestClient[Any, Any]]]
 # A long-polling client's goodbye waits for the server's next ping: keep them frequent.
 FAST_PING = {"CHAT_PING_INTERVAL": "1", "CHAT_PING_TIMEOUT": "2"}
 # Tests that send many messages from one connection.
@@ -34,21 +30,6 @@ BUSES = {"in_process": {}, "redis": {"REDIS_URL": REDIS_URL}}
 
 def _url(client: TestClient[Any, Any]) -> str:
     return str(client.make_url("")).rstrip("/")
-
-
-@pytest.fixture
-def start_server(
-    aiohttp_client: Callable[[Application], Awaitable[TestClient[Any, Any]]],
-    database_url: str,
-    tmp_path: Path,
-) -> StartServer:
-    """A real server with some chat settings of the test's own (``CHAT_...=...``)."""
-
-    async def start(**env: str) -> TestClient[Any, Any]:
-        settings = load_settings(settings_env(database_url, tmp_path, **env))
-        return await aiohttp_client(create_app(settings))
-
-    return start
 
 
 async def _server_and_tenant(

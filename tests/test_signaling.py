@@ -280,3 +280,33 @@ async def test_peers_on_two_server_processes_reach_each_other(
             await patient_rest.close()
     finally:
         await asyncio.gather(one.stop(), two.stop())
+
+
+async def test_the_doctor_sees_who_waits_with_their_network_test(
+    client: TestClient[Any, Any], app_pool: asyncpg.Pool, tenant: Tenant
+) -> None:
+    room = await open_room(app_pool, tenant)
+    row = await app_pool.fetchrow(
+        "SELECT c.id, c.appointment_id FROM consultations c WHERE c.room_id = $1", room
+    )
+    patient_id = tenant[Role.PATIENT].user_id
+    # A finished pre-call test of the patient (what rtc/ stores after a real one).
+    await app_pool.execute(
+        """
+        INSERT INTO network_tests (id, clinic_id, appointment_id, consultation_id, user_id,
+            user_role, expires_at, finished_at, status, server)
+        VALUES (gen_random_uuid(), $1, $2, $3, $4, 'patient', now() + interval '30 s',
+            now(), 'completed', '{"rtt_ms": 41.5, "loss": 0.0}')
+        """,
+        tenant.clinic_id,
+        row["appointment_id"],
+        row["id"],
+        patient_id,
+    )
+    async with _signal(client, tenant[Role.DOCTOR], tenant[Role.PATIENT]) as (doctor, patient):
+        await doctor.join(room)
+        await patient.join(room)
+        waiting = await doctor.next_event("waiting")
+        assert waiting["user_id"] == str(patient_id)
+        assert waiting["network_test"]["status"] == "completed"
+        assert waiting["network_test"]["server"] == {"rtt_ms": 41.5, "loss": 0.0}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from teleconsult.loadtest import LoadtestError, booking, chat, links
+from teleconsult.loadtest import LoadtestError, booking, chat, links, signal
 from teleconsult.loadtest.common import Common, Outcome
 from teleconsult.loadtest.report import plot, require_plotting, write_json
 
@@ -103,8 +103,61 @@ async def _run_booking(common: Common, args: argparse.Namespace) -> Outcome:
     return await booking.run(common, options)
 
 
-def _no_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("ignored", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+# --- signal ---------------------------------------------------------------------------
+
+
+def _signal_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rooms", type=int, default=10, help="consultation rooms (2 sockets each)")
+    parser.add_argument(
+        "--burst",
+        action="store_true",
+        help="start every room at the same moment (the default unless --rate is given)",
+    )
+    parser.add_argument(
+        "--rooms-per-doctor",
+        type=int,
+        default=3,
+        help="rooms booked on each doctor's earliest slots (all must be joinable now)",
+    )
+    parser.add_argument(
+        "--slot-minutes", type=int, default=5, help="consultation length (the slot grid)"
+    )
+    parser.add_argument(
+        "--candidates", type=int, default=5, help="ICE candidates each peer sends the other"
+    )
+    parser.add_argument(
+        "--sdp-bytes", type=int, default=4000, help="size of each synthetic offer and answer"
+    )
+    parser.add_argument("--transport", choices=signal.TRANSPORTS, default="websocket")
+    parser.add_argument(
+        "--joins",
+        choices=signal.JOINS,
+        default="together",
+        help="doctor and patient join at the same moment, or the patient once the doctor is in",
+    )
+    parser.add_argument(
+        "--step-timeout",
+        type=float,
+        default=10.0,
+        help="seconds one step of a room may take (an answer, an awaited message)",
+    )
+
+
+async def _run_signal(common: Common, args: argparse.Namespace) -> Outcome:
+    if args.burst and args.rate is not None:
+        raise LoadtestError("--burst starts every room at once; leave out --rate")
+    options = signal.SignalOptions(
+        rooms=args.rooms,
+        rate=args.rate,
+        rooms_per_doctor=args.rooms_per_doctor,
+        slot_minutes=args.slot_minutes,
+        candidates=args.candidates,
+        sdp_bytes=args.sdp_bytes,
+        transport=args.transport,
+        step_timeout=args.step_timeout,
+        joins=args.joins,
+    )
+    return await signal.run(common, options)
 
 
 SCENARIOS = (
@@ -122,13 +175,9 @@ SCENARIOS = (
     ),
     Scenario(
         "signal",
-        "rooms doing join, offer, answer, candidates (not available yet)",
-        _no_arguments,
-        None,
-        unavailable=(
-            "this load tester does not drive the /signal namespace yet (issue 6, second "
-            "part); only chat and booking can run"
-        ),
+        "consultation rooms doing join, admit, offer, answer and ICE candidates",
+        _signal_arguments,
+        _run_signal,
     ),
 )
 BY_NAME = {s.name: s for s in SCENARIOS}
@@ -139,8 +188,12 @@ BY_NAME = {s.name: s for s in SCENARIOS}
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="the server under test")
-    parser.add_argument("--users", type=int, default=20, help="virtual users")
-    parser.add_argument("--rate", type=float, help="actions per user per second")
+    parser.add_argument(
+        "--users", type=int, default=20, help="virtual users (signal: see --rooms instead)"
+    )
+    parser.add_argument(
+        "--rate", type=float, help="actions per user per second (signal: rooms started per second)"
+    )
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of load")
     parser.add_argument(
         "--ramp", type=float, default=5.0, help="seconds over which users connect, with jitter"
@@ -187,7 +240,7 @@ def add_parser(sub: Any) -> None:
     """Add ``loadtest`` to the ``teleconsult`` command's subcommands."""
     parser = sub.add_parser(
         "loadtest",
-        help="put load on a running server (chat, booking)",
+        help="put load on a running server (chat, booking, signal)",
         description="Open-loop load against a running server, through its public API "
         "and the project's own client library. Prints latency percentiles from the "
         "scheduled time, throughput, errors, lost and duplicated messages.",
@@ -204,7 +257,7 @@ def _common(args: argparse.Namespace) -> Common:
     common = Common(
         url=args.url.rstrip("/"),
         users=args.users,
-        rate=args.rate,
+        rate=args.rate or 0.0,  # only signal leaves it out: every room at once
         duration=args.duration,
         ramp=args.ramp,
         drain=args.drain,
@@ -220,7 +273,7 @@ def _common(args: argparse.Namespace) -> Common:
     )
     if not 1 <= common.users <= 100_000:
         raise LoadtestError("--users must be between 1 and 100000")
-    if not 0 < common.rate <= 1000:
+    if args.rate is not None and not 0 < common.rate <= 1000:
         raise LoadtestError("--rate must be above 0 and at most 1000 per user per second")
     if not 0 < common.duration <= 24 * 3600:
         raise LoadtestError("--duration must be above 0 and at most a day")

@@ -42,7 +42,11 @@ NAMESPACE = "/chat"
 AUTH_RECHECK_SECONDS = 30.0
 _MIN_RECHECK_SECONDS = 0.1  # however small the period, an idle check never spins
 # Pushed events the engine.io layer may hold for one client beyond our own queue.
-_ENGINE_BACKLOG = 64
+_ENGINE_BACKLOG = 16
+# What our own queue may hold for one connection, in envelope bytes: the event
+# count alone would let 256 large messages (~22 MB of JSON) wait for one reader.
+MAX_QUEUED_BYTES = 2 * 1024 * 1024
+_EVENT_OVERHEAD = 256  # ids, times and framing around an envelope
 # Binary attachments one client packet may announce (a `send` in msgpack has one).
 MAX_ATTACHMENTS = 4
 
@@ -69,6 +73,7 @@ class SioSession:
         self.bucket = bucket
         self.checked_at = time.monotonic()
         self._queue: asyncio.Queue[tuple[str, Mapping[str, Any]]] = asyncio.Queue(max_queued)
+        self._queued_bytes = 0
         self._writer = asyncio.create_task(self._write(), name=f"sio-writer-{sid}")
         self._watcher: asyncio.Task[None] | None = None
         self._closing = False
@@ -83,10 +88,14 @@ class SioSession:
         return self.principal.user_id
 
     def push(self, event: str, data: Mapping[str, Any]) -> bool:
+        size = _EVENT_OVERHEAD + len(data.get("envelope") or b"")
+        if self._queued_bytes + size > MAX_QUEUED_BYTES:
+            return False
         try:
             self._queue.put_nowait((event, data))
         except asyncio.QueueFull:
             return False
+        self._queued_bytes += size
         return True
 
     async def close(self, reason: str) -> None:
@@ -119,6 +128,7 @@ class SioSession:
     async def _write(self) -> None:
         while True:
             event, data = await self._queue.get()
+            self._queued_bytes -= _EVENT_OVERHEAD + len(data.get("envelope") or b"")
             # Wait (while our own bounded queue fills) rather than pile packets
             # into engine.io's unbounded one.
             # engine.io has no drain event to wait on, so poll the backlog.
