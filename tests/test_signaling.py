@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 import pytest
@@ -17,6 +19,8 @@ from teleconsult.api.accounts import store as accounts_store
 from teleconsult.core.identity import Role
 from teleconsult.messaging.client.rest import RestClient
 from teleconsult.signaling.client import SignalClient, SignalError
+from teleconsult.signaling.namespace import SIGNALING
+from teleconsult.turn.routes import TURN
 from tests.dbutil import REDIS_URL
 from tests.servers import ServerProcess
 from tests.signalkit import open_room
@@ -310,3 +314,28 @@ async def test_the_doctor_sees_who_waits_with_their_network_test(
         assert waiting["user_id"] == str(patient_id)
         assert waiting["network_test"]["status"] == "completed"
         assert waiting["network_test"]["server"] == {"rtt_ms": 41.5, "loss": 0.0}
+
+
+async def test_fresh_turn_credentials_are_pushed_before_the_old_ones_expire(
+    client: TestClient[Any, Any], app_pool: asyncpg.Pool, tenant: Tenant
+) -> None:
+    room = await open_room(app_pool, tenant)
+    service = client.app[SIGNALING]
+    turn = client.app[TURN]
+    issued: list[str] = []
+
+    def soon(user_id: UUID) -> tuple[list[dict[str, Any]], float | None]:
+        # The real credentials, but due for refresh a second from now (the
+        # shortest TURN_TTL allowed is a minute).
+        credentials = turn.for_user(user_id)
+        issued.append(credentials.username)
+        return credentials.ice_servers(), time.time() + 1.0
+
+    service._ice = soon
+    async with _signal(client, tenant[Role.DOCTOR]) as (doctor,):
+        answer = await doctor.join(room)
+        first = answer["ice_servers"][0]["username"]
+        pushed = await doctor.next_event("ice_servers", within=15)
+        assert pushed["ice_servers"][0]["username"] in issued[1:]
+        assert pushed["ice_refresh_at"] > answer["ice_refresh_at"]
+        assert first == issued[0]
