@@ -4,7 +4,8 @@ Each end-to-end test starts ``teleconsult serve`` on a fresh database (with its
 embedded MQTT broker on a free port), runs a small bounded scenario through the
 command line in a subprocess, and checks the JSON it wrote: percentiles are
 there, every acknowledged message reached every recipient exactly once, every
-booking answered 201 is on the books. Timings are not asserted. The report and
+booking answered 201 is on the books, every room completes its exchange.
+Timings are not asserted. The report and
 schedule helpers are checked on their own, without a server.
 """
 
@@ -22,7 +23,8 @@ from typing import Any
 import pytest
 
 from teleconsult.loadtest.openloop import Schedule
-from teleconsult.loadtest.report import Recorder, plot, summarize
+from teleconsult.loadtest.report import Latency, Recorder, plot, summarize
+from teleconsult.loadtest.sdp import candidate_line, synthetic_sdp
 from tests.dbutil import create_database, drop_database
 from tests.servers import ServerProcess, free_port
 
@@ -213,10 +215,62 @@ async def test_booking_puts_every_answered_booking_on_the_books(
     assert ran.report["latency_ms"]["search_and_book"]["count"] == b["booked"] + b["conflicts"]
 
 
-async def test_signal_scenario_says_it_is_not_available(tmp_path: Path) -> None:
-    ran = await loadtest("signal", cwd=tmp_path)
+@pytest.mark.slow
+async def test_signal_rooms_join_admit_and_relay_every_description_and_candidate(
+    server: Server, tmp_path: Path
+) -> None:
+    ran = await run_scenario(
+        server,
+        tmp_path,
+        "signal",
+        "--rooms",
+        "3",
+        "--rooms-per-doctor",
+        "2",  # one doctor in two rooms at once, on two sockets
+        "--candidates",
+        "3",
+    )
+    report = ran.report
+    rooms = dict(report["rooms"])
+    assert 0 <= rooms.pop("patient_joined_first") <= 3  # whichever join the server took first
+    assert rooms == {
+        "scheduled": 3,
+        "started": 3,
+        "admitted": 3,
+        "negotiated": 3,
+        "completed": 3,
+        "failed": 0,
+    }
+    s = report["signals"]
+    assert s["candidates_sent"] == s["candidates_received"] == 3 * 2 * 3
+    assert s["relayed"] == 3 * 2 + s["candidates_received"]  # an offer and an answer a room
+    assert (s["candidates_lost"], s["duplicated"], s["unexpected"]) == (0, 0, 0)
+    assert report["errors"] == {}
+    assert report["setup"]["doctors"] == 2 and report["setup"]["sockets"] == 6
+    latency = report["latency_ms"]
+    for name in ("join_doctor", "join_patient", "admit", "offer", "answer", "room"):
+        assert set(latency[name]) == PERCENTILE_KEYS
+        assert latency[name]["count"] == 3
+    assert latency["candidate"]["count"] == s["candidates_received"]
+    assert set(report["hdr_histograms"]) == set(latency)
+    assert report["timeline"] and report["passed"] is True
+    assert "p99.9" in ran.out and "candidate→received" in ran.out and "result: passed" in ran.out
+    assert "completed" in ran.err and "p99 ms" in ran.err  # the live progress line
+
+
+async def test_signal_burst_and_rate_together_are_refused(tmp_path: Path) -> None:
+    ran = await loadtest("signal", "--burst", "--rate", "2", cwd=tmp_path)
     assert ran.code == 2
-    assert "not available yet" in ran.err
+    assert "--burst" in ran.err
+
+
+def test_synthetic_sdp_has_about_the_asked_size_and_differs_per_room() -> None:
+    offer = synthetic_sdp("offer", 1, 4000)
+    assert 4000 <= len(offer.encode()) <= 4400
+    assert offer.startswith("v=0\r\n") and "m=audio" in offer and "m=video" in offer
+    assert offer != synthetic_sdp("offer", 2, 4000) != synthetic_sdp("answer", 1, 4000)
+    lines = {candidate_line(r, role, k) for r in (1, 2) for role in ("a", "b") for k in (0, 1)}
+    assert len(lines) == 8
 
 
 async def test_without_admin_credentials_it_says_how_to_give_them(tmp_path: Path) -> None:
@@ -248,6 +302,17 @@ def test_percentiles_come_from_the_histogram_in_milliseconds() -> None:
     assert found["p99.9"] == pytest.approx(999, rel=0.01)
     assert found["max"] == pytest.approx(1000, rel=0.01)
     assert summarize(Recorder(["x"], []).latency["x"].total)["p99"] is None
+
+
+def test_a_seconds_figures_match_the_histogram_and_the_next_second_starts_empty() -> None:
+    latency = Latency()
+    for ms in range(1, 1001):
+        latency.record(ms / 1000)
+    whole = summarize(latency.interval)
+    second = latency.take_interval()
+    assert second == {key: whole[key] for key in ("count", "p50", "p99", "max")}
+    assert latency.take_interval() == {"count": 0, "p50": None, "p99": None, "max": None}
+    assert latency.total.get_total_count() == 1000
 
 
 def test_plot_draws_a_png_of_latency_over_time(tmp_path: Path) -> None:

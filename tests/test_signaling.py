@@ -18,13 +18,15 @@ from aiohttp.test_utils import TestClient
 from teleconsult.api.accounts import store as accounts_store
 from teleconsult.core.identity import Role
 from teleconsult.messaging.client.rest import RestClient
+from teleconsult.server.app import POOL
 from teleconsult.signaling.client import SignalClient, SignalError
 from teleconsult.signaling.namespace import SIGNALING
 from teleconsult.turn.routes import TURN
+from tests.conftest import StartServer
 from tests.dbutil import REDIS_URL
 from tests.servers import ServerProcess
 from tests.signalkit import open_room
-from tests.world import PASSWORD, Account, Tenant, make_user
+from tests.world import PASSWORD, Account, Tenant, make_tenant, make_user
 
 
 def _url(client: TestClient[Any, Any]) -> str:
@@ -339,3 +341,33 @@ async def test_fresh_turn_credentials_are_pushed_before_the_old_ones_expire(
         assert pushed["ice_servers"][0]["username"] in issued[1:]
         assert pushed["ice_refresh_at"] > answer["ice_refresh_at"]
         assert first == issued[0]
+
+
+async def test_simultaneous_joins_never_lose_the_waiting_news_with_redis(
+    start_server: StartServer,
+) -> None:
+    server = await start_server(REDIS_URL=REDIS_URL)
+    pool: asyncpg.Pool = server.app[POOL]
+    tenant = await make_tenant(pool, server, name="Race")
+    rooms = [await open_room(pool, tenant, offset_days=i) for i in range(8)]
+    doctors = [SignalClient(_url(server), tenant[Role.DOCTOR].access_token) for _ in rooms]
+    patients = [SignalClient(_url(server), tenant[Role.PATIENT].access_token) for _ in rooms]
+    try:
+        async with asyncio.timeout(60):
+            await asyncio.gather(*(c.connect() for c in doctors + patients))
+            joins = [
+                (c, room)
+                for room, d, p in zip(rooms, doctors, patients, strict=True)
+                for c in (d, p)
+            ]
+            answers = await asyncio.gather(*(c.join(room) for c, room in joins))
+            for doctor, patient, answer in zip(doctors, patients, answers[0::2], strict=True):
+                # The doctor learns of the patient: in its join answer, or by the event.
+                if patient.peer_id not in [p["peer_id"] for p in answer["peers"]]:
+                    waiting = await doctor.next_event("waiting", within=10)
+                    assert waiting["peer_id"] == patient.peer_id
+                await doctor.call("admit", {"peer_id": patient.peer_id})
+                await patient.next_event("admitted", within=10)
+    finally:
+        for c in doctors + patients:
+            await c.close()

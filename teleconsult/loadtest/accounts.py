@@ -42,7 +42,7 @@ RATE_LIMIT_HINT = (
     "the server refused a sign-in as rate-limited: it allows LOGIN_MAX_PER_ADDRESS "
     "(default 100) sign-ins per address in LOGIN_RATE_WINDOW (default 900 s), and every "
     "staff member of a load test signs in once. Raise the limit on the server under test, "
-    "use fewer staff (a larger --group-size), or wait"
+    "use fewer staff (a larger --group-size in chat, --rooms-per-doctor in signal), or wait"
 )
 
 

@@ -17,7 +17,7 @@ class Common:
 
     url: str = "http://127.0.0.1:8080"
     users: int = 20
-    rate: float = 1.0  # actions per user per second
+    rate: float = 1.0  # actions per user per second (signal: rooms a second, 0 = all at once)
     duration: float = 30.0  # seconds of scheduled actions
     ramp: float = 5.0  # seconds over which connections are opened
     drain: float = 10.0  # seconds to wait for stragglers after the schedule

@@ -181,8 +181,19 @@ class SignalNamespace(socketio.AsyncNamespace):
             req = wire.parse(sw.JoinRequest, data)
             if sock.binding is not None:
                 raise BadRequest("leave the current room first")
-            joined = await service.join(sock.principal, req.room_id, req.peer_id)
-            await self._bind(sid, sock, joined.room_id, joined.peer.peer_id, joined.answer)
+            heard: list[Subscription] = []
+
+            async def listen(peer_id: str) -> None:
+                heard.append(await service.subscribe(peer_id, self._forwarder(sid, sock, peer_id)))
+
+            try:
+                joined = await service.join(sock.principal, req.room_id, req.peer_id, listen=listen)
+            except BaseException:
+                for subscription in heard:
+                    with contextlib.suppress(Exception):
+                        await subscription.close()
+                raise
+            self._bind(sid, sock, joined.room_id, joined.peer.peer_id, joined.answer, heard[-1])
             return joined.answer
         binding = sock.binding
         if binding is None:
@@ -216,9 +227,11 @@ class SignalNamespace(socketio.AsyncNamespace):
 
     # --- binding a socket to a peer ---------------------------------------------------
 
-    async def _bind(
-        self, sid: str, sock: SignalSocket, room_id: str, peer_id: str, answer: dict[str, Any]
-    ) -> None:
+    def _forwarder(
+        self, sid: str, sock: SignalSocket, peer_id: str
+    ) -> Callable[[bytes], Awaitable[None]]:
+        """What arrives on the peer's bus channel, emitted to its socket."""
+
         async def forward(frame: bytes) -> None:
             try:
                 decoded = msgpack.unpackb(frame, raw=False)
@@ -229,7 +242,17 @@ class SignalNamespace(socketio.AsyncNamespace):
             if event in _SENT_AWAY and sock.binding is not None and sock.binding.peer_id == peer_id:
                 await self._unbind(sock)
 
-        subscription = await self._service.subscribe(peer_id, forward)
+        return forward
+
+    def _bind(
+        self,
+        sid: str,
+        sock: SignalSocket,
+        room_id: str,
+        peer_id: str,
+        answer: dict[str, Any],
+        subscription: Subscription,
+    ) -> None:
         binding = Binding(room_id, peer_id, subscription)
         refresh_at = answer.get("ice_refresh_at")
         if refresh_at:

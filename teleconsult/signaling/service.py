@@ -138,7 +138,20 @@ class SignalingService:
 
     # --- joining and leaving ----------------------------------------------------------
 
-    async def join(self, principal: Principal, room_id: str, peer_id: str | None) -> Joined:
+    async def join(
+        self,
+        principal: Principal,
+        room_id: str,
+        peer_id: str | None,
+        *,
+        listen: Callable[[str], Awaitable[None]] | None = None,
+    ) -> Joined:
+        """Enter the room (or come back to one's peer within the grace period).
+
+        ``listen(peer_id)`` is awaited once the peer id is settled and before
+        anyone is told about the peer, so its socket hears every answer to its
+        arrival (``admitted``, offers) even when the bus needs a round trip to
+        subscribe."""
         access, role = await self._access(principal, room_id)
         now = time.time()
         async with self._rooms.locked(room_id):
@@ -146,6 +159,8 @@ class SignalingService:
             mine = peers.get(peer_id) if peer_id else None
             if mine is not None and mine.user_id == principal.user_id:
                 peer = replace(mine, connected=True, grace_until=None, seen=now)
+                if listen is not None:
+                    await listen(peer.peer_id)
                 await self._rooms.put(room_id, peer)
                 others = [p for p in peers.values() if p.peer_id != peer.peer_id]
                 if peer.status == "admitted":
@@ -173,6 +188,8 @@ class SignalingService:
                 joined_at=now,
                 seen=now,
             )
+            if listen is not None:
+                await listen(peer.peer_id)
             await self._rooms.put(room_id, peer)
             others = list(peers.values())
             if status == "waiting":
