@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, StringConstraints, model_validator
 from teleconsult.api.models import Body
 from teleconsult.api.policy import Action
 from teleconsult.api.registry import Api, ApiRequest
-from teleconsult.rtc.figures import ClientFigures
+from teleconsult.rtc.figures import ClientFigures, ServerFigures
 from teleconsult.rtc.records import NetworkTest, TestStatus
 from teleconsult.rtc.sdp import MAX_SDP_CHARS
 from teleconsult.rtc.service import NetworkTestService
@@ -76,40 +76,6 @@ class ClientReport(Body):
         return ClientFigures(**self.model_dump())
 
 
-class ServerFiguresOut(BaseModel):
-    connected: bool
-    duration_s: float
-    rtt_ms: float | None
-    rtt_ms_max: float | None
-    jitter_ms: float | None
-    packets_received: int
-    packets_lost: int
-    loss: float | None
-    remote_loss: float | None
-    bitrate_in_bps: float
-    bitrate_out_bps: float
-    messages_echoed: int
-    media: list[str]
-
-
-class ClientFiguresOut(BaseModel):
-    duration_s: float
-    pings_sent: int
-    pings_echoed: int
-    loss: float
-    rtt_ms_min: float | None
-    rtt_ms_p50: float | None
-    rtt_ms_p95: float | None
-    rtt_ms_max: float | None
-    jitter_ms: float | None
-    bitrate_bps: float
-    media_packets_received: int
-    media_packets_lost: int
-    media_jitter_ms: float | None
-    audio_frames: int
-    video_frames: int
-
-
 class NetworkTestOut(BaseModel):
     id: UUID
     appointment_id: UUID
@@ -121,8 +87,9 @@ class NetworkTestOut(BaseModel):
     expires_at: datetime
     finished_at: datetime | None
     reported_at: datetime | None
-    server: ServerFiguresOut | None = Field(description="Measured by the server's peer")
-    client: ClientFiguresOut | None = Field(description="Reported by the client")
+    # The figures' own dataclasses are the response schema: one list of fields.
+    server: ServerFigures | None = Field(description="Measured by the server's peer")
+    client: ClientFigures | None = Field(description="Reported by the client")
 
     @classmethod
     def of(cls, t: NetworkTest) -> NetworkTestOut:
@@ -137,8 +104,8 @@ class NetworkTestOut(BaseModel):
             expires_at=t.expires_at,
             finished_at=t.finished_at,
             reported_at=t.reported_at,
-            server=ServerFiguresOut.model_validate(t.server) if t.server else None,
-            client=ClientFiguresOut.model_validate(t.client) if t.client else None,
+            server=ServerFigures(**t.server) if t.server else None,
+            client=ClientFigures(**t.client) if t.client else None,
         )
 
 
