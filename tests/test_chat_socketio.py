@@ -373,3 +373,25 @@ async def test_a_message_sent_over_rest_reaches_live_connections_and_late_follow
         )
         got = await receive(p, 1)
         assert (got[0].seq, got[0].plaintext) == (2, b"over rest, pushed live")
+
+
+async def test_a_polling_client_catches_up_on_a_long_backlog_in_one_answer(
+    start_server: StartServer,
+) -> None:
+    """A resume page of 60 msgpack envelopes is one poll response of 61 engine.io
+    packets (the ack and its attachments); python-engineio refused more than 16
+    and the client reconnected and asked again forever."""
+    server, tenant = await _server_and_tenant(start_server)
+    base = _url(server)
+    async with (
+        asyncio.timeout(60),
+        people(base, tenant[Role.DOCTOR], tenant[Role.PATIENT]) as (doctor, patient),
+    ):
+        thread = await doctor.rest.create_thread([patient.user_id])
+        d = await connect(doctor, socketio_transport(base, doctor))
+        for n in range(60):
+            await d.send(thread, f"backlog {n}".encode())
+        p = await connect(patient, socketio_transport(base, patient, transports=("polling",)))
+        p.follow(thread)
+        got = await receive(p, 60)
+        assert [m.plaintext for m in got] == [f"backlog {n}".encode() for n in range(60)]

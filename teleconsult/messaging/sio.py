@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 from uuid import UUID
 
+import engineio.payload
 import socketio
 from aiohttp import web
 
@@ -37,6 +38,12 @@ from teleconsult.messaging.hub import SLOW_CONSUMER
 from teleconsult.messaging.routes import CHAT
 
 logger = logging.getLogger(__name__)
+
+# python-engineio refuses a long-polling POST of more than 16 packets (and
+# drops the client), yet its own client, and others, batch whatever is queued
+# into one POST. The byte size of a POST is bounded by CHAT_MAX_FRAME_BYTES; a
+# packet count is no extra protection, so allow what a busy client sends.
+engineio.payload.Payload.max_decode_packets = max(engineio.payload.Payload.max_decode_packets, 4096)
 
 NAMESPACE = "/chat"
 AUTH_RECHECK_SECONDS = 30.0

@@ -336,16 +336,22 @@ async def member_ids(conn: Conn, thread_id: UUID) -> list[UUID]:
     return [row["user_id"] for row in rows]
 
 
-async def co_member_ids(conn: Conn, user_id: UUID) -> list[UUID]:
-    """Everyone who shares a current thread with the user, the user excluded."""
+async def co_member_ids(conn: Conn, user_id: UUID, *, max_thread_size: int = 50) -> list[UUID]:
+    """Everyone who shares a current thread of at most ``max_thread_size`` members
+    with the user, the user excluded: whom presence news goes to. Bigger threads
+    are left out (one connect in a 1,000-member group would push to every
+    member); their members ask with ``presence`` instead."""
     rows = await conn.fetch(
         """
         SELECT DISTINCT other.user_id FROM thread_members mine
         JOIN thread_members other
           ON other.thread_id = mine.thread_id AND other.left_at IS NULL
         WHERE mine.user_id = $1 AND mine.left_at IS NULL AND other.user_id <> $1
+          AND (SELECT count(*) FROM thread_members m
+               WHERE m.thread_id = mine.thread_id AND m.left_at IS NULL) <= $2
         """,
         user_id,
+        max_thread_size,
     )
     return [row["user_id"] for row in rows]
 

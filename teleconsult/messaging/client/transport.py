@@ -17,9 +17,18 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+import engineio.payload
 import socketio
 
 logger = logging.getLogger(__name__)
+
+# python-engineio refuses a long-polling response of more than 16 packets and
+# drops the connection. A server with a backlog for us (a resume page of
+# msgpack envelopes: one packet per attachment; a burst of pushes) answers a
+# single poll with more, and the client would reconnect, ask again and be
+# dropped again, forever. What one response may carry is bounded in bytes by
+# the server; the packet count is not a safety limit for a client.
+engineio.payload.Payload.max_decode_packets = max(engineio.payload.Payload.max_decode_packets, 4096)
 
 EventHandler = Callable[[str, Any], Awaitable[None]]
 ConnectedHandler = Callable[[], Awaitable[None]]
@@ -113,6 +122,9 @@ class SocketIoTransport:
 
         sio.on("connect_error", refused, namespace="/chat")
         auth = {"token": await self._token(), "encoding": self._encoding}
+        # Current before it connects: a drop during the handshake must count.
+        self._dropped.clear()
+        self._sio = sio
         try:
             await sio.connect(
                 self._url,
@@ -122,6 +134,7 @@ class SocketIoTransport:
                 wait_timeout=self._connect_timeout,
             )
         except socketio.exceptions.ConnectionError as exc:
+            self._sio = None
             await _shut(sio)
             # The server's refusal: {"message", "data": {"code", "status", "detail"}}.
             data = refusal[-1] if refusal else None
@@ -135,8 +148,10 @@ class SocketIoTransport:
             ):
                 raise Refused(error) from None
             raise TransportClosed(str(exc)) from None
-        self._sio = sio
-        self._dropped.clear()
+        if self._dropped.is_set() or not sio.connected:
+            self._sio = None
+            await _shut(sio)
+            raise TransportClosed("the connection dropped as it opened")
         self.connected.set()
         assert self._on_connected is not None
         await self._on_connected()
@@ -175,8 +190,26 @@ class SocketIoTransport:
         sio = self._sio
         if sio is None or not self.connected.is_set():
             raise TransportClosed("not connected")
+        if not sio.connected:  # dropped without telling us: let the supervisor reconnect
+            self.connected.clear()
+            self._dropped.set()
+            raise TransportClosed("not connected")
+        # python-socketio's call waits out its whole timeout when the link
+        # drops under it; stop waiting as soon as this connection is lost, so
+        # the caller retries on the next one at once.
+        asking = asyncio.ensure_future(sio.call(event, data, namespace="/chat", timeout=within))
+        lost = asyncio.ensure_future(self._dropped.wait())
         try:
-            ack = await sio.call(event, data, namespace="/chat", timeout=within)
+            await asyncio.wait({asking, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+        if not asking.done():
+            asking.cancel()
+            with contextlib.suppress(BaseException):
+                await asking
+            raise TransportClosed("disconnected while waiting for the ack")
+        try:
+            ack = asking.result()
         except (socketio.exceptions.TimeoutError, socketio.exceptions.BadNamespaceError) as exc:
             raise TransportClosed(str(exc) or type(exc).__name__) from None
         except socketio.exceptions.DisconnectedError:

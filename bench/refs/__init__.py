@@ -1,0 +1,1 @@
+"""Reference servers the benchmarks compare teleconsult with."""
