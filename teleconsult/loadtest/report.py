@@ -176,8 +176,9 @@ async def show_progress(
             tick()
             n += 1
     finally:
-        if loop.time() - t0 > n - 1 + 0.05:
-            tick()  # the last, partial second
+        # The last, partial second; for a run shorter than a second, its only one.
+        if not recorder.timeline or loop.time() - t0 > n - 1 + 0.05:
+            tick()
         if tty and not quiet:
             out.write("\n")
             out.flush()
