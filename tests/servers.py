@@ -82,16 +82,18 @@ class ServerProcess:
             self._proc.send_signal(signal.SIGKILL)
             self._proc.wait()
 
-    async def stop(self) -> None:
+    async def stop(self) -> int | None:
+        """SIGINT, then SIGKILL after 20 s; the exit code (negative when killed)."""
         proc = self._proc
         if proc is None or proc.poll() is not None:
-            return
+            return None if proc is None else proc.returncode
         proc.send_signal(signal.SIGINT)
         try:
             await asyncio.to_thread(proc.wait, 20)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        return proc.returncode
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

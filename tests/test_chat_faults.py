@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
@@ -229,3 +230,20 @@ async def test_a_canary_plaintext_appears_nowhere_in_postgres_redis_traffic_or_l
     assert not [row for row in rows if CANARY in row]
     logs = one.log_text() + two.log_text()
     assert logs and CANARY not in logs
+
+
+async def test_a_server_with_an_abandoned_long_poll_session_still_stops_cleanly(
+    fresh_db: str, tmp_path: Path
+) -> None:
+    """A polling client that vanished after its handshake (a phone that lost
+    signal) must not hold the shutdown: engine.io's own disconnect-all waited
+    for that session's queue to be read, forever."""
+    server = ServerProcess(fresh_db, tmp_path)
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{server.base_url}/socket.io/?EIO=4&transport=polling") as resp:
+                assert resp.status == 200 and '"sid"' in await resp.text()
+    finally:
+        code = await server.stop()
+    assert code == 0, f"the server had to be killed (exit {code}):\n{server.log_tail()}"

@@ -6,6 +6,7 @@ opened and closed by its own cleanup context and stored under a typed key.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -268,8 +269,13 @@ async def _close_realtime(app: web.Application) -> None:
     for its whole timeout.
     """
     server = app[REALTIME]
-    if server.eio.sockets:  # engine.io's disconnect-all fails on none
-        await server.eio.disconnect()
+    # Not engine.io's disconnect-all: it waits until each socket's queue is
+    # read, and a long-polling client that went away (common on weak networks)
+    # never reads it, which held the shutdown forever.
+    for sid, socket in list(server.eio.sockets.items()):
+        with contextlib.suppress(Exception):
+            await socket.close(wait=False)
+        server.eio.sockets.pop(sid, None)
     await server.shutdown()
 
 
