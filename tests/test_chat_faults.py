@@ -195,12 +195,15 @@ async def test_a_canary_plaintext_appears_nowhere_in_postgres_redis_traffic_or_l
         doctor = await person(one.base_url, doctor_account)
         patient = await person(two.base_url, patient_account)
         monitor_ready = asyncio.Event()
+        receipt_seen = asyncio.Event()
 
         async def watch() -> None:
             async with redis.monitor() as monitor:
                 monitor_ready.set()
                 async for command in monitor.listen():
                     traffic.append(str(command.get("command", "")))
+                    if "receipt" in traffic[-1]:
+                        receipt_seen.set()
 
         watcher = asyncio.create_task(watch())
         try:
@@ -213,7 +216,8 @@ async def test_a_canary_plaintext_appears_nowhere_in_postgres_redis_traffic_or_l
             got = await receive(p, 1)
             assert got[0].plaintext is not None and CANARY.encode() in got[0].plaintext
             await p.mark(thread, delivered=sent.seq, read=sent.seq)
-            await asyncio.sleep(0.5)  # let MONITOR catch up with the last publishes
+            # MONITOR has seen everything up to the receipt's publish, the last one.
+            await asyncio.wait_for(receipt_seen.wait(), 10)
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

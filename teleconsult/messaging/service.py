@@ -298,12 +298,4 @@ class MessagingService:
 
     @staticmethod
     def _event(principal: Principal, action: str, thread_id: UUID, **detail: int) -> AuditEvent:
-        return AuditEvent(
-            action=action,
-            actor_id=principal.user_id,
-            actor_role=principal.role.value,
-            clinic_id=principal.clinic_id,
-            object_type="thread",
-            object_id=str(thread_id),
-            detail=dict(detail),
-        )
+        return AuditEvent.by(principal, action, "thread", thread_id, detail=detail)

@@ -174,10 +174,10 @@ class ChatNamespace(socketio.AsyncNamespace):
     async def on_connect(self, sid: str, environ: Any, auth: Any = None) -> None:
         settings = self._chat.settings
         try:
-            token, encoding = _connect_auth(auth)
+            token, encoding = connect_auth(auth)
             principal = await self._accounts.authenticate(token)
         except ClientError as exc:
-            raise _refusal(wire.error_ack(exc)["error"]) from None
+            raise refusal(wire.error_ack(exc)["error"]) from None
         session = SioSession(
             self.server,
             sid,
@@ -193,7 +193,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         except InfrastructureError:
             self._sessions.pop(sid, None)
             await session.stop()
-            raise _refusal(
+            raise refusal(
                 {"code": str(ErrorCode.UNAVAILABLE), "status": 503, "detail": "try again"}
             ) from None
         session.watch(lambda: self._watch(session))
@@ -231,7 +231,7 @@ class ChatNamespace(socketio.AsyncNamespace):
     async def _reauth(self, session: SioSession, data: Any) -> dict[str, Any]:
         """A fresh access token for a long-lived connection (after a refresh)."""
         try:
-            token, _ = _connect_auth(data, encoding=session.encoding)
+            token, _ = connect_auth(data, encoding=session.encoding)
             principal = await self._accounts.authenticate(token)
             if principal.user_id != session.principal.user_id:
                 raise Unauthenticated("the token is for another user")
@@ -279,12 +279,12 @@ class ChatNamespace(socketio.AsyncNamespace):
         task.add_done_callback(self._tasks.discard)
 
 
-def _refusal(error: dict[str, Any]) -> socketio.exceptions.ConnectionRefusedError:
+def refusal(error: dict[str, Any]) -> socketio.exceptions.ConnectionRefusedError:
     """The client's ``connect_error`` gets ``{message, data: {code, status, detail}}``."""
     return socketio.exceptions.ConnectionRefusedError(error["detail"], error)
 
 
-def _connect_auth(auth: Any, *, encoding: wire.Encoding = "json") -> tuple[str, wire.Encoding]:
+def connect_auth(auth: Any, *, encoding: wire.Encoding = "json") -> tuple[str, wire.Encoding]:
     if not isinstance(auth, dict) or not isinstance(auth.get("token"), str):
         raise Unauthenticated("send {token: <access token>} in the connect auth object")
     chosen = auth.get("encoding", encoding)

@@ -122,13 +122,12 @@ class NetworkTestService:
             if reported is None:
                 raise Conflict("this test's result was already reported")
             await self._audit.record(
-                AuditEvent(
-                    action="network_test.report",
-                    actor_id=principal.user_id,
-                    actor_role=principal.role.value,
+                AuditEvent.by(
+                    principal,
+                    "network_test.report",
+                    "network_test",
+                    test_id,
                     clinic_id=reported.clinic_id,
-                    object_type="network_test",
-                    object_id=str(test_id),
                     ip=ip,
                     detail={"appointment_id": str(reported.appointment_id)},
                 ),
@@ -144,13 +143,12 @@ class NetworkTestService:
         only = principal.user_id if principal.role is Role.PATIENT else None
         found = await store.latest_per_user(self._pool, appointment_id, user_id=only)
         await self._audit.record(
-            AuditEvent(
-                action="network_test.list",
-                actor_id=principal.user_id,
-                actor_role=principal.role.value,
+            AuditEvent.by(
+                principal,
+                "network_test.list",
+                "appointment",
+                appointment_id,
                 clinic_id=appointment.clinic_id,
-                object_type="appointment",
-                object_id=str(appointment_id),
                 ip=ip,
                 detail={"patient_id": str(appointment.patient_id), "results": len(found)},
             )
@@ -189,18 +187,15 @@ class NetworkTestService:
         appointment: Appointment,
         ip: str | None,
     ) -> AuditEvent:
-        return AuditEvent(
-            action=action,
-            actor_id=principal.user_id,
-            actor_role=principal.role.value,
+        facts = {"appointment_id": str(appointment.id), "patient_id": str(appointment.patient_id)}
+        return AuditEvent.by(
+            principal,
+            action,
+            "network_test",
+            test.id,
             clinic_id=test.clinic_id,
-            object_type="network_test",
-            object_id=str(test.id),
             ip=ip,
-            detail={
-                "appointment_id": str(appointment.id),
-                "patient_id": str(appointment.patient_id),
-            },
+            detail=facts,
         )
 
 

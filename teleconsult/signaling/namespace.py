@@ -33,7 +33,7 @@ from teleconsult.core.errors import (
 from teleconsult.core.identity import Principal
 from teleconsult.messaging import wire
 from teleconsult.messaging.chat import TokenBucket, rate_limited
-from teleconsult.messaging.sio import CHAT, CHAT_ACCOUNTS
+from teleconsult.messaging.sio import CHAT, CHAT_ACCOUNTS, connect_auth, refusal
 from teleconsult.signaling import wire as sw
 from teleconsult.signaling.service import SignalingService
 
@@ -114,11 +114,10 @@ class SignalNamespace(socketio.AsyncNamespace):
 
     async def on_connect(self, sid: str, environ: Any, auth: Any = None) -> None:
         try:
-            if not isinstance(auth, dict) or not isinstance(auth.get("token"), str):
-                raise Unauthenticated("send {token: <access token>} in the connect auth object")
-            principal = await self._accounts.authenticate(auth["token"])
+            token, _ = connect_auth(auth)
+            principal = await self._accounts.authenticate(token)
         except ClientError as exc:
-            raise socketio.exceptions.ConnectionRefusedError(wire.error_ack(exc)["error"]) from None
+            raise refusal(wire.error_ack(exc)["error"]) from None
         limits = self._app[CHAT].settings
         bucket = TokenBucket(limits.events_per_second, limits.event_burst)
         self._sockets[sid] = SignalSocket(principal, bucket)

@@ -32,16 +32,8 @@ class PatientService:
         ip: str | None,
         **detail: str | int,
     ) -> AuditEvent:
-        return AuditEvent(
-            action=action,
-            actor_id=principal.user_id,
-            actor_role=principal.role.value,
-            clinic_id=principal.clinic_id,
-            object_type="patient" if patient_id else "patient_list",
-            object_id=str(patient_id) if patient_id else None,
-            ip=ip,
-            detail=dict(detail),
-        )
+        kind = "patient" if patient_id else "patient_list"
+        return AuditEvent.by(principal, action, kind, patient_id, ip=ip, detail=detail)
 
     async def _load(
         self, conn: asyncpg.Connection | asyncpg.Pool, principal: Principal, patient_id: UUID

@@ -209,15 +209,7 @@ class AvailabilityService:
     def _event(
         principal: Principal, action: str, object_type: str, object_id: UUID, ip: str | None
     ) -> AuditEvent:
-        return AuditEvent(
-            action=action,
-            actor_id=principal.user_id,
-            actor_role=principal.role.value,
-            clinic_id=principal.clinic_id,
-            object_type=object_type,
-            object_id=str(object_id),
-            ip=ip,
-        )
+        return AuditEvent.by(principal, action, object_type, object_id, ip=ip)
 
 
 def _weekly(kind: type[WeeklyRule] | type[WeeklyBreak], rule: AvailabilityRule) -> Any:

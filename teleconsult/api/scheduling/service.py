@@ -423,15 +423,7 @@ class SchedulingService:
     def _event(
         principal: Principal, action: str, object_type: str, object_id: UUID, ip: str | None
     ) -> AuditEvent:
-        return AuditEvent(
-            action=action,
-            actor_id=principal.user_id,
-            actor_role=principal.role.value,
-            clinic_id=principal.clinic_id,
-            object_type=object_type,
-            object_id=str(object_id),
-            ip=ip,
-        )
+        return AuditEvent.by(principal, action, object_type, object_id, ip=ip)
 
     @staticmethod
     def _appointment_event(
@@ -441,16 +433,15 @@ class SchedulingService:
         ip: str | None,
         **detail: str,
     ) -> AuditEvent:
-        return AuditEvent(
-            action=action,
-            actor_id=principal.user_id,
-            actor_role=principal.role.value,
+        facts = {"patient_id": str(appointment.patient_id), "status": appointment.status.value}
+        return AuditEvent.by(
+            principal,
+            action,
+            "appointment",
+            appointment.id,
             clinic_id=appointment.clinic_id,
-            object_type="appointment",
-            object_id=str(appointment.id),
             ip=ip,
-            detail={"patient_id": str(appointment.patient_id), "status": appointment.status.value}
-            | detail,
+            detail=facts | detail,
         )
 
 

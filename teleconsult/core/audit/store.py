@@ -27,6 +27,7 @@ from teleconsult.core.audit.chain import (
     compute_hash,
 )
 from teleconsult.core.errors import TeleconsultError
+from teleconsult.core.identity import Principal
 
 __all__ = [
     "AUDIT_LOCK_KEY",
@@ -78,6 +79,30 @@ class AuditEvent:
     object_id: str | None = None
     ip: str | None = None
     detail: Mapping[str, DetailValue] = field(default_factory=dict)
+
+    @classmethod
+    def by(
+        cls,
+        principal: Principal,
+        action: str,
+        object_type: str,
+        object_id: object | None = None,
+        *,
+        clinic_id: UUID | None = None,
+        ip: str | None = None,
+        detail: Mapping[str, DetailValue] | None = None,
+    ) -> AuditEvent:
+        """What a signed-in user did to an object (of their own clinic unless given)."""
+        return cls(
+            action=action,
+            actor_id=principal.user_id,
+            actor_role=principal.role.value,
+            clinic_id=principal.clinic_id if clinic_id is None else clinic_id,
+            object_type=object_type,
+            object_id=None if object_id is None else str(object_id),
+            ip=ip,
+            detail=dict(detail or {}),
+        )
 
 
 def _check_text(name: str, value: str, limit: int) -> None:
