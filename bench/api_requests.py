@@ -50,7 +50,7 @@ import asyncpg
 from bench.cpu import CpuProbe, others_busy
 from bench.loadgen import GENERATOR_CPU_LIMIT, LoadSpec, Window, percentile, run_load
 from bench.report import Result, format_table, positive, ratios, target_list
-from teleconsult.api.accounts import store
+from teleconsult.accounts import store
 from teleconsult.core.identity import Role
 from teleconsult.core.migrations import migrate
 from teleconsult.core.tokens import TokenService, hash_refresh_token, new_refresh_token

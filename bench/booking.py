@@ -73,15 +73,15 @@ from bench.api_requests import ADMIN_DSN, drop_database, machine
 from bench.cpu import CpuProbe, background_busy
 from bench.loadgen import GENERATOR_CPU_LIMIT, percentile
 from bench.report import positive, target_list
-from teleconsult.api.accounts import store as accounts
-from teleconsult.api.scheduling import outbox_store
-from teleconsult.api.scheduling import store as scheduling
-from teleconsult.api.scheduling.records import AppointmentStatus, NewNotification, ServiceKind
-from teleconsult.core.audit import AuditEvent, AuditTrail
+from teleconsult.accounts import store as accounts
+from teleconsult.audit import AuditEvent, AuditTrail
 from teleconsult.core.identity import Role
 from teleconsult.core.migrations import migrate
 from teleconsult.core.settings import SchedulingSettings
 from teleconsult.core.tokens import TokenService, hash_refresh_token, new_refresh_token
+from teleconsult.notifications import store as outbox_store
+from teleconsult.scheduling import store as scheduling
+from teleconsult.scheduling.records import AppointmentStatus, NewNotification, ServiceKind
 
 HOST = "127.0.0.1"
 ISSUER = "teleconsult"

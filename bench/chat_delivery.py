@@ -70,7 +70,7 @@ from bench.chat_targets import (
 from bench.cpu import CpuProbe, others_busy
 from bench.report import format_table, positive
 from bench.sio_client import client_session
-from teleconsult.messaging.client.crypto import open_envelope
+from teleconsult.client.crypto import open_envelope
 from teleconsult.messaging.envelope import from_msgpack
 
 ms = 1e3

@@ -45,9 +45,9 @@ from bench.api_requests import ISSUER, _finite, _free_port, drop_database, prepa
 from bench.procs import HOST, REPO, ServerProcess
 from bench.report import target_list
 from bench.sio_client import PLACEHOLDER, SioConnection, event_frame
+from teleconsult.client.crypto import DeviceKeys, seal
 from teleconsult.core.settings import OWASP_MIN_MEMLIMIT_KIB, OWASP_MIN_OPSLIMIT
 from teleconsult.messaging import store
-from teleconsult.messaging.client.crypto import DeviceKeys, seal
 from teleconsult.messaging.envelope import to_msgpack
 from teleconsult.messaging.records import ThreadKind
 

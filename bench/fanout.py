@@ -59,10 +59,10 @@ from bench.procs import HOST, ServerProcess
 from bench.pyspy import Profile
 from bench.report import positive
 from bench.sio_client import PLACEHOLDER, SioConnection, client_session, event_frame
+from teleconsult.client.crypto import DeviceKeys, open_envelope, seal
 from teleconsult.core.identity import Role
 from teleconsult.loadtest.report import Latency, summarize
 from teleconsult.messaging import store as messaging
-from teleconsult.messaging.client.crypto import DeviceKeys, open_envelope, seal
 from teleconsult.messaging.envelope import MAX_RECIPIENTS, EnvelopeError, from_msgpack, to_msgpack
 from teleconsult.messaging.records import ThreadKind
 

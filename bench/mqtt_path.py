@@ -72,7 +72,7 @@ from bench.mqtt_targets import (
 )
 from bench.pyspy import Profile, profile_text
 from bench.report import positive, target_list
-from teleconsult.messaging.client.crypto import open_envelope
+from teleconsult.client.crypto import open_envelope
 from teleconsult.messaging.envelope import from_msgpack
 
 ms = 1e3

@@ -63,8 +63,8 @@ import paho.mqtt.client as paho
 from bench.api_requests import _free_port
 from bench.chat_targets import ChatFixture, Teleconsult, client_msg_id, index_of
 from bench.procs import HOST, REPO, ServerProcess
+from teleconsult.client.crypto import seal
 from teleconsult.messaging import mqtt_wire
-from teleconsult.messaging.client.crypto import seal
 from teleconsult.messaging.envelope import to_msgpack
 from teleconsult.messaging.mqtt_broker import BRIDGE_USERNAME
 
@@ -240,7 +240,7 @@ async def open_link(
 
 def sample_request(body: int) -> bytes:
     """A ``send`` request as a device publishes it: a sealed envelope for two devices."""
-    from teleconsult.messaging.client.crypto import DeviceKeys
+    from teleconsult.client.crypto import DeviceKeys
 
     me, peer = DeviceKeys.generate(), DeviceKeys.generate()
     thread, mine, theirs = (UUID(bytes=secrets.token_bytes(16), version=4) for _ in range(3))

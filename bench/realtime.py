@@ -44,7 +44,7 @@ from bench.loadgen import GENERATOR_CPU_LIMIT
 from bench.procs import HOST, ServerProcess
 from bench.pyspy import profile_text
 from bench.report import target_list
-from teleconsult.api.accounts import store as accounts
+from teleconsult.accounts import store as accounts
 from teleconsult.core.identity import Role
 from teleconsult.core.migrations import migrate
 from teleconsult.core.tokens import TokenService, hash_refresh_token, new_refresh_token

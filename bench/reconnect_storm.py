@@ -59,13 +59,14 @@ from bench.api_requests import _free_port
 from bench.procs import HOST, ServerProcess
 from bench.pyspy import Profile
 from bench.report import positive
+from teleconsult.client.chat import ChatClient
+from teleconsult.client.crypto import DeviceKeys, seal
+from teleconsult.client.rest import RestClient
+from teleconsult.client.transport import SocketIoTransport
+from teleconsult.core.backoff import Backoff
 from teleconsult.core.identity import Role
 from teleconsult.loadtest.report import Latency, summarize
 from teleconsult.messaging import store as messaging
-from teleconsult.messaging.client.chat import ChatClient
-from teleconsult.messaging.client.crypto import DeviceKeys, seal
-from teleconsult.messaging.client.rest import RestClient
-from teleconsult.messaging.client.transport import Backoff, SocketIoTransport
 from teleconsult.messaging.envelope import MAX_RECIPIENTS, Envelope
 from teleconsult.messaging.records import ThreadKind
 

@@ -53,10 +53,10 @@ from bench.procs import HOST, ServerProcess
 from bench.pyspy import Profile
 from bench.report import positive
 from bench.sio_client import SioConnection, client_session, event_frame
-from teleconsult.api.scheduling import store as scheduling
-from teleconsult.api.scheduling.records import AppointmentStatus, ServiceKind
 from teleconsult.core.identity import Role
 from teleconsult.loadtest.report import Latency, summarize
+from teleconsult.scheduling import store as scheduling
+from teleconsult.scheduling.records import AppointmentStatus, ServiceKind
 
 TARGETS = ("teleconsult", "teleconsult-redis", "reference")
 REFERENCE_MODULE = "bench.refs.sio_minimal"

@@ -28,15 +28,15 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 from aiohttp import web
 
-from teleconsult.api.accounts import store
+from teleconsult.accounts import store
+from teleconsult.client.chat import ChatClient
+from teleconsult.client.crypto import DeviceKeys
+from teleconsult.client.rest import RestClient
+from teleconsult.client.transport import SocketIoTransport
 from teleconsult.core.identity import Role
 from teleconsult.core.migrations import migrate
 from teleconsult.core.passwords import PasswordHasher
 from teleconsult.core.settings import OWASP_MIN_MEMLIMIT_KIB, OWASP_MIN_OPSLIMIT, load_settings
-from teleconsult.messaging.client.chat import ChatClient
-from teleconsult.messaging.client.crypto import DeviceKeys
-from teleconsult.messaging.client.rest import RestClient
-from teleconsult.messaging.client.transport import SocketIoTransport
 from teleconsult.server.app import create_app
 
 ADMIN_DSN = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")

@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator
 import asyncpg
 from aiohttp import web
 
-from teleconsult.api.accounts.routes import ACCOUNTS
-from teleconsult.core.audit import format_report, verify_database
+from teleconsult.accounts.bootstrap import ensure_first_clinic, read_credentials
+from teleconsult.accounts.routes import ACCOUNTS
+from teleconsult.audit import format_report, verify_database
 from teleconsult.core.embedded_pg import EmbeddedPostgres
 from teleconsult.core.errors import ConfigError, TeleconsultError
 from teleconsult.core.logging import JsonAccessLogger, configure_logging
@@ -24,7 +25,6 @@ from teleconsult.core.migrations import migrate
 from teleconsult.core.settings import Settings, load_settings
 from teleconsult.loadtest import cli as loadtest
 from teleconsult.server.app import METRICS, create_app, create_service_app
-from teleconsult.server.bootstrap import ensure_first_clinic, read_credentials
 
 logger = logging.getLogger("teleconsult")
 
@@ -127,7 +127,7 @@ async def run_clinic_create(settings: Settings, args: argparse.Namespace) -> int
 async def run_worker_command(settings: Settings) -> int:
     """Send due notifications until SIGINT/SIGTERM (a server runs one too, unless
     NOTIFY_IN_SERVER=false)."""
-    from teleconsult.api.scheduling.outbox import run_worker  # noqa: PLC0415
+    from teleconsult.notifications.worker import run_worker  # noqa: PLC0415
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from teleconsult.messaging.client.chat import ChatClient, Delivered
-from teleconsult.messaging.client.crypto import DeviceKeys
-from teleconsult.messaging.client.rest import RestClient
-from teleconsult.messaging.client.transport import SocketIoTransport, Transport
+from teleconsult.client.chat import ChatClient, Delivered
+from teleconsult.client.crypto import DeviceKeys
+from teleconsult.client.rest import RestClient
+from teleconsult.client.transport import SocketIoTransport, Transport
 from tests.world import PASSWORD, Account
 
 

@@ -24,7 +24,7 @@ from aiortc import (
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
-from teleconsult.signaling.client import SignalClient
+from teleconsult.client.signal import SignalClient
 
 
 def configuration(ice_servers: list[dict[str, Any]], *, relay_only: bool) -> RTCConfiguration:

@@ -7,9 +7,9 @@ from uuid import UUID
 
 import asyncpg
 
-from teleconsult.api.scheduling import store as scheduling
-from teleconsult.api.scheduling.records import AppointmentStatus, ServiceKind
 from teleconsult.core.identity import Role
+from teleconsult.scheduling import store as scheduling
+from teleconsult.scheduling.records import AppointmentStatus, ServiceKind
 from tests.world import Tenant
 
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from teleconsult.core.audit import (
+from teleconsult.audit import (
     ZERO_HASH,
     AuditRecord,
     ChainHead,

@@ -15,7 +15,7 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 
-from teleconsult.core.audit import (
+from teleconsult.audit import (
     AuditError,
     AuditEvent,
     AuditTrail,

@@ -1,7 +1,7 @@
 """Every route of the OpenAPI document, called by every role, against a written policy.
 
 EXPECTED is a second, hand-written statement of the policy (docs/policy.md is its
-prose). It deliberately does not import ``teleconsult.api.policy``: a change to the
+prose). It deliberately does not import ``teleconsult.core.policy``: a change to the
 server's rules must be matched here on purpose, or this test fails.
 
 For each operation the test sends one request per role and per target kind:

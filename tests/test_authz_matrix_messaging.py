@@ -3,7 +3,7 @@
 The third table of the authorization matrix, beside ``tests/test_authz_matrix.py``
 (helpers, route-coverage tests) and ``tests/test_authz_matrix_scheduling.py``
 (appointments, reused here to book them). MESSAGING is written by hand and does not
-import ``teleconsult.api.policy``; docs/policy.md is its prose.
+import ``teleconsult.core.policy``; docs/policy.md is its prose.
 
 Target kinds, per kind of route:
 
@@ -33,9 +33,9 @@ from uuid import UUID
 import asyncpg
 import pytest
 
+from teleconsult.client.crypto import DeviceKeys, open_envelope, seal
 from teleconsult.core.identity import Role
 from teleconsult.messaging import store
-from teleconsult.messaging.client.crypto import DeviceKeys, open_envelope, seal
 from teleconsult.messaging.envelope import decode_b64url, encode_b64url, from_json, to_json
 from teleconsult.messaging.records import ThreadKind
 from tests.test_authz_matrix import (

@@ -2,7 +2,7 @@
 
 The fourth table of the authorization matrix, beside ``tests/test_authz_matrix.py``
 (helpers, route-coverage tests). RTC is written by hand and does not import
-``teleconsult.api.policy``; docs/policy.md is its prose.
+``teleconsult.core.policy``; docs/policy.md is its prose.
 
 Target kinds:
 
@@ -25,10 +25,10 @@ from uuid import UUID
 import asyncpg
 import pytest
 
-from teleconsult.api.scheduling import store as scheduling
+from teleconsult.client.probe import NetworkProbe
 from teleconsult.core.identity import Role
 from teleconsult.core.settings import Settings, load_settings
-from teleconsult.rtc.probe import NetworkProbe
+from teleconsult.scheduling import store as scheduling
 from tests.conftest import settings_env
 from tests.test_authz_matrix import (
     A,

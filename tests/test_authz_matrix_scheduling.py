@@ -3,7 +3,7 @@
 The second table of the authorization matrix: ``tests/test_authz_matrix.py`` holds
 the first one, the helpers used here, and the route-coverage tests, which read both
 tables. Like that one, SCHEDULING is written by hand and does not import
-``teleconsult.api.policy``; docs/policy.md is its prose.
+``teleconsult.core.policy``; docs/policy.md is its prose.
 
 Target kinds, per kind of route:
 

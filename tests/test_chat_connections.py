@@ -13,11 +13,11 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from teleconsult.client.chat import ChatClient
+from teleconsult.client.crypto import seal
 from teleconsult.core.identity import Role
 from teleconsult.core.tokens import TokenService
 from teleconsult.messaging import sio as chat_sio
-from teleconsult.messaging.client.chat import ChatClient
-from teleconsult.messaging.client.crypto import seal
 from teleconsult.server.app import POOL, SETTINGS
 from tests.chatkit import connect, next_event, people, receive, socketio_transport
 from tests.conftest import StartServer

@@ -30,7 +30,7 @@ CANARY = "CANARY-2f9d-suicidal-thoughts-since-march"
 
 async def _clinic(dsn: str) -> tuple[Account, Account, Account]:
     """A doctor, a patient and a nurse of one new clinic, straight into the database."""
-    from teleconsult.api.accounts import store
+    from teleconsult.accounts import store
 
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
     try:

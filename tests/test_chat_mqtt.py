@@ -25,13 +25,13 @@ import pytest
 from aiohttp.test_utils import TestClient
 from aiomqtt.exceptions import MqttConnectError
 
+from teleconsult.client.crypto import seal
+from teleconsult.client.mqtt import MqttTransport
+from teleconsult.client.transport import Refused
 from teleconsult.core.errors import ConfigError
 from teleconsult.core.identity import Role
 from teleconsult.core.settings import load_settings
 from teleconsult.messaging import mqtt_wire
-from teleconsult.messaging.client.crypto import seal
-from teleconsult.messaging.client.mqtt import MqttTransport
-from teleconsult.messaging.client.transport import Refused
 from teleconsult.messaging.envelope import to_msgpack
 from teleconsult.messaging.mqtt_bridge import MQTT_BRIDGE, refused
 from teleconsult.messaging.mqtt_broker import BRIDGE_USERNAME, BrokerAccess

@@ -28,24 +28,24 @@ from aiohttp.test_utils import TestClient, TestServer
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
-from teleconsult.api.accounts import store as accounts
-from teleconsult.api.scheduling import outbox_store
-from teleconsult.api.scheduling.channels import (
+from teleconsult.accounts import store as accounts
+from teleconsult.core.db import create_pool
+from teleconsult.core.identity import Role
+from teleconsult.core.settings import load_settings
+from teleconsult.messaging import store
+from teleconsult.messaging.offline import THREAD_NEWS, OfflineNotifier
+from teleconsult.messaging.records import StoredMessage, Thread, ThreadKind
+from teleconsult.notifications import store as outbox_store
+from teleconsult.notifications.channels import (
     IDEMPOTENCY_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     WebhookChannel,
     verify_signature,
 )
-from teleconsult.api.scheduling.outbox import OutboxWorker
-from teleconsult.api.scheduling.records import OutboxItem
-from teleconsult.core.db import create_pool
-from teleconsult.core.identity import Role
-from teleconsult.core.settings import load_settings
-from teleconsult.messaging import store
-from teleconsult.messaging.offline import THREAD_NEWS, OfflineNotifier
-from teleconsult.messaging.presence import LocalPresence, Presence, RedisPresence
-from teleconsult.messaging.records import StoredMessage, Thread, ThreadKind
+from teleconsult.notifications.worker import OutboxWorker
+from teleconsult.realtime.presence import LocalPresence, Presence, RedisPresence
+from teleconsult.scheduling.records import OutboxItem
 from teleconsult.server.app import POOL, create_app
 from tests.chatkit import connect, people, socketio_transport
 from tests.conftest import settings_env

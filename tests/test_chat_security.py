@@ -22,8 +22,8 @@ import msgpack
 import pytest
 from aiohttp.test_utils import TestClient
 
+from teleconsult.client.crypto import DeviceKeys, new_client_msg_id, seal
 from teleconsult.core.identity import Role
-from teleconsult.messaging.client.crypto import DeviceKeys, new_client_msg_id, seal
 from teleconsult.messaging.envelope import Envelope, to_json, to_msgpack
 from teleconsult.server.app import POOL, SETTINGS
 from tests.chatkit import Person, connect, next_event, people, receive, socketio_transport

@@ -11,9 +11,9 @@ from uuid import UUID
 import pytest
 from aiohttp.test_utils import TestClient
 
+from teleconsult.client.chat import ChatClient
+from teleconsult.client.crypto import seal
 from teleconsult.core.identity import Role
-from teleconsult.messaging.client.chat import ChatClient
-from teleconsult.messaging.client.crypto import seal
 from teleconsult.messaging.envelope import from_json, from_msgpack, to_json
 from teleconsult.server.app import POOL
 from tests.chatkit import Person, connect, next_event, people, receive, socketio_transport

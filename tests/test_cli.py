@@ -162,7 +162,7 @@ async def _tamper(dsn: str) -> None:
 
 
 async def _record_some(dsn: str) -> None:
-    from teleconsult.core.audit import AuditEvent, AuditTrail
+    from teleconsult.audit import AuditEvent, AuditTrail
     from teleconsult.core.db import create_pool
 
     pool = await create_pool(dsn)

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl import bindings
 
-from teleconsult.messaging.client.crypto import (
+from teleconsult.client.crypto import (
     DeviceKeys,
     new_client_msg_id,
     open_envelope,

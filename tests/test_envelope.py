@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from teleconsult.client.crypto import DeviceKeys, seal
 from teleconsult.core.errors import TeleconsultError
-from teleconsult.messaging.client.crypto import DeviceKeys, seal
 from teleconsult.messaging.envelope import (
     DEFAULT_MAX_BYTES,
     MAX_RECIPIENTS,

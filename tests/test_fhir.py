@@ -27,8 +27,9 @@ from fhir.resources.R4B.operationoutcome import OperationOutcome as FhirOperatio
 from fhir.resources.R4B.schedule import Schedule as FhirSchedule
 from fhir.resources.R4B.slot import Slot as FhirSlot
 
-from teleconsult.api.accounts.records import UserRecord
-from teleconsult.api.scheduling.fhir import (
+from teleconsult.accounts.records import UserRecord
+from teleconsult.core.identity import Role
+from teleconsult.fhir.views import (
     CONTENT_TYPE,
     SERVICE_KIND_SYSTEM,
     appointment_resource,
@@ -41,14 +42,13 @@ from teleconsult.api.scheduling.fhir import (
     slot_id,
     slot_resource,
 )
-from teleconsult.api.scheduling.records import (
+from teleconsult.scheduling.records import (
     Appointment,
     AppointmentStatus,
     DoctorProfile,
     ServiceKind,
 )
-from teleconsult.api.scheduling.slots import Slot
-from teleconsult.core.identity import Role
+from teleconsult.scheduling.slots import Slot
 
 BASE = "https://api.teleconsult.dev/fhir"
 NOW = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)

@@ -13,15 +13,15 @@ from zoneinfo import ZoneInfo
 import icalendar
 import pytest
 
-from teleconsult.api.accounts.records import UserRecord
-from teleconsult.api.scheduling.ics import (
+from teleconsult.accounts.records import UserRecord
+from teleconsult.core.identity import Role
+from teleconsult.scheduling.ics import (
     CONTENT_TYPE,
     escape_text,
     fold_line,
     render_calendar,
 )
-from teleconsult.api.scheduling.records import Appointment, AppointmentStatus, ServiceKind
-from teleconsult.core.identity import Role
+from teleconsult.scheduling.records import Appointment, AppointmentStatus, ServiceKind
 
 NOW = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)
 START = datetime(2026, 6, 2, 9, 0, tzinfo=UTC)

@@ -10,8 +10,8 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from teleconsult.client.crypto import DeviceKeys, new_client_msg_id, open_envelope, seal
 from teleconsult.core.identity import Role
-from teleconsult.messaging.client.crypto import DeviceKeys, new_client_msg_id, open_envelope, seal
 from teleconsult.messaging.envelope import Envelope, encode_b64url, from_json, to_json
 from tests.world import Account, Tenant, assert_problem
 

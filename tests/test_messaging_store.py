@@ -14,9 +14,7 @@ import pytest
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
-from teleconsult.api.accounts import store as accounts
-from teleconsult.api.scheduling import store as scheduling
-from teleconsult.api.scheduling.records import ServiceKind
+from teleconsult.accounts import store as accounts
 from teleconsult.core.db import create_pool
 from teleconsult.core.identity import Role
 from teleconsult.messaging import store
@@ -33,6 +31,8 @@ from teleconsult.messaging.records import (
     Thread,
     ThreadKind,
 )
+from teleconsult.scheduling import store as scheduling
+from teleconsult.scheduling.records import ServiceKind
 from tests.world import make_user
 
 

@@ -21,15 +21,15 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from teleconsult.api.scheduling import store as scheduling
+from teleconsult.client.probe import NetworkProbe, Signaller, run_probe
 from teleconsult.core.errors import ClientError, ConfigError
 from teleconsult.core.identity import Role
 from teleconsult.core.settings import Settings, load_settings
 from teleconsult.rtc.figures import percentile, ping_figures, rfc3550_jitter
 from teleconsult.rtc.network_test import NetworkTestRunner
-from teleconsult.rtc.probe import NetworkProbe, Signaller, run_probe
 from teleconsult.rtc.routes import NETWORK_TESTS
 from teleconsult.rtc.sdp import SdpError, check_offer
+from teleconsult.scheduling import store as scheduling
 from tests.conftest import settings_env
 from tests.world import Account, Tenant, assert_problem
 

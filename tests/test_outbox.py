@@ -29,9 +29,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from teleconsult.api.accounts import store as accounts
-from teleconsult.api.scheduling import outbox_store, store
-from teleconsult.api.scheduling.channels import (
+from teleconsult.accounts import store as accounts
+from teleconsult.core.db import create_pool
+from teleconsult.core.errors import ConfigError
+from teleconsult.core.identity import Role
+from teleconsult.core.settings import NotifySettings
+from teleconsult.notifications import store as outbox_store
+from teleconsult.notifications.channels import (
     IDEMPOTENCY_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -41,17 +45,14 @@ from teleconsult.api.scheduling.channels import (
     create_channel,
     verify_signature,
 )
-from teleconsult.api.scheduling.outbox import (
+from teleconsult.notifications.worker import (
     DEFAULT_BATCH,
     BackgroundWorker,
     OutboxWorker,
     retry_delay,
 )
-from teleconsult.api.scheduling.records import NewNotification, OutboxItem, ServiceKind
-from teleconsult.core.db import create_pool
-from teleconsult.core.errors import ConfigError
-from teleconsult.core.identity import Role
-from teleconsult.core.settings import NotifySettings
+from teleconsult.scheduling import store
+from teleconsult.scheduling.records import NewNotification, OutboxItem, ServiceKind
 from tests.dbutil import create_database, drop_database
 from tests.world import make_user
 
@@ -276,7 +277,7 @@ async def test_the_log_channel_logs_kind_appointment_and_key_but_not_the_payload
     appointment = (await book(db, 1))[0]
     marker = NewNotification("confirmation", appointment, now(), {"marker": "not-for-logs"})
     await outbox_store.enqueue(db, [marker])
-    caplog.set_level(logging.INFO, logger="teleconsult.api.scheduling.channels")
+    caplog.set_level(logging.INFO, logger="teleconsult.notifications.channels")
 
     await worker(db, LogChannel()).run_once()
 
@@ -305,7 +306,7 @@ async def test_withdrawn_items_are_never_sent(
     item = await one_due(db, now())
     assert item.appointment_id is not None
     assert await outbox_store.cancel_pending(db, item.appointment_id) == 1
-    caplog.set_level(logging.INFO, logger="teleconsult.api.scheduling.channels")
+    caplog.set_level(logging.INFO, logger="teleconsult.notifications.channels")
 
     assert await worker(db, LogChannel()).run_once() == 0
 

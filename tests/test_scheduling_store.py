@@ -13,17 +13,18 @@ from uuid import UUID
 import asyncpg
 import pytest
 
-from teleconsult.api.accounts import store as accounts
-from teleconsult.api.scheduling import feed_store, outbox_store, store
-from teleconsult.api.scheduling.records import (
+from teleconsult.accounts import store as accounts
+from teleconsult.core.db import create_pool
+from teleconsult.core.identity import Role
+from teleconsult.notifications import store as outbox_store
+from teleconsult.scheduling import feed_store, store
+from teleconsult.scheduling.records import (
     Appointment,
     AppointmentStatus,
     NewNotification,
     OutboxItem,
     ServiceKind,
 )
-from teleconsult.core.db import create_pool
-from teleconsult.core.identity import Role
 from tests.world import make_user
 
 MONDAY_9 = datetime(2031, 3, 3, 9, 0, tzinfo=UTC)

@@ -28,9 +28,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from teleconsult.api.accounts import store
+from teleconsult.accounts import store
+from teleconsult.accounts.bootstrap import CREDENTIALS_FILE, read_credentials
 from teleconsult.core.identity import Role
-from teleconsult.server.bootstrap import CREDENTIALS_FILE, read_credentials
 from tests.conftest import settings_env
 from tests.dbutil import create_database_sync, drop_database_sync
 from tests.world import PASSWORD, make_user, unique_email

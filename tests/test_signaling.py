@@ -15,11 +15,11 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from teleconsult.api.accounts import store as accounts_store
+from teleconsult.accounts import store as accounts_store
+from teleconsult.client.rest import RestClient
+from teleconsult.client.signal import SignalClient, SignalError
 from teleconsult.core.identity import Role
-from teleconsult.messaging.client.rest import RestClient
 from teleconsult.server.app import POOL
-from teleconsult.signaling.client import SignalClient, SignalError
 from teleconsult.signaling.namespace import SIGNALING
 from teleconsult.turn.routes import TURN
 from tests.conftest import StartServer

@@ -16,10 +16,10 @@ from typing import Any
 import asyncpg
 from aiohttp.test_utils import TestClient
 
+from teleconsult.client.signal import SignalClient
 from teleconsult.core.identity import Role
 from teleconsult.core.settings import load_settings
 from teleconsult.server.app import create_app
-from teleconsult.signaling.client import SignalClient
 from teleconsult.turn.credentials import coturn_auth_config
 from tests.conftest import settings_env
 from tests.coturnkit import Coturn

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from teleconsult.api.scheduling.slots import (
+from teleconsult.scheduling.slots import (
     Busy,
     DatedException,
     ExceptionKind,

@@ -10,7 +10,7 @@ from uuid import UUID
 import asyncpg
 from aiohttp.test_utils import TestClient
 
-from teleconsult.api.accounts import store
+from teleconsult.accounts import store
 from teleconsult.core.identity import Role
 from teleconsult.core.passwords import PasswordHasher
 from teleconsult.core.settings import OWASP_MIN_MEMLIMIT_KIB, OWASP_MIN_OPSLIMIT

@@ -20,7 +20,6 @@ from uuid import UUID
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from teleconsult.api.policy import Action, ensure_allowed
 from teleconsult.core.errors import (
     BadRequest,
     ErrorCode,
@@ -31,6 +30,7 @@ from teleconsult.core.errors import (
     UnsupportedMediaType,
 )
 from teleconsult.core.identity import Principal
+from teleconsult.core.policy import Action, ensure_allowed
 
 M = TypeVar("M", bound=BaseModel)
 

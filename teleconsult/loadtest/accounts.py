@@ -28,10 +28,10 @@ from uuid import UUID
 import aiohttp
 import jwt
 
+from teleconsult.accounts.bootstrap import CREDENTIALS_FILE, FIRST_ADMIN_EMAIL, read_credentials
+from teleconsult.client.rest import ApiError, RestClient
 from teleconsult.loadtest import LoadtestError
 from teleconsult.loadtest.report import SetupProgress
-from teleconsult.messaging.client.rest import ApiError, RestClient
-from teleconsult.server.bootstrap import CREDENTIALS_FILE, FIRST_ADMIN_EMAIL, read_credentials
 
 logger = logging.getLogger(__name__)
 

@@ -29,12 +29,12 @@ from uuid import UUID
 
 import aiohttp
 
+from teleconsult.client.rest import ApiError
 from teleconsult.loadtest import LoadtestError
 from teleconsult.loadtest.accounts import Accounts, Member, admin_credentials
 from teleconsult.loadtest.common import Common, CpuMeter, Outcome, new_run_id, started_at
 from teleconsult.loadtest.openloop import Lag, Schedule, run_user
 from teleconsult.loadtest.report import Recorder, errors_text, latency_table, show_progress
-from teleconsult.messaging.client.rest import ApiError
 
 logger = logging.getLogger(__name__)
 

@@ -35,6 +35,9 @@ from uuid import UUID
 
 import aiohttp
 
+from teleconsult.client.chat import ChatClient, ChatError, Delivered
+from teleconsult.client.crypto import DeviceKeys
+from teleconsult.client.rest import ApiError
 from teleconsult.loadtest import LoadtestError
 from teleconsult.loadtest.accounts import Accounts, Member, admin_credentials, keep_fresh
 from teleconsult.loadtest.common import Common, CpuMeter, Outcome, new_run_id, started_at
@@ -48,9 +51,6 @@ from teleconsult.loadtest.report import (
     show_progress,
     summarize,
 )
-from teleconsult.messaging.client.chat import ChatClient, ChatError, Delivered
-from teleconsult.messaging.client.crypto import DeviceKeys
-from teleconsult.messaging.client.rest import ApiError
 
 logger = logging.getLogger(__name__)
 

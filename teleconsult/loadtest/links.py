@@ -7,15 +7,15 @@ import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
-from teleconsult.loadtest import LoadtestError
-from teleconsult.messaging.client.mqtt import MqttTransport, new_client_id
-from teleconsult.messaging.client.rest import RestClient
-from teleconsult.messaging.client.transport import (
+from teleconsult.client.mqtt import MqttTransport, new_client_id
+from teleconsult.client.rest import RestClient
+from teleconsult.client.transport import (
     ConnectedHandler,
     EventHandler,
     SocketIoTransport,
     Transport,
 )
+from teleconsult.loadtest import LoadtestError
 
 TRANSPORTS = ("websocket", "polling", "mqtt", "mixed")
 MIXED = ("websocket", "polling", "mqtt")  # handed out in turn by --transport mixed

@@ -31,9 +31,9 @@ from uuid import UUID
 
 import aiohttp
 
+from teleconsult.client.rest import ApiError
 from teleconsult.loadtest import LoadtestError
 from teleconsult.loadtest.accounts import Accounts, Member
-from teleconsult.messaging.client.rest import ApiError
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Set-up, through the API only (``rooms.py``): a confirmed video appointment per
 room, its join window open now, on the earliest slots of ``--rooms-per-doctor``
 rooms per doctor, one patient per room. Every doctor and patient then opens a
-``/signal`` socket with :class:`~teleconsult.signaling.client.SignalClient`,
+``/signal`` socket with :class:`~teleconsult.client.signal.SignalClient`,
 over ``--ramp`` seconds with jitter: two sockets per room, even when a doctor
 has several rooms.
 
@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 
 import socketio
 
+from teleconsult.client.signal import SignalClient, SignalError
 from teleconsult.loadtest import LoadtestError
 from teleconsult.loadtest.accounts import Accounts, Member, admin_credentials, expires_at
 from teleconsult.loadtest.common import Common, CpuMeter, Outcome, new_run_id, started_at
@@ -57,7 +58,6 @@ from teleconsult.loadtest.rooms import (
     wait_for_windows,
 )
 from teleconsult.loadtest.sdp import candidate_line, synthetic_sdp
-from teleconsult.signaling.client import SignalClient, SignalError
 
 logger = logging.getLogger(__name__)
 

@@ -1,1 +1,2 @@
-"""End-to-end encrypted chat: the envelope format, and (later) its service, store and transports."""
+"""End-to-end encrypted chat: the envelope, its store and service, the ``/chat``
+namespace and the MQTT transport."""

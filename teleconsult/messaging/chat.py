@@ -13,7 +13,6 @@ the message.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
@@ -24,9 +23,10 @@ from teleconsult.core.ratelimit import RateLimiter
 from teleconsult.core.settings import ChatSettings
 from teleconsult.messaging import wire
 from teleconsult.messaging.envelope import DEFAULT_MAX_BYTES, Envelope, to_msgpack
-from teleconsult.messaging.hub import Hub, Session
 from teleconsult.messaging.records import AppendResult, StoredMessage
 from teleconsult.messaging.service import MessagingService
+from teleconsult.realtime import acks
+from teleconsult.realtime.hub import Hub, Session
 
 logger = logging.getLogger(__name__)
 
@@ -35,32 +35,6 @@ logger = logging.getLogger(__name__)
 MessageSink = Callable[[StoredMessage, list[UUID]], Awaitable[None]]
 
 EVENTS = ("send", "resume", "receipt", "typing", "presence")
-
-
-class TokenBucket:
-    """Per-connection event budget: ``rate`` per second, bursts up to ``burst``."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self._rate = rate
-        self._burst = float(burst)
-        self._tokens = float(burst)
-        self._at = time.monotonic()
-
-    def take(self) -> float:
-        """0 when an event may go now, else the seconds until one may."""
-        now = time.monotonic()
-        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
-        self._at = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return 0.0
-        return (1.0 - self._tokens) / self._rate
-
-
-def rate_limited(wait: float) -> RateLimited:
-    return RateLimited(
-        "too many events on this connection; slow down", retry_after=int(wait + 0.999)
-    )
 
 
 class ChatService:
@@ -113,28 +87,28 @@ class ChatService:
         """Run one client event; the ack to send back (never raises for client faults)."""
         try:
             if event == "send":
-                return await self._send(principal, wire.parse(wire.SendRequest, data), session_id)
+                return await self._send(principal, acks.parse(wire.SendRequest, data), session_id)
             if event == "resume":
-                return await self._resume(principal, wire.parse(wire.ResumeRequest, data))
+                return await self._resume(principal, acks.parse(wire.ResumeRequest, data))
             if event == "receipt":
-                return await self._receipt(principal, wire.parse(wire.ReceiptRequest, data))
+                return await self._receipt(principal, acks.parse(wire.ReceiptRequest, data))
             if event == "typing":
-                return await self._typing(principal, wire.parse(wire.TypingRequest, data))
+                return await self._typing(principal, acks.parse(wire.TypingRequest, data))
             if event == "presence":
-                return await self._presence(principal, wire.parse(wire.PresenceRequest, data))
+                return await self._presence(principal, acks.parse(wire.PresenceRequest, data))
             raise ClientError(f"unknown event {event!r}; expected one of {', '.join(EVENTS)}")
         except ClientError as exc:
-            return wire.error_ack(exc)
+            return acks.error_ack(exc)
         except Exception:
             logger.exception("chat event %s failed", event)
-            return wire.internal_error_ack()
+            return acks.internal_error_ack()
 
     async def _send(
         self, principal: Principal, req: wire.SendRequest, session_id: str | None
     ) -> dict[str, Any]:
         env = wire.envelope_of(req.envelope, max_bytes=self._max_envelope)
         result = await self.send(principal, req.thread_id, env, skip_session=session_id)
-        return wire.ok(
+        return acks.ok(
             seq=result.seq,
             duplicate=result.duplicate,
             created_at=result.created_at.isoformat().replace("+00:00", "Z"),
@@ -189,12 +163,12 @@ class ChatService:
                     principal, thread_id, after=after, limit=req.limit
                 )
             except ClientError as exc:
-                threads[str(thread_id)] = wire.error_ack(exc)
+                threads[str(thread_id)] = acks.error_ack(exc)
                 continue
-            threads[str(thread_id)] = wire.ok(
+            threads[str(thread_id)] = acks.ok(
                 messages=[wire.message_data(m) for m in page], complete=complete
             )
-        return wire.ok(threads=threads)
+        return acks.ok(threads=threads)
 
     async def _receipt(self, principal: Principal, req: wire.ReceiptRequest) -> dict[str, Any]:
         receipt = await self._messaging.mark(
@@ -211,7 +185,7 @@ class ChatService:
         }
         members = await self._messaging.member_ids(req.thread_id)
         await self._hub.publish(members, "receipt", data)
-        return wire.ok(delivered_seq=receipt.delivered_seq, read_seq=receipt.read_seq)
+        return acks.ok(delivered_seq=receipt.delivered_seq, read_seq=receipt.read_seq)
 
     async def _typing(self, principal: Principal, req: wire.TypingRequest) -> dict[str, Any]:
         await self._messaging.ensure_member(principal, req.thread_id)
@@ -232,10 +206,10 @@ class ChatService:
             "typing": req.typing,
         }
         await self._hub.publish(others, "typing", data)
-        return wire.ok()
+        return acks.ok()
 
     async def _presence(self, principal: Principal, req: wire.PresenceRequest) -> dict[str, Any]:
         await self._messaging.ensure_member(principal, req.thread_id)
         members = await self._messaging.member_ids(req.thread_id)
         online = await self._hub.online(members)
-        return wire.ok(online=sorted(str(u) for u in online))
+        return acks.ok(online=sorted(str(u) for u in online))

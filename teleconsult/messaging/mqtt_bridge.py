@@ -41,13 +41,15 @@ import aiomqtt
 from aiohttp import web
 from paho.mqtt.reasoncodes import ReasonCode
 
+from teleconsult.core.backoff import Backoff
 from teleconsult.core.errors import ClientError, ConfigError
 from teleconsult.core.identity import Principal
 from teleconsult.core.settings import ChatSettings, MqttSettings
 from teleconsult.messaging import mqtt_wire, wire
-from teleconsult.messaging.chat import ChatService, TokenBucket, rate_limited
-from teleconsult.messaging.client.transport import Backoff
+from teleconsult.messaging.chat import ChatService
 from teleconsult.messaging.records import StoredMessage
+from teleconsult.realtime import acks
+from teleconsult.realtime.limits import TokenBucket, rate_limited
 
 logger = logging.getLogger(__name__)
 
@@ -189,10 +191,10 @@ class MqttBridge:
             )
         except mqtt_wire.RequestRefused as exc:
             if not wait:  # past the limit, garbage gets no answer at all
-                self._answer(user_id, exc.request_id, wire.error_ack(exc.error), exc.encoding)
+                self._answer(user_id, exc.request_id, acks.error_ack(exc.error), exc.encoding)
             return
         if wait:
-            self._answer(user_id, request.id, wire.error_ack(rate_limited(wait)), request.encoding)
+            self._answer(user_id, request.id, acks.error_ack(rate_limited(wait)), request.encoding)
             return
         queue = self._queues.get(user_id)
         if queue is None:
@@ -201,7 +203,7 @@ class MqttBridge:
         try:
             queue.put_nowait(request)
         except asyncio.QueueFull:
-            ack = wire.error_ack(rate_limited(1.0))
+            ack = acks.error_ack(rate_limited(1.0))
             self._answer(user_id, request.id, ack, request.encoding)
 
     async def _serve(self, user_id: UUID, queue: asyncio.Queue[mqtt_wire.Request]) -> None:
@@ -219,10 +221,10 @@ class MqttBridge:
         try:
             principal = await self._principal(user_id)
         except ClientError as exc:
-            return wire.error_ack(exc)
+            return acks.error_ack(exc)
         except Exception:
             logger.exception("could not load the user of an MQTT request")
-            return wire.internal_error_ack()
+            return acks.internal_error_ack()
         return await self._chat.handle(principal, request.event, request.data)
 
     async def _principal(self, user_id: UUID) -> Principal:

@@ -29,9 +29,9 @@ from uuid import UUID
 
 import asyncpg
 
-from teleconsult.api.scheduling import outbox_store
 from teleconsult.core.errors import InfrastructureError
 from teleconsult.messaging.records import StoredMessage
+from teleconsult.notifications import store as outbox_store
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from aiohttp import web
 from pydantic import BaseModel, Field, StringConstraints
 
 from teleconsult.api.models import Body, Limit
-from teleconsult.api.policy import Action
 from teleconsult.api.registry import Api, ApiRequest
 from teleconsult.core.errors import BadRequest, FieldError
+from teleconsult.core.policy import Action
 from teleconsult.messaging.chat import ChatService
 from teleconsult.messaging.envelope import (
     EnvelopeError,

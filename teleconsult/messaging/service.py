@@ -16,10 +16,8 @@ from uuid import UUID
 
 import asyncpg
 
-from teleconsult.api.accounts import store as accounts
-from teleconsult.api.policy import Scope, ensure_in_scope
-from teleconsult.api.scheduling import store as scheduling
-from teleconsult.core.audit import AuditEvent, AuditTrail
+from teleconsult.accounts import store as accounts
+from teleconsult.audit import AuditEvent, AuditTrail
 from teleconsult.core.errors import (
     BadRequest,
     Conflict,
@@ -30,6 +28,7 @@ from teleconsult.core.errors import (
     PayloadTooLarge,
 )
 from teleconsult.core.identity import Principal, Role
+from teleconsult.core.policy import Scope, ensure_in_scope
 from teleconsult.messaging import store
 from teleconsult.messaging.envelope import (
     Envelope,
@@ -55,6 +54,7 @@ from teleconsult.messaging.records import (
     ThreadKind,
     ThreadNotFound,
 )
+from teleconsult.scheduling import store as scheduling
 
 MAX_PAGE = 200
 

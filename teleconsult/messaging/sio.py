@@ -28,14 +28,16 @@ import engineio.payload
 import socketio
 from aiohttp import web
 
-from teleconsult.api.accounts.service import AccountService
+from teleconsult.accounts.service import AccountService
 from teleconsult.core.errors import ClientError, ErrorCode, InfrastructureError, Unauthenticated
 from teleconsult.core.identity import Principal
-from teleconsult.core.settings import ChatSettings
 from teleconsult.messaging import wire
-from teleconsult.messaging.chat import ChatService, TokenBucket, rate_limited
-from teleconsult.messaging.hub import SLOW_CONSUMER
+from teleconsult.messaging.chat import ChatService
 from teleconsult.messaging.routes import CHAT
+from teleconsult.realtime import acks
+from teleconsult.realtime.hub import SLOW_CONSUMER
+from teleconsult.realtime.limits import TokenBucket, rate_limited
+from teleconsult.realtime.server import connect_auth, refusal
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +56,6 @@ _ENGINE_BACKLOG = 16
 # count alone would let 256 large messages (~22 MB of JSON) wait for one reader.
 MAX_QUEUED_BYTES = 2 * 1024 * 1024
 _EVENT_OVERHEAD = 256  # ids, times and framing around an envelope
-# Binary attachments one client packet may announce (a `send` in msgpack has one).
-MAX_ATTACHMENTS = 4
 
 
 class SioSession:
@@ -177,7 +177,7 @@ class ChatNamespace(socketio.AsyncNamespace):
             token, encoding = connect_auth(auth)
             principal = await self._accounts.authenticate(token)
         except ClientError as exc:
-            raise refusal(wire.error_ack(exc)["error"]) from None
+            raise refusal(acks.error_ack(exc)["error"]) from None
         session = SioSession(
             self.server,
             sid,
@@ -216,10 +216,10 @@ class ChatNamespace(socketio.AsyncNamespace):
         data = args[1] if len(args) > 1 else None
         session = self._sessions.get(sid)
         if session is None:
-            return wire.error_ack(Unauthenticated("not connected"))
+            return acks.error_ack(Unauthenticated("not connected"))
         wait = session.bucket.take()
         if wait:
-            return wire.error_ack(rate_limited(wait))
+            return acks.error_ack(rate_limited(wait))
         if event == "auth":
             return await self._reauth(session, data)
         refusal = await self._recheck(session)
@@ -236,10 +236,10 @@ class ChatNamespace(socketio.AsyncNamespace):
             if principal.user_id != session.principal.user_id:
                 raise Unauthenticated("the token is for another user")
         except ClientError as exc:
-            return wire.error_ack(exc)
+            return acks.error_ack(exc)
         session.principal, session.token = principal, token
         session.checked_at = time.monotonic()
-        return wire.ok()
+        return acks.ok()
 
     async def _recheck(self, session: SioSession, *, idle: bool = False) -> dict[str, Any] | None:
         """Logout, disabling and role changes reach open connections within seconds."""
@@ -249,9 +249,9 @@ class ChatNamespace(socketio.AsyncNamespace):
             session.principal = await self._accounts.authenticate(session.token)
         except Unauthenticated as exc:
             if exc.code is ErrorCode.TOKEN_EXPIRED and not idle:
-                return wire.error_ack(exc)  # the client sends `auth` with a fresh token
+                return acks.error_ack(exc)  # the client sends `auth` with a fresh token
             self._spawn(session.close(str(exc.code)))
-            return wire.error_ack(exc)
+            return acks.error_ack(exc)
         session.checked_at = time.monotonic()
         return None
 
@@ -277,49 +277,3 @@ class ChatNamespace(socketio.AsyncNamespace):
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def refusal(error: dict[str, Any]) -> socketio.exceptions.ConnectionRefusedError:
-    """The client's ``connect_error`` gets ``{message, data: {code, status, detail}}``."""
-    return socketio.exceptions.ConnectionRefusedError(error["detail"], error)
-
-
-def connect_auth(auth: Any, *, encoding: wire.Encoding = "json") -> tuple[str, wire.Encoding]:
-    if not isinstance(auth, dict) or not isinstance(auth.get("token"), str):
-        raise Unauthenticated("send {token: <access token>} in the connect auth object")
-    chosen = auth.get("encoding", encoding)
-    if chosen not in wire.ENCODINGS:
-        raise Unauthenticated("encoding must be json or msgpack")
-    return auth["token"], chosen
-
-
-class _BoundedPacket(socketio.packet.Packet):
-    """Refuses packets announcing more binary attachments than any event of ours has.
-
-    python-socketio keeps a packet's attachments (each up to the frame limit)
-    until as many have come as its header announced, up to ten digits' worth:
-    one connection could otherwise hold any amount of server memory.
-    """
-
-    def decode(self, encoded_packet: Any) -> int:
-        count = int(super().decode(encoded_packet) or 0)
-        if count > MAX_ATTACHMENTS:
-            raise ValueError(f"a packet announced {count} binary attachments")
-        return count
-
-
-def attach_socketio(app: web.Application, settings: ChatSettings) -> socketio.AsyncServer:
-    server = socketio.AsyncServer(
-        async_mode="aiohttp",
-        serializer=_BoundedPacket,
-        async_handlers=False,
-        max_http_buffer_size=settings.max_frame_bytes,
-        ping_interval=settings.ping_interval,
-        ping_timeout=settings.ping_timeout,
-        cors_allowed_origins=[],
-        logger=False,
-        engineio_logger=False,
-    )
-    server.register_namespace(ChatNamespace(app))
-    server.attach(app, socketio_path="socket.io")
-    return server

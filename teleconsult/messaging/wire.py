@@ -10,13 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Any, Literal, TypeVar
-from uuid import UUID
+from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field, Strict, ValidationError
+from pydantic import Field
 
-from teleconsult.api.models import Body
-from teleconsult.core.errors import BadRequest, ClientError, ErrorCode, FieldError
 from teleconsult.messaging.envelope import (
     Envelope,
     EnvelopeError,
@@ -26,18 +23,11 @@ from teleconsult.messaging.envelope import (
 )
 from teleconsult.messaging.records import StoredMessage
 from teleconsult.messaging.service import envelope_problem
+from teleconsult.realtime.acks import Event, Id
+from teleconsult.realtime.server import Encoding
 
-Encoding = Literal["json", "msgpack"]
-ENCODINGS: tuple[Encoding, ...] = ("json", "msgpack")
 Seq = Annotated[int, Field(ge=0, le=2**63 - 1)]
 MAX_RESUME_THREADS = 100
-M = TypeVar("M", bound="Event")
-# Payloads are checked strictly (no "1" for 1), except that ids arrive as text.
-Id = Annotated[UUID, Strict(False)]
-
-
-class Event(Body):
-    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class SendRequest(Event):
@@ -65,25 +55,6 @@ class PresenceRequest(Event):
     thread_id: Id
 
 
-def parse(model: type[M], data: object) -> M:
-    """Validate an event's payload strictly; a refusal names the fields."""
-    if not isinstance(data, dict):
-        raise BadRequest(
-            "the event payload must be an object", fields=[FieldError("data", "not an object")]
-        )
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        fields = [
-            FieldError(
-                "data." + ".".join(str(part) for part in err["loc"]) if err["loc"] else "data",
-                err["msg"],
-            )
-            for err in exc.errors(include_url=False)
-        ]
-        raise BadRequest("the event payload is invalid", fields=fields) from None
-
-
 def envelope_of(value: dict[str, Any] | bytes, *, max_bytes: int) -> Envelope:
     try:
         if isinstance(value, bytes):
@@ -91,31 +62,6 @@ def envelope_of(value: dict[str, Any] | bytes, *, max_bytes: int) -> Envelope:
         return from_json(value, max_bytes=max_bytes)
     except EnvelopeError as exc:
         raise envelope_problem(exc) from None
-
-
-def ok(**result: Any) -> dict[str, Any]:
-    return {"ok": True, **result}
-
-
-def error_ack(exc: ClientError) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": str(exc.code), "status": exc.status, "detail": exc.detail}
-    if exc.fields:
-        error["fields"] = [{"field": f.field, "message": f.message} for f in exc.fields]
-    retry = exc.headers.get("Retry-After")
-    if retry is not None:
-        error["retry_after"] = int(retry)
-    return {"ok": False, "error": error}
-
-
-def internal_error_ack() -> dict[str, Any]:
-    return {
-        "ok": False,
-        "error": {
-            "code": str(ErrorCode.INTERNAL),
-            "status": 500,
-            "detail": "the server failed; send again with the same client message id",
-        },
-    }
 
 
 def message_data(m: StoredMessage) -> dict[str, Any]:

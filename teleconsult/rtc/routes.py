@@ -10,8 +10,8 @@ from aiohttp import web
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from teleconsult.api.models import Body
-from teleconsult.api.policy import Action
 from teleconsult.api.registry import Api, ApiRequest
+from teleconsult.core.policy import Action
 from teleconsult.rtc.figures import ClientFigures, ServerFigures
 from teleconsult.rtc.records import NetworkTest, TestStatus
 from teleconsult.rtc.sdp import MAX_SDP_CHARS

@@ -16,17 +16,17 @@ from uuid import UUID, uuid4
 
 import asyncpg
 
-from teleconsult.api.policy import Scope, ensure_in_scope
-from teleconsult.api.scheduling import store as scheduling
-from teleconsult.api.scheduling.availability import Clock, utc_now
-from teleconsult.api.scheduling.records import Appointment
-from teleconsult.core.audit import AuditEvent, AuditTrail
+from teleconsult.audit import AuditEvent, AuditTrail
 from teleconsult.core.errors import Conflict, ErrorCode, NotFound, Unprocessable
 from teleconsult.core.identity import Principal, Role
+from teleconsult.core.policy import Scope, ensure_in_scope
 from teleconsult.rtc import store
 from teleconsult.rtc.figures import ClientFigures
 from teleconsult.rtc.network_test import NetworkTestRunner, Outcome
 from teleconsult.rtc.records import NetworkTest
+from teleconsult.scheduling import store as scheduling
+from teleconsult.scheduling.availability import Clock, utc_now
+from teleconsult.scheduling.records import Appointment
 
 # A client reports when its own measurement is over; allow for a slow network.
 REPORT_GRACE = timedelta(minutes=5)

@@ -16,13 +16,10 @@ import asyncpg
 import socketio
 from aiohttp import web
 
+from teleconsult.accounts import routes as accounts_routes
+from teleconsult.accounts.service import AccountService
 from teleconsult.api import ops
-from teleconsult.api.accounts import routes as accounts_routes
-from teleconsult.api.accounts.service import AccountService
-from teleconsult.api.audit import routes as audit_routes
 from teleconsult.api.openapi import build_openapi
-from teleconsult.api.patients import routes as patients_routes
-from teleconsult.api.patients.service import PatientService
 from teleconsult.api.problems import problem_middleware
 from teleconsult.api.registry import (
     AUTHENTICATOR,
@@ -31,14 +28,9 @@ from teleconsult.api.registry import (
     Operation,
     mount,
 )
-from teleconsult.api.scheduling import feed_routes, fhir_routes
-from teleconsult.api.scheduling import routes as scheduling_routes
-from teleconsult.api.scheduling.availability import AvailabilityService
-from teleconsult.api.scheduling.feeds import CalendarFeedService
-from teleconsult.api.scheduling.outbox import BackgroundWorker
-from teleconsult.api.scheduling.service import SchedulingService
+from teleconsult.audit import AuditTrail
+from teleconsult.audit import routes as audit_routes
 from teleconsult.core import db
-from teleconsult.core.audit import AuditTrail
 from teleconsult.core.bus import Bus, create_bus
 from teleconsult.core.embedded_pg import EmbeddedPostgres
 from teleconsult.core.logging import request_id_middleware
@@ -49,17 +41,27 @@ from teleconsult.core.passwords import PasswordHasher
 from teleconsult.core.ratelimit import RateLimiter, create_rate_limiter
 from teleconsult.core.settings import Settings
 from teleconsult.core.tokens import TokenService
+from teleconsult.fhir import routes as fhir_routes
 from teleconsult.messaging import routes as messaging_routes
 from teleconsult.messaging.chat import ChatService
-from teleconsult.messaging.hub import Hub
 from teleconsult.messaging.mqtt_bridge import MQTT_BRIDGE, mqtt_transport
 from teleconsult.messaging.offline import OfflineNotifier
-from teleconsult.messaging.presence import create_presence
 from teleconsult.messaging.service import MessagingService
-from teleconsult.messaging.sio import CHAT, CHAT_ACCOUNTS, attach_socketio
+from teleconsult.messaging.sio import CHAT, CHAT_ACCOUNTS, ChatNamespace
+from teleconsult.notifications.worker import BackgroundWorker
+from teleconsult.realtime.hub import Hub
+from teleconsult.realtime.presence import create_presence
+from teleconsult.realtime.server import attach_socketio
+from teleconsult.records import routes as patients_routes
+from teleconsult.records.service import PatientService
 from teleconsult.rtc import routes as rtc_routes
 from teleconsult.rtc.network_test import NetworkTestRunner
 from teleconsult.rtc.service import NetworkTestService
+from teleconsult.scheduling import feed_routes
+from teleconsult.scheduling import routes as scheduling_routes
+from teleconsult.scheduling.availability import AvailabilityService
+from teleconsult.scheduling.feeds import CalendarFeedService
+from teleconsult.scheduling.service import SchedulingService
 from teleconsult.signaling.namespace import SIGNALING, SignalNamespace
 from teleconsult.signaling.rooms import create_rooms
 from teleconsult.signaling.service import SignalingService
@@ -207,9 +209,10 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/metrics", metrics.handler, name="metrics")
 
     realtime = attach_socketio(app, settings.chat)
+    realtime.register_namespace(ChatNamespace(app))
     app[REALTIME] = realtime
     app.on_shutdown.append(_close_realtime)
-    signal_namespace = SignalNamespace(app)
+    signal_namespace = SignalNamespace(app, settings.chat)
     realtime.register_namespace(signal_namespace)
     app[SIGNAL_NAMESPACE] = signal_namespace
 

@@ -21,7 +21,7 @@ import msgpack
 import socketio
 from aiohttp import web
 
-from teleconsult.api.accounts.service import AccountService
+from teleconsult.api.registry import AUTHENTICATOR, Authenticator
 from teleconsult.core.bus import Subscription
 from teleconsult.core.errors import (
     BadRequest,
@@ -31,9 +31,10 @@ from teleconsult.core.errors import (
     Unauthenticated,
 )
 from teleconsult.core.identity import Principal
-from teleconsult.messaging import wire
-from teleconsult.messaging.chat import TokenBucket, rate_limited
-from teleconsult.messaging.sio import CHAT, CHAT_ACCOUNTS, connect_auth, refusal
+from teleconsult.core.settings import ChatSettings
+from teleconsult.realtime import acks
+from teleconsult.realtime.limits import TokenBucket, rate_limited
+from teleconsult.realtime.server import connect_auth, refusal
 from teleconsult.signaling import wire as sw
 from teleconsult.signaling.service import SignalingService
 
@@ -63,9 +64,10 @@ class SignalSocket:
 
 
 class SignalNamespace(socketio.AsyncNamespace):
-    def __init__(self, app: web.Application) -> None:
+    def __init__(self, app: web.Application, limits: ChatSettings) -> None:
         super().__init__(NAMESPACE)
         self._app = app
+        self._limits = limits
         self._sockets: dict[str, SignalSocket] = {}
         self._timers: set[asyncio.Task[None]] = set()
         self._beat: asyncio.Task[None] | None = None
@@ -75,8 +77,8 @@ class SignalNamespace(socketio.AsyncNamespace):
         return self._app[SIGNALING]
 
     @property
-    def _accounts(self) -> AccountService:
-        return self._app[CHAT_ACCOUNTS]
+    def _accounts(self) -> Authenticator:
+        return self._app[AUTHENTICATOR]
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -117,8 +119,8 @@ class SignalNamespace(socketio.AsyncNamespace):
             token, _ = connect_auth(auth)
             principal = await self._accounts.authenticate(token)
         except ClientError as exc:
-            raise refusal(wire.error_ack(exc)["error"]) from None
-        limits = self._app[CHAT].settings
+            raise refusal(acks.error_ack(exc)["error"]) from None
+        limits = self._limits
         bucket = TokenBucket(limits.events_per_second, limits.event_burst)
         self._sockets[sid] = SignalSocket(principal, bucket)
 
@@ -160,24 +162,24 @@ class SignalNamespace(socketio.AsyncNamespace):
         data = args[1] if len(args) > 1 else None
         sock = self._sockets.get(sid)
         if sock is None:
-            return wire.error_ack(Unauthenticated("not connected"))
+            return acks.error_ack(Unauthenticated("not connected"))
         wait = sock.bucket.take()
         if wait:
-            return wire.error_ack(rate_limited(wait))
+            return acks.error_ack(rate_limited(wait))
         try:
             async with sock.lock:
                 result = await self._handle(sid, sock, event, data)
-            return wire.ok(**result)
+            return acks.ok(**result)
         except ClientError as exc:
-            return wire.error_ack(exc)
+            return acks.error_ack(exc)
         except Exception:
             logger.exception("signal event %s failed", event)
-            return wire.internal_error_ack()
+            return acks.internal_error_ack()
 
     async def _handle(self, sid: str, sock: SignalSocket, event: str, data: Any) -> dict[str, Any]:
         service = self._service
         if event == "join":
-            req = wire.parse(sw.JoinRequest, data)
+            req = acks.parse(sw.JoinRequest, data)
             if sock.binding is not None:
                 raise BadRequest("leave the current room first")
             heard: list[Subscription] = []
@@ -199,7 +201,7 @@ class SignalNamespace(socketio.AsyncNamespace):
             raise ClientError("join a room first", code=ErrorCode.NOT_IN_ROOM)
         room, me = binding.room_id, binding.peer_id
         if event == "signal":
-            req_s = wire.parse(sw.SignalRequest, data)
+            req_s = acks.parse(sw.SignalRequest, data)
             message = req_s.model_dump(exclude={"to"}, exclude_none=True)
             if len(msgpack.packb(message)) > service.settings.max_message_bytes:
                 raise BadRequest(
@@ -210,12 +212,12 @@ class SignalNamespace(socketio.AsyncNamespace):
             await service.relay(sock.principal, room, me, req_s.to, message)
             return {}
         if event in ("admit", "decline", "remove"):
-            target = wire.parse(sw.PeerRequest, data).peer_id
+            target = acks.parse(sw.PeerRequest, data).peer_id
             action = {"admit": service.admit, "decline": service.decline, "remove": service.remove}
             await action[event](sock.principal, room, me, target)
             return {}
         if event == "invite":
-            user_id = wire.parse(sw.InviteRequest, data).user_id
+            user_id = acks.parse(sw.InviteRequest, data).user_id
             await service.invite(sock.principal, room, me, user_id)
             return {}
         if event == "leave":

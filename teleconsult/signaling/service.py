@@ -34,7 +34,7 @@ from uuid import UUID
 import asyncpg
 import msgpack
 
-from teleconsult.api.accounts import store as accounts
+from teleconsult.accounts import store as accounts
 from teleconsult.core.bus import Bus, Handler, Subscription
 from teleconsult.core.errors import Conflict, ErrorCode, Forbidden, NotFound
 from teleconsult.core.identity import Principal

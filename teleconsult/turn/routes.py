@@ -5,8 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from teleconsult.api.policy import Action
 from teleconsult.api.registry import Api, ApiRequest
+from teleconsult.core.policy import Action
 from teleconsult.turn.service import TurnService
 
 TURN = web.AppKey("turn", TurnService)

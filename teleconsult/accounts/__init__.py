@@ -1,0 +1,1 @@
+"""Accounts: clinics, users and roles, sign-in with rotating refresh tokens, sessions."""

@@ -1,0 +1,1 @@
+"""Patient records: demographics and clinical notes, every read and change audited."""

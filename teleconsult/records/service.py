@@ -1,0 +1,130 @@
+"""Patient records: demographics and clinical notes. Every read and change is audited."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from teleconsult.accounts import store as accounts_store
+from teleconsult.accounts.records import UserRecord
+from teleconsult.audit import AuditEvent, AuditTrail
+from teleconsult.core.identity import Principal, Role
+from teleconsult.core.policy import Scope, ensure_in_scope
+from teleconsult.records import store
+from teleconsult.records.store import NoteRecord
+
+
+class PatientService:
+    """Safe to call concurrently."""
+
+    def __init__(self, *, pool: asyncpg.Pool, audit: AuditTrail) -> None:
+        self._pool = pool
+        self._audit = audit
+
+    def _event(
+        self,
+        principal: Principal,
+        action: str,
+        patient_id: UUID | None,
+        ip: str | None,
+        **detail: str | int,
+    ) -> AuditEvent:
+        kind = "patient" if patient_id else "patient_list"
+        return AuditEvent.by(principal, action, kind, patient_id, ip=ip, detail=detail)
+
+    async def _load(
+        self, conn: asyncpg.Connection | asyncpg.Pool, principal: Principal, patient_id: UUID
+    ) -> UserRecord:
+        user = await accounts_store.get_user(conn, patient_id)
+        scope = (
+            Scope(user.clinic_id, user.id)
+            if user is not None and user.role is Role.PATIENT
+            else None
+        )
+        ensure_in_scope(principal, scope, "patient")
+        assert user is not None
+        return user
+
+    async def search(
+        self,
+        principal: Principal,
+        *,
+        text: str | None,
+        after: tuple[datetime, UUID] | None,
+        limit: int,
+        ip: str | None,
+    ) -> list[UserRecord]:
+        found = await accounts_store.list_users(
+            self._pool,
+            clinic_id=principal.clinic_id,
+            roles=[Role.PATIENT],
+            after=after,
+            limit=limit,
+            search=text,
+        )
+        await self._audit.record(
+            self._event(
+                principal, "patient.list", None, ip, results=len(found), searched=bool(text)
+            )
+        )
+        return found
+
+    async def get(self, principal: Principal, patient_id: UUID, *, ip: str | None) -> UserRecord:
+        patient = await self._load(self._pool, principal, patient_id)
+        await self._audit.record(self._event(principal, "patient.read", patient_id, ip))
+        return patient
+
+    async def update(
+        self, principal: Principal, patient_id: UUID, changes: dict[str, Any], *, ip: str | None
+    ) -> UserRecord:
+        async with self._pool.acquire() as conn, conn.transaction():
+            patient = await self._load(conn, principal, patient_id)
+            if not changes:
+                return patient
+            updated = await accounts_store.update_user(conn, patient_id, changes)
+            await self._audit.record(
+                self._event(
+                    principal, "patient.update", patient_id, ip, fields=",".join(sorted(changes))
+                ),
+                conn=conn,
+            )
+        return updated
+
+    async def list_notes(
+        self,
+        principal: Principal,
+        patient_id: UUID,
+        *,
+        after: tuple[datetime, UUID] | None,
+        limit: int,
+        ip: str | None,
+    ) -> list[NoteRecord]:
+        await self._load(self._pool, principal, patient_id)
+        notes = await store.list_notes(self._pool, patient_id=patient_id, after=after, limit=limit)
+        await self._audit.record(
+            self._event(principal, "patient.notes.read", patient_id, ip, results=len(notes))
+        )
+        return notes
+
+    async def add_note(
+        self, principal: Principal, patient_id: UUID, body: str, *, ip: str | None
+    ) -> NoteRecord:
+        async with self._pool.acquire() as conn, conn.transaction():
+            patient = await self._load(conn, principal, patient_id)
+            note = await store.insert_note(
+                conn,
+                clinic_id=patient.clinic_id,
+                patient_id=patient_id,
+                author_id=principal.user_id,
+                body=body,
+            )
+            await self._audit.record(
+                self._event(
+                    principal, "patient.notes.create", patient_id, ip, note_id=str(note.id)
+                ),
+                conn=conn,
+            )
+        return note
