@@ -10,13 +10,14 @@ import secrets
 import signal
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 from aiohttp import web
 
 from teleconsult.accounts.bootstrap import ensure_first_clinic, read_credentials
 from teleconsult.accounts.routes import ACCOUNTS
-from teleconsult.audit import format_report, verify_database
+from teleconsult.audit import format_report, parse_public_key, verify_database
 from teleconsult.core.embedded_pg import EmbeddedPostgres
 from teleconsult.core.errors import ConfigError, TeleconsultError
 from teleconsult.core.logging import JsonAccessLogger, configure_logging
@@ -97,9 +98,31 @@ async def run_migrate(settings: Settings) -> int:
     return 0
 
 
-async def run_audit_verify(settings: Settings) -> int:
+def _trusted_keys(settings: Settings, given: list[str] | None) -> list[bytes]:
+    """The keys named on the command line, else this installation's own public key(s)."""
+    if given:
+        return [parse_public_key(text) for text in given]
+    audit = settings.audit
+    keys = [audit.public_key]
+    if audit.public_key_file is not None and audit.public_key_file.exists():
+        keys.append(parse_public_key(audit.public_key_file.read_text(encoding="ascii")))
+    return list(dict.fromkeys(keys))
+
+
+async def run_audit_verify(settings: Settings, args: argparse.Namespace) -> int:
+    """Check the chain and its signed checkpoints; 1 when anything is wrong."""
+    try:
+        keys = _trusted_keys(settings, args.public_key)
+    except ValueError as exc:
+        print(f"teleconsult: --public-key: {exc}", file=sys.stderr)
+        return 2
+    if args.checkpoints:
+        files = [Path(name) for name in args.checkpoints]
+    else:
+        default = settings.audit.checkpoint_file
+        files = [default] if default is not None and default.exists() else []
     async with _database_dsn(settings) as dsn:
-        report = await verify_database(dsn)
+        report = await verify_database(dsn, trusted_keys=keys, checkpoint_files=files)
     _say(format_report(report))
     return 0 if report.ok else 1
 
@@ -147,7 +170,23 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("worker", help="run a notification worker on its own")
     audit = sub.add_parser("audit", help="audit trail tools")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
-    audit_sub.add_parser("verify", help="check the audit trail's hash chain")
+    verify = audit_sub.add_parser(
+        "verify", help="check the audit trail's hash chain and its signed checkpoints"
+    )
+    verify.add_argument(
+        "--public-key",
+        action="append",
+        metavar="HEX",
+        help="trust checkpoints signed by this Ed25519 public key (64 hex characters; "
+        "repeat for several); default: this installation's own key",
+    )
+    verify.add_argument(
+        "--checkpoints",
+        action="append",
+        metavar="FILE",
+        help="a checkpoint file to check against the database (repeat for several); "
+        "default: AUDIT_CHECKPOINT_FILE",
+    )
     clinic = sub.add_parser("clinic", help="clinic administration")
     clinic_sub = clinic.add_subparsers(dest="clinic_command", required=True)
     create = clinic_sub.add_parser("create", help="create a clinic with its first admin")
@@ -179,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "migrate":
             return asyncio.run(run_migrate(settings))
         if args.command == "audit":
-            return asyncio.run(run_audit_verify(settings))
+            return asyncio.run(run_audit_verify(settings, args))
         if args.command == "clinic":
             return asyncio.run(run_clinic_create(settings, args))
     except TeleconsultError as exc:

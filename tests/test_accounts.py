@@ -12,12 +12,14 @@ from aiohttp.test_utils import TestClient
 from teleconsult.core.identity import Role
 from teleconsult.core.settings import load_settings
 from teleconsult.server.app import create_app
+from tests.auditkit import chained
 from tests.conftest import settings_env
 from tests.dbutil import REDIS_URL
 from tests.world import PASSWORD, Tenant, assert_problem, login, make_user, unique_email
 
 
 async def _audit_rows(pool: asyncpg.Pool, action: str, object_id: str) -> list[asyncpg.Record]:
+    await chained(pool)
     rows: list[asyncpg.Record] = await pool.fetch(
         "SELECT * FROM audit_log WHERE action = $1 AND object_id = $2 ORDER BY seq",
         action,
@@ -342,6 +344,7 @@ async def test_patient_data_reads_are_audited_without_clinical_content(
     assert created.status == 201
     read = await client.get(f"/api/v1/patients/{patient.user_id}", headers=doctor.headers)
     assert read.status == 200
+    await chained(app_pool)
     actions = [
         r["action"]
         for r in await app_pool.fetch(

@@ -17,15 +17,22 @@ from teleconsult.audit import (
     AuditRecord,
     ChainHead,
     ChainVerifier,
+    Checkpoint,
+    CheckpointSigner,
+    CheckpointSummary,
     Problem,
     ProblemKind,
     VerifyReport,
     canonical_form,
+    checkpoint_message,
     compute_hash,
     format_report,
     format_timestamp,
+    key_id_of,
+    parse_public_key,
     verify_rows,
 )
+from teleconsult.audit.checkpoints import DOMAIN, CheckpointChecker, TrustedKeys
 
 ACTOR = UUID("11111111-2222-3333-4444-555555555555")
 CLINIC = UUID("aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee")
@@ -431,3 +438,138 @@ def test_format_report_says_how_many_problems_were_left_out() -> None:
     lines = format_report(verifier.finish(head_of(rows))).splitlines()
 
     assert lines[-2:] == ["... and 3 more problems", "audit chain BROKEN: 5 problems in 5 rows"]
+
+
+# --- signed checkpoints (pure) ---------------------------------------------------------
+
+SEED = bytes(range(32))
+
+
+def test_checkpoint_message_is_the_domain_prefix_then_seq_then_hash() -> None:
+    message = checkpoint_message(258, b"\xab" * 32)
+
+    assert message == DOMAIN + bytes([0, 0, 0, 0, 0, 0, 1, 2]) + b"\xab" * 32
+    assert DOMAIN.startswith(b"teleconsult/audit-checkpoint/")
+
+
+@pytest.mark.parametrize(("seq", "digest"), [(0, b"\x00" * 32), (1, b"\x00" * 31), (-1, ZERO_HASH)])
+def test_checkpoint_message_refuses_a_bad_seq_or_hash(seq: int, digest: bytes) -> None:
+    with pytest.raises(ValueError, match="positive seq and a 32-byte hash"):
+        checkpoint_message(seq, digest)
+
+
+def test_key_id_is_the_first_16_hex_characters_of_the_public_keys_sha256() -> None:
+    signer = CheckpointSigner(SEED)
+
+    assert signer.key_id == hashlib.sha256(signer.public_key).hexdigest()[:16]
+    assert key_id_of(signer.public_key) == signer.key_id
+
+
+@settings(max_examples=50, database=None, deadline=None)
+@given(
+    seq=st.integers(min_value=1, max_value=(1 << 63) - 1),
+    digest=st.binary(min_size=32, max_size=32),
+)
+def test_a_signed_checkpoint_verifies_only_as_signed(seq: int, digest: bytes) -> None:
+    signer = CheckpointSigner(SEED)
+    keys = TrustedKeys([signer.public_key])
+    checkpoint = signer.sign(seq, digest)
+
+    assert keys.refusal(checkpoint) is None
+    other_hash = bytes([digest[0] ^ 1]) + digest[1:]
+    assert keys.refusal(dataclasses.replace(checkpoint, hash=other_hash)) is not None
+    other_seq = seq + 1 if seq < (1 << 63) - 1 else seq - 1
+    assert keys.refusal(dataclasses.replace(checkpoint, seq=other_seq)) is not None
+
+
+def test_a_checkpoint_signed_by_another_key_is_refused() -> None:
+    trusted = CheckpointSigner(SEED)
+    forger = CheckpointSigner(bytes(range(1, 33)))
+    forged = forger.sign(1, ZERO_HASH)
+
+    refusal = TrustedKeys([trusted.public_key]).refusal(forged)
+    relabelled = TrustedKeys([trusted.public_key]).refusal(
+        dataclasses.replace(forged, key_id=trusted.key_id)
+    )
+
+    assert refusal is not None and "not trusted" in refusal
+    assert relabelled is not None and "does not verify" in relabelled
+
+
+def test_a_checkpoint_line_round_trips() -> None:
+    checkpoint = CheckpointSigner(SEED).sign(7, b"\x11" * 32, at=START)
+
+    line = checkpoint.to_line()
+
+    assert line.endswith("\n") and line.count("\n") == 1
+    assert Checkpoint.from_line(line) == checkpoint
+    assert '"signed_at":"2024-05-06T07:08:09.123456Z"' in line
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "",
+        "not json",
+        "[]",
+        '{"seq": 1}',
+        '{"seq": true, "hash": "00", "key_id": "k", "signature": "00", "signed_at": "x"}',
+    ],
+)
+def test_a_malformed_checkpoint_line_is_refused(line: str) -> None:
+    with pytest.raises(ValueError, match="not a checkpoint line"):
+        Checkpoint.from_line(line)
+
+
+def test_a_public_key_is_64_hex_characters() -> None:
+    signer = CheckpointSigner(SEED)
+
+    assert parse_public_key(signer.public_key.hex() + "\n") == signer.public_key
+    for bad in ("", "zz" * 32, "00" * 31):
+        with pytest.raises(ValueError, match="64 hex characters"):
+            parse_public_key(bad)
+
+
+def test_checkpoint_checker_reports_a_rewritten_chain_and_a_missing_row() -> None:
+    signer = CheckpointSigner(SEED)
+    checker = CheckpointChecker(TrustedKeys([signer.public_key]))
+
+    checker.stored(signer.sign(3, b"\x03" * 32), b"\x03" * 32)
+    checker.stored(signer.sign(6, b"\x06" * 32), b"\x07" * 32)
+    checker.stored(signer.sign(9, b"\x09" * 32), None)
+
+    assert [(p.seq, p.kind) for p in checker.problems] == [
+        (6, ProblemKind.CHECKPOINT_MISMATCH),
+        (9, ProblemKind.CHECKPOINT_MISMATCH),
+    ]
+    assert checker.in_database == 3
+
+
+def test_checkpoint_checker_reports_a_filed_checkpoint_missing_from_the_database() -> None:
+    signer = CheckpointSigner(SEED)
+    checker = CheckpointChecker(TrustedKeys([signer.public_key]))
+    filed = signer.sign(4, b"\x04" * 32)
+
+    checker.filed(filed, "f line 1", stored=filed, chain_hash=b"\x04" * 32, head_seq=9)
+    checker.filed(
+        signer.sign(5, b"\x05" * 32), "f line 2", stored=None, chain_hash=b"\x05" * 32, head_seq=9
+    )
+
+    assert [(p.seq, p.kind) for p in checker.problems] == [(5, ProblemKind.CHECKPOINT_MISSING)]
+    assert checker.problems[0].message.startswith("f line 2: not in the database")
+    assert checker.in_files == 2
+
+
+def test_format_report_with_checkpoints_and_waiting_events() -> None:
+    rows = chain(2)
+    report = dataclasses.replace(
+        verify_rows(rows, head_of(rows)),
+        checkpoints=CheckpointSummary(in_database=2, in_files=2, files=1, trusted_keys=1),
+        pending=1,
+    )
+
+    assert format_report(report).splitlines() == [
+        "checkpoints: 2 in the database, 2 in 1 file (signatures checked against 1 trusted key)",
+        "intake: 1 event waiting to be chained (not a problem)",
+        "audit chain OK: 2 rows, head seq 2",
+    ]

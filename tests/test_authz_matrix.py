@@ -41,6 +41,7 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
 from teleconsult.core.identity import Role
+from tests.auditkit import chained
 from tests.world import PASSWORD, Account, Tenant, login, make_user, unique_email
 
 Client = TestClient[Any, Any]
@@ -487,6 +488,7 @@ async def test_audit_list_shows_only_the_callers_clinic(world: World) -> None:
         resp = await client.request(method, path, headers=headers, json=body)
         assert resp.status < 300, await resp.text()
     own_admin = world.own[Role.ADMIN]
+    await chained(world.pool)
     rows: list[dict[str, Any]] = []
     cursor: str | None = None
     while True:

@@ -161,15 +161,31 @@ async def _tamper(dsn: str) -> None:
         await conn.close()
 
 
-async def _record_some(dsn: str) -> None:
+async def _record_some(dsn: str, data_dir: Path) -> None:
+    """Three events, chained and signed with the data folder's own key, as a server would."""
     from teleconsult.audit import AuditEvent, AuditTrail
     from teleconsult.core.db import create_pool
+    from teleconsult.core.settings import load_settings
+    from tests.auditkit import chain_now, make_signer
 
+    settings = load_settings(_env(TELECONSULT_DATA_DIR=str(data_dir), DATABASE_URL=dsn)).audit
     pool = await create_pool(dsn)
     try:
         trail = AuditTrail(pool)
-        for action in ("auth.login", "patient.read", "auth.login"):
+        for action in ("auth.login", "patient.read"):
             await trail.record(AuditEvent(action=action, ip="127.0.0.1"))
+        await chain_now(
+            dsn,
+            signer=make_signer(settings.signing_key),
+            checkpoint_file=settings.checkpoint_file,
+        )
+        await trail.record(AuditEvent(action="auth.login", ip="127.0.0.1"))
+        await chain_now(
+            dsn,
+            signer=make_signer(settings.signing_key),
+            checkpoint_file=settings.checkpoint_file,
+        )
+        await trail.record(AuditEvent(action="auth.logout", ip="127.0.0.1"))  # not chained
     finally:
         await pool.close()
 
@@ -182,17 +198,57 @@ def test_migrate_and_audit_verify_commands(tmp_path: Path) -> None:
         migrated = subprocess.run([*command, "migrate"], env=env, capture_output=True, text=True)
         assert migrated.returncode == 0, migrated.stderr
         assert "applied migrations" in migrated.stdout
-        asyncio.run(_record_some(dsn))
+        asyncio.run(_record_some(dsn, tmp_path))
         clean = subprocess.run(
             [*command, "audit", "verify"], env=env, capture_output=True, text=True
         )
         assert clean.returncode == 0, clean.stdout + clean.stderr
         assert "audit chain OK: 3 rows" in clean.stdout
+        assert "checkpoints: 2 in the database, 2 in 1 file" in clean.stdout
+        assert "intake: 1 event waiting to be chained" in clean.stdout
         asyncio.run(_tamper(dsn))
         broken = subprocess.run(
             [*command, "audit", "verify"], env=env, capture_output=True, text=True
         )
         assert broken.returncode == 1
         assert "seq 2: hash_mismatch" in broken.stdout
+    finally:
+        drop_database_sync(dsn)
+
+
+def test_audit_verify_catches_a_rehashed_chain_and_a_key_it_does_not_trust(
+    tmp_path: Path,
+) -> None:
+    from teleconsult.audit import CheckpointSigner
+    from tests.auditkit import rewrite_from
+
+    dsn = create_database_sync()
+    env = _env(TELECONSULT_DATA_DIR=str(tmp_path), DATABASE_URL=dsn)
+    verify = [sys.executable, "-m", "teleconsult", "audit", "verify"]
+    try:
+        asyncio.run(_record_some(dsn, tmp_path))
+        stranger = CheckpointSigner(bytes(range(100, 132))).public_key.hex()
+        untrusted = subprocess.run(
+            [*verify, "--public-key", stranger], env=env, capture_output=True, text=True
+        )
+        assert untrusted.returncode == 1, untrusted.stdout
+        assert "bad_signature" in untrusted.stdout
+        asyncio.run(rewrite_from(dsn, 1, "auth.logout"))
+        rewritten = subprocess.run(verify, env=env, capture_output=True, text=True)
+        assert rewritten.returncode == 1, rewritten.stdout
+        assert "seq 2: checkpoint_mismatch" in rewritten.stdout
+        assert "hash_mismatch" not in rewritten.stdout
+        copy = tmp_path / "elsewhere.jsonl"
+        copy.write_bytes((tmp_path / "audit-checkpoints.jsonl").read_bytes())
+        from_copy = subprocess.run(
+            [*verify, "--checkpoints", str(copy)], env=env, capture_output=True, text=True
+        )
+        assert from_copy.returncode == 1
+        assert "in 1 file" in from_copy.stdout
+        bad_key = subprocess.run(
+            [*verify, "--public-key", "xyz"], env=env, capture_output=True, text=True
+        )
+        assert bad_key.returncode == 2
+        assert "--public-key" in bad_key.stderr
     finally:
         drop_database_sync(dsn)

@@ -30,6 +30,7 @@ from teleconsult.rtc.network_test import NetworkTestRunner
 from teleconsult.rtc.routes import NETWORK_TESTS
 from teleconsult.rtc.sdp import SdpError, check_offer
 from teleconsult.scheduling import store as scheduling
+from tests.auditkit import chained
 from tests.conftest import settings_env
 from tests.world import Account, Tenant, assert_problem
 
@@ -241,6 +242,7 @@ async def test_probe_on_loopback_gets_plausible_figures_that_the_doctor_reads(
     seen = await latest(client, doctor, appointment_id)
     assert [(t["id"], t["user_id"]) for t in seen] == [(test_id, str(patient.user_id))]
     assert seen[0]["client"]["rtt_ms_p50"] == figures.rtt_ms_p50
+    await chained(app_pool)
     audit = await app_pool.fetch(
         "SELECT action FROM audit_log WHERE clinic_id = $1 AND action LIKE 'network_test.%' "
         "ORDER BY seq",

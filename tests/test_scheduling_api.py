@@ -13,6 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from teleconsult.core.identity import Role
+from tests.auditkit import chained
 from tests.world import Account, Tenant, assert_problem, login, make_user
 
 NAIROBI = ZoneInfo("Africa/Nairobi")  # the tenant fixture's clinic zone
@@ -152,6 +153,7 @@ async def test_front_desk_books_moves_and_cancels_a_video_call_visible_only_to_i
     again = await _book(client, desk, doctor, _next_weekday_at(14), patient_id=patient.user_id)
     assert again.status == 201, "a cancelled appointment frees its slot"
 
+    await chained(app_pool)
     actions = [
         r["action"]
         for r in await app_pool.fetch(

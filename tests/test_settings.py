@@ -87,3 +87,54 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
 def test_service_urls_lists_only_configured_services(tmp_path: Path) -> None:
     settings = load_settings(_env(tmp_path, REDIS_URL="redis://cache:6379/0"))
     assert settings.service_urls() == {"REDIS_URL": "redis://cache:6379/0"}
+
+
+def test_audit_signing_key_is_generated_once_with_its_public_key_beside_it(
+    tmp_path: Path,
+) -> None:
+    first = load_settings(_env(tmp_path)).audit
+    second = load_settings(_env(tmp_path)).audit
+    key_file = tmp_path / "audit-signing.key"
+    assert first.signing_key == second.signing_key
+    assert len(first.signing_key) == 32
+    assert key_file.read_text().strip() == first.signing_key.hex()
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert first.public_key_file == tmp_path / "audit-signing.pub"
+    assert first.public_key_file.read_text().strip() == first.public_key.hex()
+    assert first.checkpoint_file == tmp_path / "audit-checkpoints.jsonl"
+    assert (first.batch_size, first.interval) == (1000, 0.05)
+    assert first.signing_key.hex() not in repr(first)
+
+
+def test_a_configured_audit_signing_key_is_used_and_nothing_is_generated(tmp_path: Path) -> None:
+    seed = bytes(range(32))
+    key_file = tmp_path / "seed"
+    key_file.write_text(seed.hex() + "\n")
+    audit = load_settings(
+        _env(
+            tmp_path / "data",
+            AUDIT_SIGNING_KEY_FILE=str(key_file),
+            AUDIT_CHECKPOINT_FILE=str(tmp_path / "cp.jsonl"),
+            AUDIT_BATCH_SIZE="250",
+            AUDIT_INTERVAL="0.2",
+        )
+    ).audit
+    assert audit.signing_key == seed
+    assert (audit.public_key_file, audit.checkpoint_file) == (None, tmp_path / "cp.jsonl")
+    assert (audit.batch_size, audit.interval) == (250, 0.2)
+    assert not (tmp_path / "data" / "audit-signing.key").exists()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("AUDIT_SIGNING_KEY", "not-hex"),
+        ("AUDIT_SIGNING_KEY", "00" * 31),
+        ("AUDIT_BATCH_SIZE", "0"),
+        ("AUDIT_INTERVAL", "0"),
+    ],
+)
+def test_a_bad_audit_setting_names_the_variable(tmp_path: Path, variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_env(tmp_path, **{variable: value}))
+    assert caught.value.variable == variable

@@ -112,6 +112,10 @@ class ProblemKind(StrEnum):
     BROKEN_LINK = "broken_link"
     HEAD_MISMATCH = "head_mismatch"
     FIRST_ROW = "first_row"
+    # Signed checkpoints (checkpoints.py): found by ``teleconsult audit verify``.
+    BAD_SIGNATURE = "bad_signature"
+    CHECKPOINT_MISMATCH = "checkpoint_mismatch"
+    CHECKPOINT_MISSING = "checkpoint_missing"
 
 
 @dataclass(frozen=True)
@@ -124,11 +128,23 @@ class Problem:
 
 
 @dataclass(frozen=True)
+class CheckpointSummary:
+    """How many signed checkpoints were checked, and against what."""
+
+    in_database: int
+    in_files: int
+    files: int
+    trusted_keys: int | None  # None: signatures were not checked
+
+
+@dataclass(frozen=True)
 class VerifyReport:
     """The outcome of walking the chain.
 
     ``problems`` holds at most the verifier's ``max_problems`` entries;
-    ``problem_count`` counts them all.
+    ``problem_count`` counts them all. ``checkpoints`` is None when no signed
+    checkpoints were checked (a bare chain walk); ``pending`` is None when the
+    intake was not counted. Events waiting in the intake are not a problem.
     """
 
     rows: int
@@ -136,6 +152,8 @@ class VerifyReport:
     head_seq: int | None
     problems: tuple[Problem, ...] = field(default=())
     problem_count: int = 0
+    checkpoints: CheckpointSummary | None = None
+    pending: int | None = None
 
     @property
     def ok(self) -> bool:

@@ -70,7 +70,8 @@ class AuditQuery(BaseModel):
 )
 async def list_audit(req: ApiRequest) -> AuditPage:
     """The cursor is the last seen sequence number; rows are chained by SHA-256
-    (`teleconsult audit verify` checks the chain)."""
+    (`teleconsult audit verify` checks the chain and its signed checkpoints). An
+    event is listed once the sequencer has chained it, normally within 100 ms."""
     query = req.query(AuditQuery)
     after = int(query.cursor) if query.cursor else None
     records = await req.request.app[AUDIT_TRAIL].list_for_clinic(

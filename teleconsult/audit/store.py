@@ -1,10 +1,38 @@
-"""Writing and reading the audit trail in PostgreSQL (tables from migration 0002).
+"""Writing and reading the audit trail in PostgreSQL (migrations 0002 and 0009).
 
-Writers are serialised: each append takes one transaction-scoped advisory lock
-and the ``audit_head`` row lock, reads the head, inserts the next row and moves
-the head. The locks are held until the surrounding transaction ends, so a
-caller that records inside its own transaction blocks every other audit writer
-until it commits or rolls back: keep such transactions short.
+Writing is an insert into ``audit_intake``, nothing more: no lock, no chain.
+Pass the connection of the transaction that made the audited change (or the
+read) and the event commits or rolls back with it::
+
+    async with pool.acquire() as conn, conn.transaction():
+        await store.do_the_change(conn, ...)
+        await audit.record(AuditEvent.by(principal, "patient.update", "patient", pid), conn)
+
+The sequencer (``sequencer.py``, one leader per cluster) moves committed
+intake rows into the hash chain ``audit_log`` in batches, usually within
+about 100 ms. :meth:`AuditTrail.list_for_clinic` and the verifier read the
+chain, so an event shows there only once it is chained.
+
+To write the event inside a statement of one's own (one round trip, e.g. a
+CTE that inserts a message and its audit event together), use
+:data:`INTAKE_COLUMNS`, :func:`intake_placeholders` and :func:`intake_params`;
+the event is validated by :func:`intake_params`::
+
+    cols = ", ".join(INTAKE_COLUMNS)
+    sql = f'''
+        WITH m AS (INSERT INTO messages (thread_id, body) VALUES ($1, $2)
+                   ON CONFLICT DO NOTHING RETURNING id),
+             a AS (INSERT INTO audit_intake ({cols})
+                   SELECT {intake_placeholders(3, object_id="COALESCE({}, m.id::text)")}
+                   FROM m)
+        SELECT id FROM m
+    '''
+    await conn.fetchval(sql, thread_id, body, *intake_params(event))
+
+``SELECT ... FROM m`` writes the event only when ``m`` wrote a row; a template
+such as ``object_id="COALESCE({}, m.id::text)"`` lets SQL fill a value that
+the event leaves None (``{}`` stands for the typed placeholder, which is always
+used, so parameter numbers do not shift).
 """
 
 from __future__ import annotations
@@ -12,38 +40,37 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any, Final, Literal, get_args
 from uuid import UUID
 
 import asyncpg
 
-from teleconsult.audit.chain import (
-    AuditRecord,
-    ChainHead,
-    DetailValue,
-    compute_hash,
-)
+from teleconsult.audit.chain import AuditRecord, ChainHead, DetailValue
+from teleconsult.audit.checkpoints import Checkpoint
 from teleconsult.core.errors import TeleconsultError
 from teleconsult.core.identity import Principal
 
 __all__ = [
-    "AUDIT_LOCK_KEY",
+    "INTAKE_COLUMNS",
     "AuditError",
     "AuditEvent",
     "AuditRecord",
     "AuditTrail",
     "InvalidAuditEvent",
     "Outcome",
+    "at_seqs",
+    "count_waiting",
+    "intake_params",
+    "intake_placeholders",
+    "iter_checkpointed",
+    "iter_orphan_checkpoints",
     "iter_records",
     "read_head",
     "validate_event",
 ]
-
-# Arbitrary constant shared by every teleconsult process: "tcaudit!" as bytes.
-AUDIT_LOCK_KEY: Final = int.from_bytes(b"tcaudit!", "big")
 
 Outcome = Literal["success", "failure", "denied"]
 OUTCOMES: Final = frozenset(get_args(Outcome))
@@ -123,7 +150,7 @@ def _validate_detail(detail: Mapping[str, DetailValue]) -> dict[str, DetailValue
         raise InvalidAuditEvent(f"detail: at most {MAX_DETAIL_KEYS} keys")
     clean: dict[str, DetailValue] = {}
     for key, value in detail.items():
-        if not isinstance(key, str) or not _DETAIL_KEY.match(key):
+        if not isinstance(key, str) or not _DETAIL_KEY.fullmatch(key):
             raise InvalidAuditEvent(
                 f"detail: key {key!r} must be 1 to 64 letters, digits, '_', '.' or '-'"
             )
@@ -149,7 +176,7 @@ def _detail_json(detail: Mapping[str, DetailValue]) -> str:
 def validate_event(event: AuditEvent) -> AuditEvent:
     """Return ``event`` with a checked plain-dict ``detail``; raise InvalidAuditEvent."""
     _check_text("action", event.action, 100)
-    if not _ACTION.match(event.action):
+    if not _ACTION.fullmatch(event.action):
         raise InvalidAuditEvent(
             "action: must be lowercase dotted words such as 'auth.login' or 'patient.read'"
         )
@@ -172,16 +199,89 @@ def validate_event(event: AuditEvent) -> AuditEvent:
     return replace(event, detail=_validate_detail(event.detail))
 
 
-_COLUMNS = (
-    "seq, occurred_at, actor_id, actor_role, clinic_id, action, object_type, object_id, ip, "
-    "outcome, detail::text AS detail, prev_hash, hash"
+# The columns a caller fills, in the order of intake_params and intake_placeholders;
+# occurred_at is the database's clock_timestamp() at insert.
+INTAKE_COLUMNS: Final = (
+    "actor_id",
+    "actor_role",
+    "clinic_id",
+    "action",
+    "object_type",
+    "object_id",
+    "ip",
+    "outcome",
+    "detail",
 )
-# detail goes in as text so the result does not depend on the pool's jsonb codec.
-_INSERT = """
-INSERT INTO audit_log (seq, occurred_at, actor_id, actor_role, clinic_id, action,
-                       object_type, object_id, ip, outcome, detail, prev_hash, hash)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::text::jsonb, $12, $13)
+# detail goes in as JSON text so the result does not depend on the pool's jsonb codec.
+_INTAKE_TYPES: Final = ("uuid", "text", "uuid", "text", "text", "text", "text", "text", "jsonb")
+
+
+def intake_placeholders(first: int, **templates: str) -> str:
+    """The typed placeholders ``$first, $first+1, ...`` for :data:`INTAKE_COLUMNS`.
+
+    A keyword names a column and gives an SQL template in which ``{}`` stands
+    for that column's placeholder, e.g. ``object_id="COALESCE({}, m.id::text)"``.
+    """
+    unknown = set(templates) - set(INTAKE_COLUMNS)
+    if unknown:
+        raise ValueError(f"not intake columns: {sorted(unknown)}")
+    parts: list[str] = []
+    for offset, (column, kind) in enumerate(zip(INTAKE_COLUMNS, _INTAKE_TYPES, strict=True)):
+        cast = "::text::jsonb" if kind == "jsonb" else f"::{kind}"
+        placeholder = f"${first + offset}{cast}"
+        template = templates.get(column, "{}")
+        if template.count("{}") != 1:
+            raise ValueError(f"the template for {column} must contain {{}} exactly once")
+        parts.append(template.replace("{}", placeholder))
+    return ", ".join(parts)
+
+
+def intake_params(event: AuditEvent) -> tuple[Any, ...]:
+    """The values for :func:`intake_placeholders`, after :func:`validate_event`."""
+    clean = validate_event(event)
+    return (
+        clean.actor_id,
+        clean.actor_role,
+        clean.clinic_id,
+        clean.action,
+        clean.object_type,
+        clean.object_id,
+        clean.ip,
+        clean.outcome,
+        _detail_json(clean.detail),
+    )
+
+
+_INSERT_INTAKE = (
+    f"INSERT INTO audit_intake ({', '.join(INTAKE_COLUMNS)}) VALUES ({intake_placeholders(1)})"
+)
+_INSERT_INTAKE_MANY = f"""
+INSERT INTO audit_intake ({", ".join(INTAKE_COLUMNS)})
+SELECT a, b, c, d, e, f, g, h, i::jsonb
+FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::text[],
+            $7::text[], $8::text[], $9::text[]) WITH ORDINALITY AS t(a, b, c, d, e, f, g, h, i, n)
+ORDER BY n
 """
+
+# Qualified, so that the same list works in joins with audit_checkpoints.
+_COLUMNS = ", ".join(
+    f"audit_log.{column}"
+    for column in (
+        "seq",
+        "occurred_at",
+        "actor_id",
+        "actor_role",
+        "clinic_id",
+        "action",
+        "object_type",
+        "object_id",
+        "ip",
+        "outcome",
+        "detail::text AS detail",
+        "prev_hash",
+        "hash",
+    )
+)
 
 
 def _uuid(value: Any) -> UUID | None:
@@ -218,7 +318,7 @@ async def read_head(conn: asyncpg.Connection) -> ChainHead | None:
 async def iter_records(
     conn: asyncpg.Connection, *, batch_size: int = 1000
 ) -> AsyncIterator[AuditRecord]:
-    """Every row in ascending seq order, fetched ``batch_size`` rows at a time.
+    """Every chained row in ascending seq order, fetched ``batch_size`` rows at a time.
 
     Needs an open transaction on ``conn`` (server-side cursor); read the head in
     the same REPEATABLE READ transaction to compare the two consistently.
@@ -228,31 +328,122 @@ async def iter_records(
         yield _to_record(row)
 
 
+def _checkpoint(row: asyncpg.Record, prefix: str = "") -> Checkpoint | None:
+    if row[f"{prefix}hash"] is None:
+        return None
+    return Checkpoint(
+        seq=row["seq"],
+        hash=bytes(row[f"{prefix}hash"]),
+        key_id=row[f"{prefix}key_id"],
+        signature=bytes(row[f"{prefix}signature"]),
+        signed_at=row[f"{prefix}signed_at"],
+    )
+
+
+_CHECKPOINT_COLUMNS = (
+    "c.hash AS cp_hash, c.key_id AS cp_key_id, c.signature AS cp_signature, "
+    "c.signed_at AS cp_signed_at"
+)
+
+
+async def iter_checkpointed(
+    conn: asyncpg.Connection, *, batch_size: int = 1000
+) -> AsyncIterator[tuple[AuditRecord, Checkpoint | None]]:
+    """Like :func:`iter_records`, with the stored checkpoint at each row's seq, if any."""
+    query = (
+        f"SELECT {_COLUMNS}, {_CHECKPOINT_COLUMNS} FROM audit_log "
+        "LEFT JOIN audit_checkpoints AS c USING (seq) ORDER BY seq"
+    )
+    async for row in conn.cursor(query, prefetch=batch_size):
+        yield _to_record(row), _checkpoint(row, "cp_")
+
+
+async def iter_orphan_checkpoints(conn: asyncpg.Connection) -> AsyncIterator[Checkpoint]:
+    """Stored checkpoints whose seq has no row in the chain (needs an open transaction)."""
+    query = (
+        "SELECT c.seq, c.hash, c.key_id, c.signature, c.signed_at FROM audit_checkpoints AS c "
+        "WHERE NOT EXISTS (SELECT 1 FROM audit_log AS l WHERE l.seq = c.seq) ORDER BY c.seq"
+    )
+    async for row in conn.cursor(query):
+        checkpoint = _checkpoint(row)
+        assert checkpoint is not None
+        yield checkpoint
+
+
+async def at_seqs(
+    conn: asyncpg.Connection, seqs: Sequence[int]
+) -> dict[int, tuple[bytes | None, Checkpoint | None]]:
+    """For each seq: the chain's hash there and the stored checkpoint, None when absent."""
+    rows = await conn.fetch(
+        f"SELECT s.seq, l.hash AS chain_hash, {_CHECKPOINT_COLUMNS} "
+        "FROM unnest($1::bigint[]) AS s(seq) "
+        "LEFT JOIN audit_log AS l ON l.seq = s.seq "
+        "LEFT JOIN audit_checkpoints AS c ON c.seq = s.seq",
+        list(seqs),
+    )
+    return {
+        row["seq"]: (
+            None if row["chain_hash"] is None else bytes(row["chain_hash"]),
+            _checkpoint(row, "cp_"),
+        )
+        for row in rows
+    }
+
+
+async def count_waiting(conn: asyncpg.Connection) -> int:
+    """Events in the intake that the sequencer has not chained yet."""
+    count: int = await conn.fetchval("SELECT count(*) FROM audit_intake")
+    return count
+
+
 class AuditTrail:
-    """Appends events to the audit trail and lists a clinic's rows."""
+    """Writes events to the audit intake and lists a clinic's chained rows.
+
+    Safe to call concurrently; writers never wait for each other.
+    """
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def record(self, event: AuditEvent, conn: asyncpg.Connection | None = None) -> int:
-        """Append ``event``; return its seq.
+    async def record(self, event: AuditEvent, conn: asyncpg.Connection | None = None) -> None:
+        """Write ``event`` to the intake with one INSERT; it is chained shortly after.
 
-        With ``conn`` in an open transaction, the row is written inside it (in a
-        savepoint), so it commits or rolls back with the caller's change; the
-        writer lock is then held until that transaction ends. Otherwise the row
-        is committed in a transaction of its own. Raises
+        With ``conn`` (in the caller's open transaction) the event commits or
+        rolls back with the caller's change; a single statement needs no
+        savepoint. Without it, the event is committed on its own at once. Raises
         InvalidAuditEvent before touching the database when ``event`` is bad.
         """
-        clean = validate_event(event)
+        params = intake_params(event)
         if conn is not None:
-            return (await _append(conn, clean)).seq
-        async with self._pool.acquire() as own:
-            return (await _append(own, clean)).seq
+            await conn.execute(_INSERT_INTAKE, *params)
+        else:
+            await self._pool.execute(_INSERT_INTAKE, *params)
+
+    async def record_many(
+        self, events: Sequence[AuditEvent], conn: asyncpg.Connection | None = None
+    ) -> None:
+        """Write several events with one INSERT, in the given order (see :meth:`record`).
+
+        Validates them all first: one bad event writes none.
+        """
+        if not events:
+            return
+        columns: list[list[Any]] = [[] for _ in INTAKE_COLUMNS]
+        for event in events:
+            for column, value in zip(columns, intake_params(event), strict=True):
+                column.append(value)
+        if conn is not None:
+            await conn.execute(_INSERT_INTAKE_MANY, *columns)
+        else:
+            await self._pool.execute(_INSERT_INTAKE_MANY, *columns)
 
     async def list_for_clinic(
         self, *, clinic_id: UUID, after: int | None = None, limit: int = 50
     ) -> list[AuditRecord]:
-        """A clinic's rows with seq greater than ``after``, ascending, at most ``limit``."""
+        """A clinic's chained rows with seq greater than ``after``, ascending, at most ``limit``.
+
+        Events still in the intake (written in the last ~100 ms) are not listed yet.
+        """
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise AuditError(f"limit: must be between 1 and {MAX_LIST_LIMIT}")
         rows = await self._pool.fetch(
@@ -263,48 +454,3 @@ class AuditTrail:
             limit,
         )
         return [_to_record(row) for row in rows]
-
-
-async def _append(conn: asyncpg.Connection, event: AuditEvent) -> AuditRecord:
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_LOCK_KEY)
-        # FOR UPDATE as well: it also serialises writers that skip the advisory
-        # lock, and makes a stale REPEATABLE READ snapshot fail instead of forking.
-        head = await conn.fetchrow("SELECT seq, hash FROM audit_head FOR UPDATE")
-        if head is None:
-            raise AuditError("audit_head row is missing; the audit trail was tampered with")
-        # Taken after the lock so that timestamps follow seq order.
-        unhashed = AuditRecord(
-            seq=head["seq"] + 1,
-            occurred_at=datetime.now(UTC),
-            action=event.action,
-            outcome=event.outcome,
-            actor_id=event.actor_id,
-            actor_role=event.actor_role,
-            clinic_id=event.clinic_id,
-            object_type=event.object_type,
-            object_id=event.object_id,
-            ip=event.ip,
-            detail=event.detail,
-            prev_hash=bytes(head["hash"]),
-            hash=b"",
-        )
-        record = replace(unhashed, hash=compute_hash(unhashed.prev_hash, unhashed))
-        await conn.execute(
-            _INSERT,
-            record.seq,
-            record.occurred_at,
-            record.actor_id,
-            record.actor_role,
-            record.clinic_id,
-            record.action,
-            record.object_type,
-            record.object_id,
-            record.ip,
-            record.outcome,
-            _detail_json(record.detail),
-            record.prev_hash,
-            record.hash,
-        )
-        await conn.execute("UPDATE audit_head SET seq = $1, hash = $2", record.seq, record.hash)
-    return record

@@ -57,24 +57,27 @@ class PatientService:
         limit: int,
         ip: str | None,
     ) -> list[UserRecord]:
-        found = await accounts_store.list_users(
-            self._pool,
-            clinic_id=principal.clinic_id,
-            roles=[Role.PATIENT],
-            after=after,
-            limit=limit,
-            search=text,
-        )
-        await self._audit.record(
-            self._event(
-                principal, "patient.list", None, ip, results=len(found), searched=bool(text)
+        async with self._pool.acquire() as conn:
+            found = await accounts_store.list_users(
+                conn,
+                clinic_id=principal.clinic_id,
+                roles=[Role.PATIENT],
+                after=after,
+                limit=limit,
+                search=text,
             )
-        )
+            await self._audit.record(
+                self._event(
+                    principal, "patient.list", None, ip, results=len(found), searched=bool(text)
+                ),
+                conn,
+            )
         return found
 
     async def get(self, principal: Principal, patient_id: UUID, *, ip: str | None) -> UserRecord:
-        patient = await self._load(self._pool, principal, patient_id)
-        await self._audit.record(self._event(principal, "patient.read", patient_id, ip))
+        async with self._pool.acquire() as conn:
+            patient = await self._load(conn, principal, patient_id)
+            await self._audit.record(self._event(principal, "patient.read", patient_id, ip), conn)
         return patient
 
     async def update(
@@ -102,11 +105,13 @@ class PatientService:
         limit: int,
         ip: str | None,
     ) -> list[NoteRecord]:
-        await self._load(self._pool, principal, patient_id)
-        notes = await store.list_notes(self._pool, patient_id=patient_id, after=after, limit=limit)
-        await self._audit.record(
-            self._event(principal, "patient.notes.read", patient_id, ip, results=len(notes))
-        )
+        async with self._pool.acquire() as conn:
+            await self._load(conn, principal, patient_id)
+            notes = await store.list_notes(conn, patient_id=patient_id, after=after, limit=limit)
+            await self._audit.record(
+                self._event(principal, "patient.notes.read", patient_id, ip, results=len(notes)),
+                conn,
+            )
         return notes
 
     async def add_note(

@@ -141,18 +141,20 @@ class NetworkTestService:
         """Each user's newest test for the appointment; a patient sees only their own."""
         appointment = await self._appointment(principal, appointment_id)
         only = principal.user_id if principal.role is Role.PATIENT else None
-        found = await store.latest_per_user(self._pool, appointment_id, user_id=only)
-        await self._audit.record(
-            AuditEvent.by(
-                principal,
-                "network_test.list",
-                "appointment",
-                appointment_id,
-                clinic_id=appointment.clinic_id,
-                ip=ip,
-                detail={"patient_id": str(appointment.patient_id), "results": len(found)},
+        async with self._pool.acquire() as conn:
+            found = await store.latest_per_user(conn, appointment_id, user_id=only)
+            await self._audit.record(
+                AuditEvent.by(
+                    principal,
+                    "network_test.list",
+                    "appointment",
+                    appointment_id,
+                    clinic_id=appointment.clinic_id,
+                    ip=ip,
+                    detail={"patient_id": str(appointment.patient_id), "results": len(found)},
+                ),
+                conn,
             )
-        )
         return found
 
     async def latest_for(self, appointment_id: UUID, user_id: UUID) -> dict[str, Any] | None:

@@ -101,34 +101,36 @@ class CalendarFeedService:
 
     async def render(self, token: str, *, ip: str | None) -> str:
         """The feed behind ``token``; NotFound for unknown or revoked tokens."""
-        feed = await feed_store.find_calendar_feed(self._pool, _digest(token))
-        if feed is None:
-            raise NotFound("no such calendar")
-        doctor = await store.get_doctor_profile(self._pool, feed.doctor_id)
-        if doctor is None:
-            raise NotFound("no such calendar")
-        clinic = await accounts.get_clinic(self._pool, doctor.clinic_id)
-        assert clinic is not None
-        now = self._now()
-        appointments = await store.list_appointments(
-            self._pool,
-            start=now - FEED_PAST,
-            end=now + FEED_FUTURE,
-            doctor_id=doctor.user_id,
-            limit=2000,
-        )
-        rooms = await store.consultations_for(self._pool, [a.id for a in appointments])
-        links = {aid: f"{self._public_url}/join/{room.room_id}" for aid, room in rooms.items()}
-        await self._audit.record(
-            AuditEvent(
-                action="calendar_feed.read",
-                clinic_id=doctor.clinic_id,
-                object_type="calendar_feed",
-                object_id=str(feed.id),
-                ip=ip,
-                detail={"results": len(appointments)},
+        async with self._pool.acquire() as conn:
+            feed = await feed_store.find_calendar_feed(conn, _digest(token))
+            if feed is None:
+                raise NotFound("no such calendar")
+            doctor = await store.get_doctor_profile(conn, feed.doctor_id)
+            if doctor is None:
+                raise NotFound("no such calendar")
+            clinic = await accounts.get_clinic(conn, doctor.clinic_id)
+            assert clinic is not None
+            now = self._now()
+            appointments = await store.list_appointments(
+                conn,
+                start=now - FEED_PAST,
+                end=now + FEED_FUTURE,
+                doctor_id=doctor.user_id,
+                limit=2000,
             )
-        )
+            rooms = await store.consultations_for(conn, [a.id for a in appointments])
+            await self._audit.record(
+                AuditEvent(
+                    action="calendar_feed.read",
+                    clinic_id=doctor.clinic_id,
+                    object_type="calendar_feed",
+                    object_id=str(feed.id),
+                    ip=ip,
+                    detail={"results": len(appointments)},
+                ),
+                conn,
+            )
+        links = {aid: f"{self._public_url}/join/{room.room_id}" for aid, room in rooms.items()}
         return render_calendar(
             doctor_name=doctor.full_name,
             clinic_name=clinic.name,
