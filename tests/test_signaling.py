@@ -319,8 +319,12 @@ async def test_the_doctor_sees_who_waits_with_their_network_test(
 
 
 async def test_fresh_turn_credentials_are_pushed_before_the_old_ones_expire(
-    client: TestClient[Any, Any], app_pool: asyncpg.Pool, tenant: Tenant
+    start_server: StartServer,
 ) -> None:
+    # The sweep that pushes them runs every heartbeat.
+    client = await start_server(SIGNAL_HEARTBEAT_SECONDS="1")
+    app_pool: asyncpg.Pool = client.app[POOL]
+    tenant = await make_tenant(app_pool, client)
     room = await open_room(app_pool, tenant)
     service = client.app[SIGNALING]
     turn = client.app[TURN]
@@ -337,7 +341,7 @@ async def test_fresh_turn_credentials_are_pushed_before_the_old_ones_expire(
     async with _signal(client, tenant[Role.DOCTOR]) as (doctor,):
         answer = await doctor.join(room)
         first = answer["ice_servers"][0]["username"]
-        pushed = await doctor.next_event("ice_servers", within=15)
+        pushed = await doctor.next_event("ice_servers", within=10)
         assert pushed["ice_servers"][0]["username"] in issued[1:]
         assert pushed["ice_refresh_at"] > answer["ice_refresh_at"]
         assert first == issued[0]

@@ -1,10 +1,18 @@
-"""Socket.IO namespace ``/signal``: binds sockets to room peers and forwards events.
+"""Socket.IO namespace ``/signal``: binds sockets to room peers, each event to SignalingService.
 
-Each socket may be one peer in one room at a time. While bound, this process
-subscribes to the peer's bus channel and emits what arrives there to the
-socket, so the other peers' process does not matter. A dropped socket leaves
-its peer in grace (service.disconnected) and a timer here ends it if it does
-not come back. Fresh TURN credentials are pushed before the old ones expire.
+Each socket is a realtime :class:`Connection`, tracked by the session guard (a
+logout, a disabled account or an expired token closes it with ``bye {"reason"}``,
+as on ``/chat``), and may hold one peer in one room at a time. Holding a peer
+means being bound to its peer id in the ``/signal`` hub: what the service sends
+to that peer, from any process, reaches the socket. Nothing runs per socket
+while it is idle: one sweep task per process vouches for the peers held here,
+pushes fresh TURN credentials when they are due, and drops peers whose grace
+period ended (on any process) every ``SIGNAL_HEARTBEAT_SECONDS``.
+
+Events of one connection are handled one after another (the server runs with
+``async_handlers=False``). A socket may lose its peer without an event of its
+own (declined, removed, or taken over by a rejoin on another socket); the next
+sweep, or its next ``join``, notices and unbinds it.
 """
 
 from __future__ import annotations
@@ -14,15 +22,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 import socketio
 from aiohttp import web
 
-from teleconsult.api.registry import AUTHENTICATOR, Authenticator
-from teleconsult.core.bus import Subscription
+from teleconsult.core.bus import Bus
 from teleconsult.core.errors import (
     BadRequest,
     ClientError,
@@ -30,9 +36,11 @@ from teleconsult.core.errors import (
     FieldError,
     Unauthenticated,
 )
-from teleconsult.core.identity import Principal
 from teleconsult.core.settings import ChatSettings
-from teleconsult.realtime import acks
+from teleconsult.realtime import acks, seam
+from teleconsult.realtime.connection import Connection
+from teleconsult.realtime.guard import SessionGuard
+from teleconsult.realtime.hub import SLOW_CONSUMER, Hub
 from teleconsult.realtime.limits import TokenBucket, rate_limited
 from teleconsult.realtime.server import connect_auth, refusal
 from teleconsult.signaling import wire as sw
@@ -41,163 +49,222 @@ from teleconsult.signaling.service import SignalingService
 logger = logging.getLogger(__name__)
 
 NAMESPACE = "/signal"
+# The bus channel of the /signal hub: one subscription per process.
+CHANNEL = "tc.signal"
 SIGNALING = web.AppKey("signaling", SignalingService)
-EVENTS = ("join", "admit", "decline", "remove", "invite", "signal", "leave")
-# Events that end this socket's place in the room when they arrive for it.
-_SENT_AWAY = ("declined", "removed")
+EVENTS = ("join", "admit", "decline", "remove", "invite", "signal", "leave", "auth")
 
 
-@dataclass
-class Binding:
-    room_id: str
-    peer_id: str
-    subscription: Subscription
-    ice_task: asyncio.Task[None] | None = None
+def signal_hub(server: socketio.AsyncServer, bus: Bus, settings: ChatSettings) -> Hub:
+    """The hub that carries events for room peers (address: the peer id)."""
+    return Hub(
+        server,
+        bus,
+        namespace=NAMESPACE,
+        channel=CHANNEL,
+        max_events=settings.max_queued_events,
+        max_bytes=settings.max_queued_bytes,
+    )
 
 
-@dataclass
-class SignalSocket:
-    principal: Principal
-    bucket: TokenBucket
-    binding: Binding | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+class _Binding:
+    """A socket holding a peer: where, under which link, and when its TURN credentials
+    are to be refreshed (epoch s)."""
+
+    __slots__ = ("conn", "ice_at", "link", "peer_id", "room_id")
+
+    def __init__(
+        self, conn: Connection, room_id: str, peer_id: str, link: str, ice_at: float | None
+    ) -> None:
+        self.conn = conn
+        self.room_id = room_id
+        self.peer_id = peer_id
+        self.link = link
+        self.ice_at = ice_at
 
 
 class SignalNamespace(socketio.AsyncNamespace):
-    def __init__(self, app: web.Application, limits: ChatSettings) -> None:
+    def __init__(
+        self,
+        *,
+        signaling: SignalingService,
+        guard: SessionGuard,
+        hub: Hub,
+        settings: ChatSettings,
+    ) -> None:
         super().__init__(NAMESPACE)
-        self._app = app
-        self._limits = limits
-        self._sockets: dict[str, SignalSocket] = {}
-        self._timers: set[asyncio.Task[None]] = set()
-        self._beat: asyncio.Task[None] | None = None
+        self._signaling = signaling
+        self._guard = guard
+        self._hub = hub
+        self._settings = settings
+        self._connections: dict[str, Connection] = {}
+        self._bindings: dict[str, _Binding] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        guard.on_close(NAMESPACE, self.close)
+        hub.on_slow_consumer(self.close)
 
-    @property
-    def _service(self) -> SignalingService:
-        return self._app[SIGNALING]
-
-    @property
-    def _accounts(self) -> Authenticator:
-        return self._app[AUTHENTICATOR]
+    def connection_count(self) -> int:
+        return len(self._connections)
 
     # --- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._beat = asyncio.create_task(self._heartbeat(), name="signal-heartbeat")
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="signal-sweep")
 
     async def stop(self) -> None:
-        tasks = [*self._timers, *([self._beat] if self._beat else [])]
-        for sock in self._sockets.values():
-            if sock.binding and sock.binding.ice_task:
-                tasks.append(sock.binding.ice_task)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for sock in list(self._sockets.values()):
-            if sock.binding is not None:
-                with contextlib.suppress(Exception):
-                    await sock.binding.subscription.close()
-        self._sockets.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        self._bindings.clear()
+        self._connections.clear()
 
-    async def _heartbeat(self) -> None:
+    async def _sweep_forever(self) -> None:
+        failing = False
         while True:
-            await asyncio.sleep(self._service.settings.heartbeat_seconds)
-            entries = [
-                (s.binding.room_id, s.binding.peer_id)
-                for s in self._sockets.values()
-                if s.binding is not None
-            ]
+            await asyncio.sleep(self._signaling.settings.heartbeat_seconds)
             try:
-                await self._service.touch(entries)
-            except Exception:
-                logger.warning("could not refresh room peers", exc_info=True)
+                await self.sweep()
+            except Exception as exc:
+                # One line when sweeps start failing, one when they work again.
+                if not failing:
+                    logger.warning("signal sweep failed (%s); retrying", type(exc).__name__)
+                failing = True
+            else:
+                if failing:
+                    logger.info("signal sweep works again")
+                failing = False
+
+    async def sweep(self) -> None:
+        """Vouch for the peers held here (unbinding sockets that lost theirs), push TURN
+        credentials that are due, and drop peers whose time is up. Raises the first
+        failure after trying every step."""
+        failure: Exception | None = None
+        for step in (self._vouch, self._refresh_ice, self._signaling.sweep):
+            try:
+                await step()
+            except Exception as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
+    async def _vouch(self) -> None:
+        bindings = list(self._bindings.values())
+        lost = await self._signaling.vouch([(b.room_id, b.peer_id, b.link) for b in bindings])
+        for i in lost:
+            binding = bindings[i]
+            if self._bindings.get(binding.conn.sid) is binding:
+                self._unbind(binding.conn)
+
+    async def _refresh_ice(self) -> None:
+        """Fresh TURN credentials for sockets whose credentials are due within a period."""
+        soon = time.time() + self._signaling.settings.heartbeat_seconds
+        for binding in list(self._bindings.values()):
+            if binding.ice_at is None or binding.ice_at > soon or binding.conn.closing:
+                continue
+            ice, refresh_at = self._signaling.ice_servers(binding.conn.user_id)
+            binding.ice_at = refresh_at
+            data = {"ice_servers": ice, "ice_refresh_at": refresh_at}
+            await self.emit("ice_servers", data, to=binding.conn.sid)
 
     # --- connection -------------------------------------------------------------------
 
     async def on_connect(self, sid: str, environ: Any, auth: Any = None) -> None:
         try:
-            token, _ = connect_auth(auth)
-            principal = await self._accounts.authenticate(token)
+            token, encoding = connect_auth(auth)
+            grant = await self._guard.authority.grant(token)
         except ClientError as exc:
             raise refusal(acks.error_ack(exc)["error"]) from None
-        limits = self._limits
-        bucket = TokenBucket(limits.events_per_second, limits.event_burst)
-        self._sockets[sid] = SignalSocket(principal, bucket)
+        eio = seam.eio_sid(self.server, sid, NAMESPACE)
+        if eio is None:  # the client went away while we checked its token
+            raise refusal(acks.error_ack(Unauthenticated("not connected"))["error"])
+        s = self._settings
+        conn = Connection(
+            sid=sid,
+            eio=eio,
+            namespace=NAMESPACE,
+            grant=grant,
+            encoding=encoding,
+            bucket=TokenBucket(s.events_per_second, s.event_burst),
+        )
+        self._connections[sid] = conn
+        self._guard.track(conn)
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
-        sock = self._sockets.pop(sid, None)
-        if sock is None or sock.binding is None:
+        conn = self._connections.pop(sid, None)
+        if conn is None:
             return
-        binding = await self._unbind(sock)
+        conn.closing = True
+        self._guard.forget(conn)
+        binding = self._unbind(conn)
         if binding is None:
             return
         try:
-            await self._service.disconnected(binding.room_id, binding.peer_id)
+            await self._signaling.disconnected(binding.room_id, binding.peer_id, binding.link)
         except Exception:
             logger.warning("could not record a dropped peer", exc_info=True)
-        service = self._service
-        self._later(
-            service.settings.grace_seconds + 0.5,
-            lambda: service.expire(binding.room_id, binding.peer_id),
-        )
 
-    def _later(self, delay: float, job: Callable[[], Awaitable[None]]) -> None:
-        async def run() -> None:
-            await asyncio.sleep(delay)
-            try:
-                await job()
-            except Exception:
-                logger.warning("a delayed room task failed", exc_info=True)
-
-        task = asyncio.create_task(run())
-        self._timers.add(task)
-        task.add_done_callback(self._timers.discard)
+    async def close(self, conn: Connection, reason: str) -> None:
+        """Say why, ahead of anything the client has not read yet, then disconnect."""
+        conn.closing = True
+        self._hub.tell(conn, "bye", {"reason": reason}, first=reason == SLOW_CONSUMER)
+        await self.server.disconnect(conn.sid, namespace=NAMESPACE)
 
     # --- events -----------------------------------------------------------------------
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
-        if event in ("connect", "disconnect"):
-            return await super().trigger_event(event, *args)
         sid = args[0]
+        # The server's own connect and disconnect come while the sid is pending; a
+        # client may also emit events with those names, which must not reach here.
+        if event in ("connect", "disconnect") and not self.server.manager.is_connected(
+            sid, NAMESPACE
+        ):
+            return await super().trigger_event(event, *args)
         data = args[1] if len(args) > 1 else None
-        sock = self._sockets.get(sid)
-        if sock is None:
+        conn = self._connections.get(sid)
+        if conn is None or conn.closing:
             return acks.error_ack(Unauthenticated("not connected"))
-        wait = sock.bucket.take()
+        wait = conn.bucket.take()
         if wait:
             return acks.error_ack(rate_limited(wait))
+        if event == "auth":
+            return await self._reauth(conn, data)
+        if conn.expired():
+            return acks.error_ack(
+                Unauthenticated(
+                    "the access token expired; send auth with a fresh one",
+                    code=ErrorCode.TOKEN_EXPIRED,
+                )
+            )
         try:
-            async with sock.lock:
-                result = await self._handle(sid, sock, event, data)
-            return acks.ok(**result)
+            return acks.ok(**await self._handle(conn, event, data))
         except ClientError as exc:
             return acks.error_ack(exc)
         except Exception:
             logger.exception("signal event %s failed", event)
             return acks.internal_error_ack()
 
-    async def _handle(self, sid: str, sock: SignalSocket, event: str, data: Any) -> dict[str, Any]:
-        service = self._service
+    async def _reauth(self, conn: Connection, data: Any) -> dict[str, Any]:
+        """A fresh access token for a long-lived connection (after a refresh)."""
+        try:
+            token, _ = connect_auth(data, encoding=conn.encoding)
+            grant = await self._guard.authority.grant(token)
+            if grant.principal.user_id != conn.user_id:
+                raise Unauthenticated("the token is for another user")
+        except ClientError as exc:
+            return acks.error_ack(exc)
+        conn.renew(grant)
+        return acks.ok()
+
+    async def _handle(self, conn: Connection, event: str, data: Any) -> dict[str, Any]:
+        service = self._signaling
         if event == "join":
-            req = acks.parse(sw.JoinRequest, data)
-            if sock.binding is not None:
-                raise BadRequest("leave the current room first")
-            heard: list[Subscription] = []
-
-            async def listen(peer_id: str) -> None:
-                heard.append(await service.subscribe(peer_id, self._forwarder(sid, sock, peer_id)))
-
-            try:
-                joined = await service.join(sock.principal, req.room_id, req.peer_id, listen=listen)
-            except BaseException:
-                for subscription in heard:
-                    with contextlib.suppress(Exception):
-                        await subscription.close()
-                raise
-            self._bind(sid, sock, joined.room_id, joined.peer.peer_id, joined.answer, heard[-1])
-            return joined.answer
-        binding = sock.binding
+            return await self._join(conn, data)
+        binding = self._bindings.get(conn.sid)
         if binding is None:
+            if event not in EVENTS:
+                raise ClientError(f"unknown event {event!r}; expected one of {', '.join(EVENTS)}")
             raise ClientError("join a room first", code=ErrorCode.NOT_IN_ROOM)
         room, me = binding.room_id, binding.peer_id
         if event == "signal":
@@ -209,75 +276,69 @@ class SignalNamespace(socketio.AsyncNamespace):
                     code=ErrorCode.PAYLOAD_TOO_LARGE,
                     fields=[FieldError("data.sdp", "too large")],
                 )
-            await service.relay(sock.principal, room, me, req_s.to, message)
+            await service.relay(conn.principal, room, me, req_s.to, message)
             return {}
         if event in ("admit", "decline", "remove"):
             target = acks.parse(sw.PeerRequest, data).peer_id
-            action = {"admit": service.admit, "decline": service.decline, "remove": service.remove}
-            await action[event](sock.principal, room, me, target)
+            action: dict[str, Callable[..., Awaitable[None]]] = {
+                "admit": service.admit,
+                "decline": service.decline,
+                "remove": service.remove,
+            }
+            await action[event](conn.principal, room, me, target)
             return {}
         if event == "invite":
             user_id = acks.parse(sw.InviteRequest, data).user_id
-            await service.invite(sock.principal, room, me, user_id)
+            await service.invite(conn.principal, room, me, user_id)
             return {}
         if event == "leave":
-            await self._unbind(sock)
-            await service.leave(sock.principal, room, me)
+            self._unbind(conn)
+            await service.leave(room, me, binding.link)
             return {}
         raise ClientError(f"unknown event {event!r}; expected one of {', '.join(EVENTS)}")
 
-    # --- binding a socket to a peer ---------------------------------------------------
+    async def _join(self, conn: Connection, data: Any) -> dict[str, Any]:
+        req = acks.parse(sw.JoinRequest, data)
+        held = self._bindings.get(conn.sid)
+        if held is not None:
+            if await self._signaling.holds(held.room_id, held.peer_id, held.link):
+                raise BadRequest("leave the current room first")
+            self._unbind(conn)  # sent away, or taken over by a rejoin elsewhere
+        heard: list[str] = []
 
-    def _forwarder(
-        self, sid: str, sock: SignalSocket, peer_id: str
-    ) -> Callable[[bytes], Awaitable[None]]:
-        """What arrives on the peer's bus channel, emitted to its socket."""
+        def listen(peer_id: str) -> None:
+            self._hub.bind(peer_id, conn)
+            heard.append(peer_id)
 
-        async def forward(frame: bytes) -> None:
-            try:
-                decoded = msgpack.unpackb(frame, raw=False)
-                event, data = decoded["e"], decoded["d"]
-            except (ValueError, KeyError, TypeError, msgpack.ExtraData):
-                return
-            await self.emit(event, data, to=sid)
-            if event in _SENT_AWAY and sock.binding is not None and sock.binding.peer_id == peer_id:
-                await self._unbind(sock)
-
-        return forward
-
-    def _bind(
-        self,
-        sid: str,
-        sock: SignalSocket,
-        room_id: str,
-        peer_id: str,
-        answer: dict[str, Any],
-        subscription: Subscription,
-    ) -> None:
-        binding = Binding(room_id, peer_id, subscription)
-        refresh_at = answer.get("ice_refresh_at")
-        if refresh_at:
-            binding.ice_task = asyncio.create_task(self._refresh_ice(sid, sock, float(refresh_at)))
-        sock.binding = binding
-
-    async def _unbind(self, sock: SignalSocket) -> Binding | None:
-        binding, sock.binding = sock.binding, None
-        if binding is None:
-            return None
-        if binding.ice_task is not None:
-            binding.ice_task.cancel()
-        with contextlib.suppress(Exception):
-            await binding.subscription.close()
-        return binding
-
-    async def _refresh_ice(self, sid: str, sock: SignalSocket, at: float) -> None:
-        """Send fresh TURN credentials before the ones in use expire."""
-        while True:
-            await asyncio.sleep(max(1.0, at - time.time()))
-            ice, refresh_at = self._service.ice_servers(sock.principal.user_id)
-            await self.emit(
-                "ice_servers", {"ice_servers": ice, "ice_refresh_at": refresh_at}, to=sid
+        try:
+            joined = await self._signaling.join(
+                conn.principal, req.room_id, req.peer_id, listen=listen
             )
-            if not refresh_at:
-                return
-            at = float(refresh_at)
+        except BaseException:
+            for peer_id in heard:
+                self._hub.unbind(peer_id, conn)
+            raise
+        peer = joined.peer
+        for peer_id in heard:
+            if peer_id != peer.peer_id:
+                self._hub.unbind(peer_id, conn)
+        if conn.closing or self._connections.get(conn.sid) is not conn:
+            # It went away while joining: its peer goes into grace like any dropped one.
+            self._hub.unbind(peer.peer_id, conn)
+            await self._signaling.disconnected(joined.room_id, peer.peer_id, peer.link)
+            raise Unauthenticated("not connected")
+        refresh_at = joined.answer.get("ice_refresh_at")
+        self._bindings[conn.sid] = _Binding(
+            conn,
+            joined.room_id,
+            peer.peer_id,
+            peer.link,
+            float(refresh_at) if refresh_at else None,
+        )
+        return joined.answer
+
+    def _unbind(self, conn: Connection) -> _Binding | None:
+        binding = self._bindings.pop(conn.sid, None)
+        if binding is not None:
+            self._hub.unbind(binding.peer_id, conn)
+        return binding

@@ -1,11 +1,11 @@
 """Consultation rooms: who may join, the waiting room, relaying, reconnect grace.
 
-Transport-free: the Socket.IO namespace (namespace.py) binds a socket to a
-peer and forwards events; everything that decides lives here. Events for a
-peer go through the bus channel ``tc.peer.<peer id>``, so peers of one room
-reach each other whichever server process holds their socket. The room
-itself (who is in, waiting or admitted, connected or in grace) is in the
-shared :class:`RoomRegistry`.
+Transport-free: the Socket.IO namespace (namespace.py) binds a socket to a peer
+and forwards events; everything that decides lives here. Events for peers leave
+through the :class:`Outbox` (the ``/signal`` hub), addressed by peer id, and
+reach the peer's socket on whichever server process holds it. The room itself
+(who is in, waiting or admitted, connected or in grace) is in the shared
+:class:`RoomRegistry`, changed by one atomic step per operation.
 
 Rules:
 * Only the appointment's doctor and patient, and users the doctor invited,
@@ -18,29 +18,42 @@ Rules:
   The doctor is never turned away from their own room.
 * A peer whose socket drops keeps its place for ``grace_seconds`` and comes
   back with the same peer id (``reconnected``); the others are told both
-  times and do an ICE restart.
+  times and do an ICE restart. Peers whose grace ended, or whose process
+  stopped vouching for them, are dropped by :meth:`SignalingService.sweep`.
+
+A join costs two statements on one database connection (access with the
+invitation; the room events with the consultation's opening) and one registry
+step; the waiting patient's network test is read only when a doctor is there to
+be told (tests/test_signaling_costs.py counts them).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 import asyncpg
-import msgpack
 
 from teleconsult.accounts import store as accounts
-from teleconsult.core.bus import Bus, Handler, Subscription
 from teleconsult.core.errors import Conflict, ErrorCode, Forbidden, NotFound
 from teleconsult.core.identity import Principal
 from teleconsult.core.settings import SignalSettings
 from teleconsult.signaling import store
-from teleconsult.signaling.rooms import Peer, RoomRegistry, RoomRole, Status, new_peer_id
+from teleconsult.signaling.rooms import (
+    Change,
+    Peer,
+    PeerRef,
+    RoomRegistry,
+    RoomRole,
+    new_link,
+    new_peer_id,
+)
+from teleconsult.signaling.store import NewEvent
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +61,15 @@ logger = logging.getLogger(__name__)
 IceProvider = Callable[[UUID], tuple[list[dict[str, Any]], float | None]]
 # The user's latest pre-call network result for an appointment, for the doctor.
 NetworkLookup = Callable[[UUID, UUID], Awaitable[Mapping[str, Any] | None]]
+# Called with a peer id before anyone can learn of that peer (its socket listens).
+Listen = Callable[[str], None]
 
 
-def channel(peer_id: str) -> str:
-    return f"tc.peer.{peer_id}"
+class Outbox(Protocol):
+    """Where events for peers go (the /signal hub): to every socket bound to a peer
+    id, on any server process. Never blocks."""
+
+    def publish(self, addresses: Iterable[str], event: str, data: Mapping[str, Any]) -> None: ...
 
 
 def polite(me: str, other: str) -> bool:
@@ -67,20 +85,28 @@ class Joined:
     rejoined: bool
 
 
+def _event(kind: str, peer: Peer) -> NewEvent:
+    return NewEvent(kind, peer.user_id, peer.role, peer.peer_id)
+
+
+def _admitted(peers: Iterable[Peer]) -> list[Peer]:
+    return [p for p in peers if p.status == "admitted"]
+
+
 class SignalingService:
     def __init__(
         self,
         *,
         pool: asyncpg.Pool,
         rooms: RoomRegistry,
-        bus: Bus,
+        outbox: Outbox,
         settings: SignalSettings,
         ice: IceProvider | None = None,
         network: NetworkLookup | None = None,
     ) -> None:
         self._pool = pool
         self._rooms = rooms
-        self._bus = bus
+        self._outbox = outbox
         self._settings = settings
         self._ice: IceProvider = ice or (lambda _user: ([], None))
         self._network = network
@@ -92,29 +118,24 @@ class SignalingService:
     def ice_servers(self, user_id: UUID) -> tuple[list[dict[str, Any]], float | None]:
         return self._ice(user_id)
 
-    async def subscribe(self, peer_id: str, handler: Handler) -> Subscription:
-        """Receive what is sent to ``peer_id`` (its socket is on this process)."""
-        return await self._bus.subscribe(channel(peer_id), handler)
-
-    async def notify(self, peer_ids: Iterable[str], event: str, data: Mapping[str, Any]) -> None:
-        frame = msgpack.packb({"e": event, "d": dict(data)}, use_bin_type=True)
-        for peer_id in dict.fromkeys(peer_ids):
-            await self._bus.publish(channel(peer_id), frame)
+    def notify(self, peers: Iterable[Peer], event: str, data: Mapping[str, Any]) -> None:
+        addresses = [p.peer_id for p in peers]
+        if addresses:
+            self._outbox.publish(addresses, event, data)
 
     # --- access -----------------------------------------------------------------------
 
-    async def _access(
-        self, principal: Principal, room_id: str
-    ) -> tuple[store.RoomAccess, RoomRole]:
-        access = await store.room_access(self._pool, room_id)
-        if access is None or access.clinic_id != principal.clinic_id:
+    @staticmethod
+    def _role(principal: Principal, access: store.RoomAccess) -> RoomRole:
+        """The caller's role in the room now, or why it may not enter."""
+        if access.clinic_id != principal.clinic_id:
             raise NotFound("room not found")
         role: RoomRole
         if principal.user_id == access.doctor_id:
             role = "doctor"
         elif principal.user_id == access.patient_id:
             role = "patient"
-        elif await store.is_invited(self._pool, access.consultation_id, principal.user_id):
+        elif access.invited:
             role = "guest"
         else:
             raise NotFound("room not found")
@@ -134,78 +155,79 @@ class SignalingService:
                 + (" and this consultation is over" if closed else ""),
                 code=ErrorCode.OUTSIDE_JOIN_WINDOW,
             )
-        return access, role
+        return role
 
     # --- joining and leaving ----------------------------------------------------------
 
     async def join(
-        self,
-        principal: Principal,
-        room_id: str,
-        peer_id: str | None,
-        *,
-        listen: Callable[[str], Awaitable[None]] | None = None,
+        self, principal: Principal, room_id: str, peer_id: str | None, *, listen: Listen
     ) -> Joined:
         """Enter the room (or come back to one's peer within the grace period).
 
-        ``listen(peer_id)`` is awaited once the peer id is settled and before
-        anyone is told about the peer, so its socket hears every answer to its
-        arrival (``admitted``, offers) even when the bus needs a round trip to
-        subscribe."""
-        access, role = await self._access(principal, room_id)
+        ``listen(peer_id)`` is called for the new peer id before the room can show
+        that peer to anyone, and again for the old id when the caller gets its peer
+        back (before the others are told), so the socket hears every answer to its
+        arrival (``admitted``, offers). The peer id in the answer is the one that
+        counts; the caller stops listening to the other.
+
+        Should recording fail after the room took the peer, the join fails and the
+        peer, held by no socket, is dropped by the sweep once nobody vouches for it."""
         now = time.time()
-        async with self._rooms.locked(room_id):
-            peers = await self._pruned(room_id, access, now)
-            mine = peers.get(peer_id) if peer_id else None
-            if mine is not None and mine.user_id == principal.user_id:
-                peer = replace(mine, connected=True, grace_until=None, seen=now)
-                if listen is not None:
-                    await listen(peer.peer_id)
-                await self._rooms.put(room_id, peer)
-                others = [p for p in peers.values() if p.peer_id != peer.peer_id]
-                if peer.status == "admitted":
-                    await self.notify(
-                        self._admitted(others), "peer_reconnected", {"peer_id": peer.peer_id}
-                    )
-                await self._record(access, "reconnected", peer)
-                return Joined(room_id, peer, self._answer(peer, others), rejoined=True)
-            # A new peer of this user replaces any older one (an app restart, a new tab).
-            for old in [p for p in peers.values() if p.user_id == principal.user_id]:
-                await self._drop(room_id, access, old, peers, kind="left")
-                del peers[old.peer_id]
-            if role != "doctor" and len(peers) >= self._settings.max_p2p_peers:
-                raise Conflict(
-                    f"this call already has {len(peers)} people; more need the SFU",
-                    code=ErrorCode.SFU_REQUIRED,
-                )
-            status: Status = "admitted" if role == "doctor" else "waiting"
-            peer = Peer(
+        async with self._pool.acquire() as conn:
+            access = await store.room_access(conn, room_id, principal.user_id)
+            if access is None:
+                raise NotFound("room not found")
+            role = self._role(principal, access)
+            candidate = Peer(
                 peer_id=new_peer_id(),
                 user_id=principal.user_id,
                 role=role,
-                status=status,
+                status="admitted" if role == "doctor" else "waiting",
                 connected=True,
                 joined_at=now,
                 seen=now,
+                link=new_link(),
             )
-            if listen is not None:
-                await listen(peer.peer_id)
-            await self._rooms.put(room_id, peer)
-            others = list(peers.values())
-            if status == "waiting":
-                await self._record(access, "waiting", peer)
-                doctors = [
-                    p.peer_id for p in others if p.role == "doctor" and p.status == "admitted"
-                ]
-                await self.notify(doctors, "waiting", await self._waiting_view(access, peer))
-            else:
-                await self._record(access, "joined", peer)
-                await self._announce_admitted(room_id, access, peer, others)
-            return Joined(room_id, peer, self._answer(peer, others), rejoined=False)
+            listen(candidate.peer_id)
+            entry = await self._rooms.enter(
+                room_id, candidate, rejoin=peer_id, max_peers=self._settings.max_p2p_peers
+            )
+            peer, others = entry.peer, list(entry.others)
+            if entry.outcome == "rejoined":
+                listen(peer.peer_id)
+            events = [_event("left", p) for p in entry.gone]
+            if entry.gone and not others:
+                events.append(NewEvent("ended"))
+            opens = False
+            if entry.outcome == "rejoined":
+                events.append(_event("reconnected", peer))
+            elif entry.outcome == "joined":
+                events.append(_event("joined" if peer.status == "admitted" else "waiting", peer))
+                opens = peer.status == "admitted" and bool(_admitted(others))
+            await store.record(conn, room_id, events, open_if=opens)
+        self._tell_gone(entry.gone, others)
+        if entry.outcome == "full":
+            raise Conflict(
+                f"this call already has {len(others)} people; more need the SFU",
+                code=ErrorCode.SFU_REQUIRED,
+            )
+        if entry.outcome == "rejoined":
+            if peer.status == "admitted":
+                self.notify(_admitted(others), "peer_reconnected", {"peer_id": peer.peer_id})
+        elif peer.status == "waiting":
+            doctors = [p for p in others if p.role == "doctor" and p.connected]
+            if doctors:
+                self.notify(doctors, "waiting", await self._waiting_view(access, peer))
+        else:
+            for other in _admitted(others):
+                self.notify([other], "peer_joined", self._view(other, peer))
+        return Joined(
+            room_id, peer, self._answer(peer, others), rejoined=entry.outcome == "rejoined"
+        )
 
-    def _answer(self, peer: Peer, others: list[Peer]) -> dict[str, Any]:
+    def _answer(self, peer: Peer, others: Sequence[Peer]) -> dict[str, Any]:
         ice, refresh_at = self._ice(peer.user_id)
-        visible = others if peer.role == "doctor" else [p for p in others if p.status == "admitted"]
+        visible = others if peer.role == "doctor" else _admitted(others)
         if peer.status != "admitted":
             visible = []
         return {
@@ -219,7 +241,8 @@ class SignalingService:
             "max_peers": self._settings.max_p2p_peers,
         }
 
-    def _view(self, me: Peer, other: Peer) -> dict[str, Any]:
+    @staticmethod
+    def _view(me: Peer, other: Peer) -> dict[str, Any]:
         view: dict[str, Any] = {
             "peer_id": other.peer_id,
             "role": other.role,
@@ -245,110 +268,63 @@ class SignalingService:
             "network_test": dict(result) if result is not None else None,
         }
 
-    @staticmethod
-    def _admitted(peers: Iterable[Peer]) -> list[str]:
-        return [p.peer_id for p in peers if p.status == "admitted"]
+    def _tell_gone(self, gone: Iterable[Peer], rest: Sequence[Peer]) -> None:
+        """Those who saw a dropped peer learn that it left."""
+        for peer in gone:
+            if peer.status == "admitted":
+                self.notify(_admitted(rest), "peer_left", {"peer_id": peer.peer_id})
+            else:
+                doctors = [p for p in rest if p.role == "doctor"]
+                self.notify(doctors, "waiting_left", {"peer_id": peer.peer_id})
 
-    async def _announce_admitted(
-        self, room_id: str, access: store.RoomAccess, peer: Peer, others: list[Peer]
-    ) -> None:
-        for other in others:
-            if other.status == "admitted":
-                await self.notify([other.peer_id], "peer_joined", self._view(other, peer))
-        if sum(1 for p in others if p.status == "admitted") >= 1 and await store.mark_open(
-            self._pool, access.consultation_id
-        ):
-            await store.record(self._pool, access.consultation_id, "started")
+    async def _dropped(self, room_id: str, change: Change, kind: str) -> None:
+        events = [_event(kind, change.peer)]
+        if not change.others:
+            events.append(NewEvent("ended"))
+        await store.record(self._pool, room_id, events)
+        self._tell_gone([change.peer], change.others)
 
-    async def leave(self, principal: Principal, room_id: str, peer_id: str) -> None:
-        access = await store.room_access(self._pool, room_id)
-        if access is None:
-            return
-        async with self._rooms.locked(room_id):
-            peers = await self._rooms.peers(room_id)
-            peer = peers.get(peer_id)
-            if peer is None or peer.user_id != principal.user_id:
-                return
-            await self._drop(room_id, access, peer, peers, kind="left")
+    async def leave(self, room_id: str, peer_id: str, link: str) -> None:
+        """The socket holding the peer (``link``) leaves the room; nothing if it lost it."""
+        change = await self._rooms.drop(room_id, peer_id, link=link)
+        if change is not None:
+            await self._dropped(room_id, change, "left")
 
-    async def _drop(
-        self,
-        room_id: str,
-        access: store.RoomAccess,
-        peer: Peer,
-        peers: Mapping[str, Peer],
-        *,
-        kind: str,
-    ) -> None:
-        await self._rooms.remove(room_id, peer.peer_id)
-        await self._record(access, kind, peer)
-        rest = [p for p in peers.values() if p.peer_id != peer.peer_id]
-        if peer.status == "admitted":
-            await self.notify(self._admitted(rest), "peer_left", {"peer_id": peer.peer_id})
-        else:
-            doctors = [p.peer_id for p in rest if p.role == "doctor"]
-            await self.notify(doctors, "waiting_left", {"peer_id": peer.peer_id})
-        if not rest:
-            await store.record(self._pool, access.consultation_id, "ended")
-
-    async def _record(self, access: store.RoomAccess, kind: str, peer: Peer) -> None:
-        await store.record(
-            self._pool,
-            access.consultation_id,
-            kind,
-            user_id=peer.user_id,
-            role=peer.role,
-            peer_id=peer.peer_id,
-        )
-
-    async def _pruned(self, room_id: str, access: store.RoomAccess, now: float) -> dict[str, Peer]:
-        """The room without peers whose grace ran out or whose process went quiet."""
-        peers = await self._rooms.peers(room_id)
-        quiet = now - 3 * self._settings.heartbeat_seconds
-        for peer in list(peers.values()):
-            expired = (
-                not peer.connected and peer.grace_until is not None and peer.grace_until <= now
-            )
-            if expired or peer.seen < quiet:
-                await self._drop(room_id, access, peer, peers, kind="left")
-                del peers[peer.peer_id]
-        return peers
+    async def holds(self, room_id: str, peer_id: str, link: str) -> bool:
+        """Whether the socket binding ``link`` still holds the peer."""
+        peer = (await self._rooms.peers(room_id)).get(peer_id)
+        return peer is not None and peer.link == link
 
     # --- the doctor's controls --------------------------------------------------------
 
-    async def _doctor_in(
-        self, principal: Principal, room_id: str, peer_id: str
-    ) -> tuple[store.RoomAccess, dict[str, Peer], Peer]:
-        access = await store.room_access(self._pool, room_id)
-        if access is None:
-            raise NotFound("room not found")
+    async def _doctor_in(self, principal: Principal, room_id: str, peer_id: str) -> dict[str, Peer]:
         peers = await self._rooms.peers(room_id)
         me = peers.get(peer_id)
         if me is None or me.user_id != principal.user_id:
             raise Conflict("join the room first", code=ErrorCode.NOT_IN_ROOM)
         if me.role != "doctor":
             raise Forbidden("only the consultation's doctor may do that")
-        return access, peers, me
+        return peers
 
     async def admit(self, principal: Principal, room_id: str, peer_id: str, target: str) -> None:
-        async with self._rooms.locked(room_id):
-            access, peers, me = await self._doctor_in(principal, room_id, peer_id)
-            peer = peers.get(target)
-            if peer is None:
-                raise NotFound("nobody with that peer id is in the room")
-            if peer.status == "admitted":
-                return
-            admitted = [p for p in peers.values() if p.status == "admitted"]
-            if len(admitted) >= self._settings.max_p2p_peers:
-                raise Conflict(
-                    "the peer-to-peer call is full; more need the SFU", code=ErrorCode.SFU_REQUIRED
-                )
-            peer = replace(peer, status="admitted")
-            await self._rooms.put(room_id, peer)
-            await self._record(access, "admitted", peer)
-            others = [p for p in peers.values() if p.peer_id != peer.peer_id]
-            await self.notify([peer.peer_id], "admitted", self._answer(peer, others))
-            await self._announce_admitted(room_id, access, peer, others)
+        await self._doctor_in(principal, room_id, peer_id)
+        outcome, change = await self._rooms.admit(
+            room_id, target, max_peers=self._settings.max_p2p_peers
+        )
+        if outcome == "absent":
+            raise NotFound("nobody with that peer id is in the room")
+        if outcome == "full":
+            raise Conflict(
+                "the peer-to-peer call is full; more need the SFU", code=ErrorCode.SFU_REQUIRED
+            )
+        if outcome != "admitted" or change is None:
+            return
+        peer, others = change.peer, change.others
+        admitted = _admitted(others)
+        await store.record(self._pool, room_id, [_event("admitted", peer)], open_if=bool(admitted))
+        self.notify([peer], "admitted", self._answer(peer, others))
+        for other in admitted:
+            self.notify([other], "peer_joined", self._view(other, peer))
 
     async def decline(self, principal: Principal, room_id: str, peer_id: str, target: str) -> None:
         await self._send_away(principal, room_id, peer_id, target, kind="declined")
@@ -359,23 +335,22 @@ class SignalingService:
     async def _send_away(
         self, principal: Principal, room_id: str, peer_id: str, target: str, *, kind: str
     ) -> None:
-        async with self._rooms.locked(room_id):
-            access, peers, me = await self._doctor_in(principal, room_id, peer_id)
-            peer = peers.get(target)
-            if peer is None or peer.peer_id == me.peer_id:
-                raise NotFound("nobody else with that peer id is in the room")
-            await self.notify([peer.peer_id], kind, {"by": me.peer_id})
-            await self._drop(room_id, access, peer, peers, kind=kind)
+        peers = await self._doctor_in(principal, room_id, peer_id)
+        peer = peers.get(target)
+        if peer is None or peer.peer_id == peer_id:
+            raise NotFound("nobody else with that peer id is in the room")
+        self.notify([peer], kind, {"by": peer_id})
+        change = await self._rooms.drop(room_id, target)
+        if change is not None:
+            await self._dropped(room_id, change, kind)
 
     async def invite(self, principal: Principal, room_id: str, peer_id: str, user_id: UUID) -> None:
-        access, _, _ = await self._doctor_in(principal, room_id, peer_id)
-        user = await accounts.get_user(self._pool, user_id)
-        if user is None or user.clinic_id != access.clinic_id:
-            raise NotFound("user not found")
-        await store.invite(self._pool, access.consultation_id, user_id, principal.user_id)
-        await store.record(
-            self._pool, access.consultation_id, "invited", user_id=user_id, role=user.role.value
-        )
+        await self._doctor_in(principal, room_id, peer_id)
+        async with self._pool.acquire() as conn:
+            user = await accounts.get_user(conn, user_id)
+            if user is None or user.clinic_id != principal.clinic_id:
+                raise NotFound("user not found")
+            await store.invite(conn, room_id, user_id, user.role.value, principal.user_id)
 
     # --- relay ------------------------------------------------------------------------
 
@@ -391,43 +366,39 @@ class SignalingService:
         other = peers.get(target)
         if other is None or other.status != "admitted" or other.peer_id == me.peer_id:
             raise NotFound("no admitted peer with that id in this room")
-        await self.notify([target], "signal", {"from": peer_id, **message})
+        self.notify([other], "signal", {"from": peer_id, **message})
 
-    # --- connection loss --------------------------------------------------------------
+    # --- connection loss and the sweep ------------------------------------------------
 
-    async def disconnected(self, room_id: str, peer_id: str) -> None:
-        """The socket dropped: keep the place for the grace period and tell the others."""
-        async with self._rooms.locked(room_id):
-            peers = await self._rooms.peers(room_id)
-            peer = peers.get(peer_id)
-            if peer is None:
-                return
-            until = time.time() + self._settings.grace_seconds
-            await self._rooms.put(room_id, replace(peer, connected=False, grace_until=until))
-            access = await store.room_access(self._pool, room_id)
-            if access is not None:
-                await self._record(access, "disconnected", peer)
-            rest = [p for p in peers.values() if p.peer_id != peer_id]
-            if peer.status == "admitted":
-                await self.notify(self._admitted(rest), "peer_disconnected", {"peer_id": peer_id})
-
-    async def expire(self, room_id: str, peer_id: str) -> None:
-        """After the grace period: drop the peer unless it came back."""
-        access = await store.room_access(self._pool, room_id)
-        if access is None:
+    async def disconnected(self, room_id: str, peer_id: str, link: str) -> None:
+        """The socket holding the peer dropped: keep the place for the grace period and
+        tell the others. Nothing when that socket no longer held the peer."""
+        until = time.time() + self._settings.grace_seconds
+        change = await self._rooms.disconnect(room_id, peer_id, link=link, grace_until=until)
+        if change is None:
             return
-        async with self._rooms.locked(room_id):
-            peers = await self._rooms.peers(room_id)
-            peer = peers.get(peer_id)
-            if peer is None or peer.connected:
-                return
-            if peer.grace_until is not None and peer.grace_until > time.time():
-                return
-            await self._drop(room_id, access, peer, peers, kind="left")
+        await store.record(self._pool, room_id, [_event("disconnected", change.peer)])
+        if change.peer.status == "admitted":
+            self.notify(_admitted(change.others), "peer_disconnected", {"peer_id": peer_id})
 
-    async def touch(self, entries: list[tuple[str, str]]) -> None:
-        await self._rooms.touch(entries, time.time())
+    async def vouch(self, held: Sequence[tuple[str, str, str]]) -> list[int]:
+        """This process still holds these peers (room id, peer id, link); the indexes of
+        those it does not hold any more (sent away, or taken over by a rejoin)."""
+        if not held:
+            return []
+        return await self._rooms.touch(held, time.time())
+
+    async def sweep(self) -> int:
+        """Drop the peers whose grace ended or whose process went quiet; how many."""
+        now = time.time()
+        dropped = 0
+        due: list[PeerRef] = await self._rooms.due(now)
+        for room_id, peer_id in due:
+            change = await self._rooms.drop(room_id, peer_id, expired_at=now)
+            if change is not None:
+                await self._dropped(room_id, change, "left")
+                dropped += 1
+        return dropped
 
     async def events(self, room_id: str) -> list[store.RoomEvent]:
-        access = await store.room_access(self._pool, room_id)
-        return [] if access is None else await store.events(self._pool, access.consultation_id)
+        return await store.events(self._pool, room_id)
