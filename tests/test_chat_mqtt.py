@@ -33,9 +33,9 @@ from teleconsult.core.identity import Role
 from teleconsult.core.settings import load_settings
 from teleconsult.messaging import mqtt_wire
 from teleconsult.messaging.envelope import to_msgpack
-from teleconsult.messaging.mqtt_bridge import MQTT_BRIDGE, refused
+from teleconsult.messaging.mqtt_bridge import refused
 from teleconsult.messaging.mqtt_broker import BRIDGE_USERNAME, BrokerAccess
-from teleconsult.server.app import POOL, SETTINGS, create_app
+from teleconsult.server.app import MQTT_BRIDGE, POOL, SETTINGS, create_app
 from tests.chatkit import Person, connect, people, receive, socketio_transport
 from tests.conftest import settings_env
 from tests.world import Tenant, make_tenant

@@ -6,6 +6,12 @@ everywhere, and a persistent session under a client id that starts with the
 user id and stays the same for the device: pushed messages published while
 it is offline wait in the broker. Topics and payloads are in
 ``messaging/mqtt_wire.py``.
+
+Presence (docs/mqtt.md): each connection gets a random ``conn`` id. The
+device says ``online`` with it as soon as it is connected and again every
+``renew_in`` seconds the ack names; it leaves an ``offline`` request as its
+Last Will, so a dropped link is seen as soon as the broker notices, and says
+``offline`` itself before a clean disconnect (which discards the will).
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 # CONNACK codes that retrying with the same credentials cannot fix (3.1.1: 4, 5; MQTT 5: 134, 135).
 _REFUSED = frozenset({4, 5, 134, 135})
+_RENEW_IN = 20.0  # when an ``online`` ack names no interval
+_GOODBYE_WITHIN = 2.0
 
 
 def new_client_id(user_id: UUID) -> str:
@@ -75,9 +83,13 @@ class MqttTransport:
         self._connect_timeout = connect_timeout
         self._keepalive = keepalive
         self.connected = asyncio.Event()
+        # Set while the server counts this connection as online (its last ``online`` acked).
+        self.present = asyncio.Event()
         self.reconnects = 0
         self._client: aiomqtt.Client | None = None
+        self._conn = ""  # this connection's id for presence, new for each connection
         self._runner: asyncio.Task[None] | None = None
+        self._beat: asyncio.Task[None] | None = None
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._on_event: EventHandler | None = None
         self._on_connected: ConnectedHandler | None = None
@@ -90,11 +102,17 @@ class MqttTransport:
         await first
 
     async def close(self) -> None:
+        """Say ``offline`` (briefly: the will covers a link that is gone), then disconnect."""
+        await self._stop_beat()
+        if self.connected.is_set():
+            with contextlib.suppress(TransportClosed):
+                await self.call(mqtt_wire.OFFLINE, {"conn": self._conn}, within=_GOODBYE_WITHIN)
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
         self.connected.clear()
+        self.present.clear()
 
     async def call(self, event: str, data: Any, *, within: float) -> dict[str, Any]:
         client = self._client
@@ -130,6 +148,8 @@ class MqttTransport:
                     )
                     self._client = client
                     self.connected.set()
+                    # Published before on_connected's requests: the bridge runs them in order.
+                    self._beat = asyncio.create_task(self._keep_online(), name="mqtt-online")
                     if first.done():
                         self.reconnects += 1
                     else:
@@ -150,12 +170,53 @@ class MqttTransport:
             finally:
                 self._client = None
                 self.connected.clear()
+                await self._stop_beat()
                 for answer in self._pending.values():
                     if not answer.done():
                         answer.set_exception(TransportClosed("disconnected"))
             if first.done() and first.exception() is not None:
                 return  # start() raised; nobody waits for this transport
             await asyncio.sleep(backoff.delay())
+
+    async def _keep_online(self) -> None:
+        """Say ``online`` now and again before the server forgets this connection."""
+        conn, backoff = self._conn, Backoff(first=1.0, most=30.0)
+        while True:
+            try:
+                ack = await self.call(
+                    mqtt_wire.ONLINE, {"conn": conn}, within=self._connect_timeout
+                )
+            except TransportClosed:
+                # No answer (no server on the broker just now): the link may be
+                # fine, and the server may have forgotten us meanwhile.
+                self.present.clear()
+                await asyncio.sleep(backoff.delay())
+                continue
+            if ack.get("ok") is True:
+                self.present.set()
+                backoff.reset()
+                renew_in = ack.get("renew_in")
+                if not isinstance(renew_in, int | float):
+                    renew_in = _RENEW_IN
+                await asyncio.sleep(max(1.0, float(renew_in)))
+                continue
+            error = ack.get("error")
+            error = error if isinstance(error, dict) else {}
+            retry_after = error.get("retry_after")
+            if not isinstance(retry_after, int | float):
+                # Refused for good (an older server without presence, a disabled account).
+                logger.warning("the server refused the online notice: %s", error.get("code"))
+                self.present.clear()
+                return
+            await asyncio.sleep(float(retry_after))
+
+    async def _stop_beat(self) -> None:
+        beat, self._beat = self._beat, None
+        if beat is not None and beat is not asyncio.current_task():
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+        self.present.clear()
 
     @staticmethod
     def _fail(first: asyncio.Future[None], exc: Exception) -> None:
@@ -164,6 +225,12 @@ class MqttTransport:
             first.set_exception(exc)
 
     async def _connect(self) -> aiomqtt.Client:
+        self._conn = secrets.token_urlsafe(12)
+        will = aiomqtt.Will(
+            mqtt_wire.request_topic(self._user_id),
+            mqtt_wire.offline_will(self._conn, self._encoding),
+            qos=1,
+        )
         return aiomqtt.Client(
             self._host,
             self._port,
@@ -172,6 +239,7 @@ class MqttTransport:
             identifier=self._client_id,
             clean_session=False,
             keepalive=self._keepalive,
+            will=will,
             timeout=self._connect_timeout,
             tls_context=self._tls,
             logger=logger,

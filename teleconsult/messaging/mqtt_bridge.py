@@ -20,6 +20,17 @@ got no ack, sends it again.
 Requests of one user are handled one after another in arrival order (so one
 sender's messages are stored in the order sent); different users run
 concurrently, at most ``MAX_CONCURRENT`` at a time.
+
+Presence: the bridge cannot see devices connect through a broker, so devices
+say so. ``online`` records (or renews) the presence entry ``mqtt:<conn>`` of
+the topic's user, which lapses after ``CHAT_PRESENCE_TTL`` unless renewed;
+``offline`` (sent before a clean disconnect, and by the broker as the Last Will
+of a connection that died) removes it. Both go through ChatService, which
+tells co-members when the user comes online or goes offline. Per-user order
+keeps a will behind the ``online`` of the same connection (in one process; with
+several, a late ``online`` outlives the will by at most the TTL); each
+connection has its own ``conn``, so the will of an old connection never
+removes a new one.
 """
 
 from __future__ import annotations
@@ -38,11 +49,10 @@ from urllib.parse import unquote, urlsplit
 from uuid import UUID
 
 import aiomqtt
-from aiohttp import web
 from paho.mqtt.reasoncodes import ReasonCode
 
 from teleconsult.core.backoff import Backoff
-from teleconsult.core.errors import ClientError, ConfigError
+from teleconsult.core.errors import ClientError, ConfigError, InfrastructureError, Unavailable
 from teleconsult.core.identity import Principal
 from teleconsult.core.settings import ChatSettings, MqttSettings
 from teleconsult.messaging import mqtt_wire, wire
@@ -60,6 +70,7 @@ MAX_CONCURRENT = 64
 MAX_PENDING_PUBLISHES = 10_000
 PRINCIPAL_TTL = 30.0  # a disabled account is refused within this many seconds
 _MAX_CACHED_USERS = 10_000
+CONN_PREFIX = "mqtt:"  # presence entries of MQTT connections, apart from Socket.IO sids
 
 
 @dataclass(frozen=True)
@@ -181,7 +192,9 @@ class MqttBridge:
         """Check a request as it arrives; queue it behind the same user's earlier ones."""
         user_id = mqtt_wire.user_of(str(message.topic), "req")
         payload = message.payload
-        if user_id is None or not isinstance(payload, bytes | bytearray):
+        # A retained request is an old one replayed on subscribing (a stale
+        # ``online`` would make a gone user look present): never run it.
+        if user_id is None or message.retain or not isinstance(payload, bytes | bytearray):
             logger.debug("dropped an MQTT message on %s", message.topic)
             return
         wait = self._bucket(user_id).take()
@@ -225,7 +238,25 @@ class MqttBridge:
         except Exception:
             logger.exception("could not load the user of an MQTT request")
             return acks.internal_error_ack()
+        if request.event in mqtt_wire.LINK_EVENTS:
+            return await self._link(principal.user_id, request)
         return await self._chat.handle(principal, request.event, request.data)
+
+    async def _link(self, user_id: UUID, request: mqtt_wire.Request) -> dict[str, Any]:
+        """``online``/``offline``: one of the user's own connections, by the id it chose."""
+        try:
+            conn_id = CONN_PREFIX + acks.parse(mqtt_wire.LinkRequest, request.data).conn
+            if request.event == mqtt_wire.OFFLINE:
+                await self._chat.device_offline(user_id, conn_id)
+                return acks.ok()
+            await self._chat.device_online(user_id, conn_id)
+            return acks.ok(renew_in=self._settings.presence_ttl / 3)
+        except ClientError as exc:
+            return acks.error_ack(exc)
+        except InfrastructureError:
+            logger.warning("presence could not record an MQTT connection", exc_info=True)
+            unavailable = Unavailable("presence is unavailable", headers={"Retry-After": "5"})
+            return acks.error_ack(unavailable)
 
     async def _principal(self, user_id: UUID) -> Principal:
         now = time.monotonic()
@@ -291,9 +322,6 @@ class MqttBridge:
 def refused(codes: Sequence[int | ReasonCode]) -> bool:
     """Whether a SUBACK refused any of the topics (MQTT 3.1.1 0x80, or an MQTT 5 reason)."""
     return any(code.is_failure if isinstance(code, ReasonCode) else code >= 0x80 for code in codes)
-
-
-MQTT_BRIDGE = web.AppKey("mqtt_bridge", MqttBridge)
 
 
 @contextlib.asynccontextmanager

@@ -3,7 +3,8 @@
 Started when ``MQTT_URL`` is not set. A device connects with its user id as
 the MQTT username, a current access token as the password, and a client id
 that starts with its user id; it may publish only to its own ``req`` topic
-and subscribe to (and receive from) only its own ``ack`` and ``inbox``. The
+(its Last Will too, not retained: amqtt sends a will without the topic
+check) and subscribe to (and receive from) only its own ``ack`` and ``inbox``. The
 server's bridge connects as ``bridge_username`` with a secret made at start-up
 that never leaves the process. :class:`BrokerAccess` holds those rules as
 plain code; the two amqtt plugins below only call it.
@@ -44,15 +45,32 @@ class BrokerAccess:
     bridge_username: str = BRIDGE_USERNAME
     bridge_password: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
 
-    async def may_connect(self, username: str | None, password: str | None, client_id: str) -> bool:
+    async def may_connect(
+        self,
+        username: str | None,
+        password: str | None,
+        client_id: str,
+        *,
+        will_topic: str | None = None,
+        will_retain: bool = False,
+    ) -> bool:
+        """``will_topic``: the Last Will's topic when the CONNECT has one."""
         if not username or not password:
             return False
         if username == self.bridge_username:
-            return hmac.compare_digest(password.encode(), self.bridge_password.encode())
+            return will_topic is None and hmac.compare_digest(
+                password.encode(), self.bridge_password.encode()
+            )
         user_id = _user_id(username)
         # The client id is bound to the user, so nobody can take over (and read
         # the queued inbox of) another user's persistent session.
         if user_id is None or not client_id.startswith(username):
+            return False
+        # amqtt publishes a will without asking the topic plugin: a will on
+        # someone else's ``req`` would be a request made as them.
+        if will_topic is not None and (
+            will_retain or not self.may(username, "publish", will_topic)
+        ):
             return False
         try:
             principal = await self.authenticate(password)
@@ -92,7 +110,11 @@ class AccessAuthPlugin(BaseAuthPlugin):
     async def authenticate(self, *, session: Any) -> bool:
         access: BrokerAccess = self.config.access
         allowed = await access.may_connect(
-            session.username, session.password, session.client_id or ""
+            session.username,
+            session.password,
+            session.client_id or "",
+            will_topic=session.will_topic if session.will_flag else None,
+            will_retain=bool(session.will_retain),
         )
         if not allowed:
             logger.info("MQTT connection refused", extra={"mqtt_client_id": session.client_id})

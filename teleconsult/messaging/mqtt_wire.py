@@ -11,24 +11,32 @@ Per user (the canonical, lower-case UUID text of the user id):
 Payloads are msgpack, envelopes as bin. A request whose first byte is ``{``
 is read as JSON (envelopes in their JSON form) and answered in JSON; pushed
 events are always msgpack. The events and acks are those of Socket.IO
-(``messaging/wire.py``, docs/protocol.md).
+(``messaging/wire.py``, docs/protocol.md), plus two that only MQTT needs, since
+the server cannot see a device's connection through a broker: ``online`` (on
+connecting, then every ``renew_in`` seconds of its ack) and ``offline`` (before
+a clean disconnect, and as the connection's Last Will), each with
+``{"conn": <an id made for this connection>}`` (docs/mqtt.md, "Presence").
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
 import msgpack
+from pydantic import Field
 
 from teleconsult.core.errors import BadRequest, ClientError, ErrorCode, FieldError, PayloadTooLarge
 from teleconsult.messaging import wire
 from teleconsult.messaging.envelope import encode_b64url
+from teleconsult.realtime.acks import Event
 
 PREFIX = "tc/u"
 MAX_REQUEST_ID = 64
+ONLINE, OFFLINE = "online", "offline"
+LINK_EVENTS = (ONLINE, OFFLINE)
 
 
 def request_topic(user_id: UUID) -> str:
@@ -59,6 +67,12 @@ def user_of(topic: str, kind: str) -> UUID | None:
     except ValueError:
         return None
     return user_id if str(user_id) == parts[2] else None
+
+
+class LinkRequest(Event):
+    """``online`` and ``offline``: which of the user's connections (random, per connection)."""
+
+    conn: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 
 
 @dataclass(frozen=True)
@@ -123,6 +137,11 @@ def _bad(field: str, message: str) -> BadRequest:
 def encode_request(request_id: str, event: str, data: Any, encoding: wire.Encoding) -> bytes:
     frame = {"id": request_id, "event": event, "data": data}
     return _encode(frame, encoding)
+
+
+def offline_will(conn: str, encoding: wire.Encoding) -> bytes:
+    """The request a device leaves as its Last Will: the broker sends it if the link dies."""
+    return encode_request(f"will-{conn}"[:MAX_REQUEST_ID], OFFLINE, {"conn": conn}, encoding)
 
 
 def encode_ack(request_id: str | None, ack: dict[str, Any], encoding: wire.Encoding) -> bytes:
