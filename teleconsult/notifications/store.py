@@ -40,6 +40,26 @@ def _outbox_item(row: asyncpg.Record) -> OutboxItem:
     return OutboxItem(**values)
 
 
+# Skips a notification already pending or sent for (appointment, kind, due_at).
+# With enqueue_params, for a statement that enqueues in a CTE of its own (a booking).
+ON_DUPLICATE = "ON CONFLICT (appointment_id, kind, due_at) WHERE cancelled_at IS NULL DO NOTHING"
+
+
+def enqueue_params(
+    items: Iterable[NewNotification],
+) -> tuple[list[str], list[UUID], list[datetime], list[str]]:
+    """The arrays of :func:`enqueue`'s statement: ``unnest($n::text[], $n+1::uuid[],
+    $n+2::timestamptz[], $n+3::text[]) AS n (kind, appointment_id, due_at, payload)``,
+    the payload as JSON text (insert ``payload::jsonb``)."""
+    batch = list(items)
+    return (
+        [item.kind for item in batch],
+        [item.appointment_id for item in batch],
+        [item.due_at for item in batch],
+        [json.dumps(item.payload) for item in batch],
+    )
+
+
 async def enqueue(conn: Conn, items: Iterable[NewNotification]) -> int:
     """Add notifications; one already pending or sent for (appointment, kind, due_at) is skipped.
 
@@ -50,17 +70,14 @@ async def enqueue(conn: Conn, items: Iterable[NewNotification]) -> int:
     if not batch:
         return 0
     status = await conn.execute(
-        """
+        f"""
         INSERT INTO notification_outbox (kind, appointment_id, due_at, payload)
         SELECT kind, appointment_id, due_at, payload::jsonb
         FROM unnest($1::text[], $2::uuid[], $3::timestamptz[], $4::text[])
             AS n (kind, appointment_id, due_at, payload)
-        ON CONFLICT (appointment_id, kind, due_at) WHERE cancelled_at IS NULL DO NOTHING
+        {ON_DUPLICATE}
         """,
-        [item.kind for item in batch],
-        [item.appointment_id for item in batch],
-        [item.due_at for item in batch],
-        [json.dumps(item.payload) for item in batch],
+        *enqueue_params(batch),
     )
     return rows_affected(status)
 

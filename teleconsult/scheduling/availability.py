@@ -6,9 +6,10 @@ these calendars, are in ``service.py``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, Protocol
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
@@ -24,6 +25,7 @@ from teleconsult.scheduling.records import (
     AvailabilityException,
     AvailabilityRule,
     DoctorProfile,
+    ExceptionKind,
     ServiceKind,
 )
 from teleconsult.scheduling.slots import (
@@ -45,6 +47,65 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(frozen=True)
+class Calendar:
+    """A doctor's calendar as the slot computation takes it (slots.py)."""
+
+    tz: ZoneInfo
+    work: list[WeeklyRule]
+    pauses: list[WeeklyBreak]
+    dated: list[DatedException]
+
+
+class StoredRule(Protocol):
+    """What a calendar takes of a weekly rule: an AvailabilityRule, or a lighter record."""
+
+    @property
+    def weekday(self) -> int: ...
+    @property
+    def start_time(self) -> time: ...
+    @property
+    def end_time(self) -> time: ...
+    @property
+    def valid_from(self) -> date | None: ...
+    @property
+    def valid_until(self) -> date | None: ...
+    @property
+    def kind(self) -> str: ...
+
+
+class StoredException(Protocol):
+    """What a calendar takes of a dated exception."""
+
+    @property
+    def starts_at(self) -> datetime: ...
+    @property
+    def ends_at(self) -> datetime: ...
+    @property
+    def kind(self) -> ExceptionKind: ...
+
+
+def calendar_of(
+    timezone: str, rules: Sequence[StoredRule], exceptions: Sequence[StoredException]
+) -> Calendar:
+    """The calendar from the clinic's time zone and the doctor's stored rules and exceptions."""
+    return Calendar(
+        tz=ZoneInfo(timezone),
+        work=[_weekly(WeeklyRule, r) for r in rules if r.kind == "work"],
+        pauses=[_weekly(WeeklyBreak, r) for r in rules if r.kind == "break"],
+        dated=[DatedException(x.starts_at, x.ends_at, x.kind) for x in exceptions],
+    )
+
+
+def visible_doctor(principal: Principal, doctor: DoctorProfile | None) -> DoctorProfile:
+    """``doctor`` if the principal may see it (their clinic's); 404 ``not_found`` otherwise."""
+    ensure_in_scope(
+        principal, Scope(doctor.clinic_id, principal.user_id) if doctor else None, "doctor"
+    )
+    assert doctor is not None
+    return doctor
+
+
 class AvailabilityService:
     """Safe to call concurrently."""
 
@@ -61,12 +122,7 @@ class AvailabilityService:
         return await store.list_doctors(self._pool, principal.clinic_id, service=service)
 
     async def get_doctor(self, principal: Principal, doctor_id: UUID) -> DoctorProfile:
-        doctor = await store.get_doctor_profile(self._pool, doctor_id)
-        ensure_in_scope(
-            principal, Scope(doctor.clinic_id, principal.user_id) if doctor else None, "doctor"
-        )
-        assert doctor is not None
-        return doctor
+        return visible_doctor(principal, await store.get_doctor_profile(self._pool, doctor_id))
 
     async def set_doctor_profile(
         self, principal: Principal, doctor_id: UUID, fields: dict[str, Any], *, ip: str | None
@@ -143,20 +199,18 @@ class AvailabilityService:
 
     # --- slots ----------------------------------------------------------------------
 
-    async def _calendar_inputs(
+    async def _calendar(
         self, conn: Any, doctor: DoctorProfile, start: datetime, end: datetime
-    ) -> tuple[ZoneInfo, list[WeeklyRule], list[WeeklyBreak], list[DatedException]]:
+    ) -> Calendar:
         clinic = await accounts.get_clinic(conn, doctor.clinic_id)
         assert clinic is not None
         rules = await store.list_availability_rules(conn, doctor.user_id)
+        # booking_store.booking_context reads the same margin.
         margin = timedelta(days=1)
         exceptions = await store.list_availability_exceptions(
             conn, doctor.user_id, start - margin, end + margin
         )
-        work = [_weekly(WeeklyRule, r) for r in rules if r.kind == "work"]
-        pauses = [_weekly(WeeklyBreak, r) for r in rules if r.kind == "break"]
-        dated = [DatedException(x.starts_at, x.ends_at, x.kind) for x in exceptions]
-        return ZoneInfo(clinic.timezone), work, pauses, dated
+        return calendar_of(clinic.timezone, rules, exceptions)
 
     async def search_slots(
         self,
@@ -174,14 +228,14 @@ class AvailabilityService:
         doctor = await self.get_doctor(principal, doctor_id)
         if service is not None and service not in doctor.services:
             return []
-        tz, work, pauses, dated = await self._calendar_inputs(self._pool, doctor, start, end)
+        calendar = await self._calendar(self._pool, doctor, start, end)
         buffer = timedelta(minutes=doctor.buffer_minutes)
         busy = await store.list_busy(self._pool, doctor_id, start - buffer, end + buffer)
         return free_slots(
-            tz=tz,
-            rules=work,
-            breaks=pauses,
-            exceptions=dated,
+            tz=calendar.tz,
+            rules=calendar.work,
+            breaks=calendar.pauses,
+            exceptions=calendar.dated,
             busy=[Busy(s, e, timedelta(minutes=b)) for s, e, b in busy],
             policy=SlotPolicy(
                 duration=timedelta(minutes=doctor.consultation_minutes), buffer=buffer
@@ -195,15 +249,14 @@ class AvailabilityService:
         self, conn: Any, doctor: DoctorProfile, starts_at: datetime, ends_at: datetime
     ) -> None:
         """Refuse a time in the past or outside the doctor's working time (422)."""
+        self.ensure_not_past(starts_at)
+        calendar = await self._calendar(conn, doctor, starts_at, ends_at)
+        ensure_available(calendar, starts_at, ends_at)
+
+    def ensure_not_past(self, starts_at: datetime) -> None:
+        """Refuse a time that has already begun (422 ``in_the_past``)."""
         if starts_at <= self._now():
             raise Unprocessable("that time has already passed", code=ErrorCode.IN_THE_PAST)
-        tz, work, pauses, dated = await self._calendar_inputs(conn, doctor, starts_at, ends_at)
-        if not fits_availability(
-            starts_at, ends_at, tz=tz, rules=work, breaks=pauses, exceptions=dated
-        ):
-            raise Unprocessable(
-                "the doctor is not available at that time", code=ErrorCode.OUTSIDE_AVAILABILITY
-            )
 
     @staticmethod
     def _event(
@@ -212,7 +265,22 @@ class AvailabilityService:
         return AuditEvent.by(principal, action, object_type, object_id, ip=ip)
 
 
-def _weekly(kind: type[WeeklyRule] | type[WeeklyBreak], rule: AvailabilityRule) -> Any:
+def ensure_available(calendar: Calendar, starts_at: datetime, ends_at: datetime) -> None:
+    """Refuse a time outside the doctor's working time (422 ``outside_availability``)."""
+    if not fits_availability(
+        starts_at,
+        ends_at,
+        tz=calendar.tz,
+        rules=calendar.work,
+        breaks=calendar.pauses,
+        exceptions=calendar.dated,
+    ):
+        raise Unprocessable(
+            "the doctor is not available at that time", code=ErrorCode.OUTSIDE_AVAILABILITY
+        )
+
+
+def _weekly(kind: type[WeeklyRule] | type[WeeklyBreak], rule: StoredRule) -> Any:
     return kind(
         weekday=rule.weekday,
         start=rule.start_time,

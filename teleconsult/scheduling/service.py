@@ -4,6 +4,9 @@ Domain rules live here; this module knows nothing of HTTP. Double-booking is
 prevented by the database (exclusion constraints); this service maps the
 refusal to ``slot_taken``. Every read and change of a patient's appointment is
 audited, and notifications are enqueued in the same transaction as the change.
+
+A booking is the hot path: one read of everything its checks need, the checks
+in Python, then one write statement (booking_store.py), on one connection.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -30,8 +33,17 @@ from teleconsult.core.identity import Principal, Role
 from teleconsult.core.policy import Scope, ensure_in_scope
 from teleconsult.core.settings import SchedulingSettings
 from teleconsult.notifications import store as outbox_store
-from teleconsult.scheduling import store
-from teleconsult.scheduling.availability import AvailabilityService, Clock, utc_now
+from teleconsult.scheduling import booking_store, store
+from teleconsult.scheduling.availability import (
+    AvailabilityService,
+    Clock,
+    calendar_of,
+    ensure_available,
+    utc_now,
+    visible_doctor,
+)
+from teleconsult.scheduling.booking_store import Room
+from teleconsult.scheduling.overlap import SlotTaken
 from teleconsult.scheduling.records import (
     ACTIVE_STATUSES,
     ROOM_SERVICES,
@@ -42,7 +54,6 @@ from teleconsult.scheduling.records import (
     NewNotification,
     ServiceKind,
 )
-from teleconsult.scheduling.store import SlotTaken
 
 S = AppointmentStatus
 
@@ -84,58 +95,81 @@ class SchedulingService:
         ip: str | None,
     ) -> Booked:
         """Book a slot. A patient books for themself (status ``requested``); staff book
-        for any patient of their clinic (status ``confirmed``)."""
-        patient = await self._patient_for_booking(principal, patient_id)
-        doctor = await self._calendars.get_doctor(principal, doctor_id)
-        if service not in doctor.services:
-            raise Unprocessable(
-                "the doctor does not offer that service", code=ErrorCode.SERVICE_NOT_OFFERED
-            )
-        ends_at = starts_at + timedelta(minutes=doctor.consultation_minutes)
-        status = S.REQUESTED if principal.role is Role.PATIENT else S.CONFIRMED
+        for any patient of their clinic (status ``confirmed``).
+
+        Two statements on one connection: the read of booking_store.booking_context,
+        then (when every check passes) the write of booking_store.insert_booking.
+        """
+        patient = self._patient_for_booking(principal, patient_id)
+        staff = principal.role is not Role.PATIENT
         async with self._pool.acquire() as conn:
-            await self._calendars.check_bookable(conn, doctor, starts_at, ends_at)
+            found = await booking_store.booking_context(
+                conn,
+                doctor_id=doctor_id,
+                patient_id=patient if staff else None,
+                starts_at=starts_at,
+            )
+            if staff:
+                ensure_in_scope(
+                    principal,
+                    Scope(found.patient_clinic_id, patient)
+                    if found.patient_clinic_id is not None and found.patient_role is Role.PATIENT
+                    else None,
+                    "patient",
+                )
+            doctor = visible_doctor(principal, found.doctor)
+            if service not in doctor.services:
+                raise Unprocessable(
+                    "the doctor does not offer that service", code=ErrorCode.SERVICE_NOT_OFFERED
+                )
+            ends_at = starts_at + timedelta(minutes=doctor.consultation_minutes)
+            self._calendars.ensure_not_past(starts_at)
+            assert found.timezone is not None
+            ensure_available(
+                calendar_of(found.timezone, found.rules, found.exceptions), starts_at, ends_at
+            )
+            status = S.CONFIRMED if staff else S.REQUESTED
+            appointment_id = uuid4()
+            room = None
+            if service in ROOM_SERVICES:
+                room = Room(store.new_room_id(), *self._join_window(starts_at, ends_at))
             try:
-                async with conn.transaction():
-                    appointment = await store.insert_appointment(
-                        conn,
+                appointment, consultation = await booking_store.insert_booking(
+                    conn,
+                    appointment_id=appointment_id,
+                    clinic_id=principal.clinic_id,
+                    doctor_id=doctor_id,
+                    patient_id=patient,
+                    service=service,
+                    starts_at=starts_at,
+                    ends_at=ends_at,
+                    status=status,
+                    created_by=principal.user_id,
+                    room=room,
+                    notifications=self._notices(appointment_id, service, starts_at, "booked"),
+                    event=self._appointment_event_of(
+                        principal,
+                        "appointment.create",
+                        appointment_id=appointment_id,
                         clinic_id=principal.clinic_id,
-                        doctor_id=doctor_id,
                         patient_id=patient,
-                        service=service,
-                        starts_at=starts_at,
-                        ends_at=ends_at,
-                        created_by=principal.user_id,
                         status=status,
-                    )
-                    consultation = None
-                    if service in ROOM_SERVICES:
-                        opens, closes = self._join_window(starts_at, ends_at)
-                        consultation = await store.insert_consultation(
-                            conn,
-                            appointment_id=appointment.id,
-                            join_opens_at=opens,
-                            join_closes_at=closes,
-                        )
-                    await outbox_store.enqueue(conn, self._notifications(appointment, "booked"))
-                    await self._audit.record(
-                        self._appointment_event(principal, "appointment.create", appointment, ip),
-                        conn=conn,
-                    )
+                        ip=ip,
+                    ),
+                )
             except SlotTaken as exc:
                 raise _slot_taken(exc) from None
         return Booked(appointment, consultation)
 
-    async def _patient_for_booking(self, principal: Principal, patient_id: UUID | None) -> UUID:
+    @staticmethod
+    def _patient_for_booking(principal: Principal, patient_id: UUID | None) -> UUID:
+        """Whom the booking is for; checks what needs no database (403, 400)."""
         if principal.role is Role.PATIENT:
             if patient_id is not None and patient_id != principal.user_id:
                 raise Forbidden("a patient books only for themself")
             return principal.user_id
         if patient_id is None:
             raise BadRequest("patient_id is required when staff book")
-        user = await accounts.get_user(self._pool, patient_id)
-        scope = Scope(user.clinic_id, user.id) if user and user.role is Role.PATIENT else None
-        ensure_in_scope(principal, scope, "patient")
         return patient_id
 
     def _join_window(self, starts_at: datetime, ends_at: datetime) -> tuple[datetime, datetime]:
@@ -144,17 +178,22 @@ class SchedulingService:
         return starts_at - before, ends_at + after
 
     def _notifications(self, appointment: Appointment, change: str) -> list[NewNotification]:
+        return self._notices(appointment.id, appointment.service, appointment.starts_at, change)
+
+    def _notices(
+        self, appointment_id: UUID, service: ServiceKind, starts_at: datetime, change: str
+    ) -> list[NewNotification]:
         """The change's own message now, and reminders still in the future. Ids only."""
         now = self._now()
-        payload = {"change": change, "service": appointment.service.value}
-        items = [NewNotification(f"appointment_{change}", appointment.id, now, payload)]
+        payload = {"change": change, "service": service.value}
+        items = [NewNotification(f"appointment_{change}", appointment_id, now, payload)]
         if change == "cancelled":
             return items
         for minutes in self._settings.reminder_offsets_minutes:
-            due = appointment.starts_at - timedelta(minutes=minutes)
+            due = starts_at - timedelta(minutes=minutes)
             if due > now:
                 items.append(
-                    NewNotification(f"reminder_{minutes}m", appointment.id, due, dict(payload))
+                    NewNotification(f"reminder_{minutes}m", appointment_id, due, dict(payload))
                 )
         return items
 
@@ -175,11 +214,12 @@ class SchedulingService:
         return appointment
 
     async def get(self, principal: Principal, appointment_id: UUID, *, ip: str | None) -> Booked:
-        appointment = await self._load(self._pool, principal, appointment_id)
-        consultation = await store.get_consultation_for_appointment(self._pool, appointment_id)
-        await self._audit.record(
-            self._appointment_event(principal, "appointment.read", appointment, ip)
-        )
+        async with self._pool.acquire() as conn:
+            appointment = await self._load(conn, principal, appointment_id)
+            consultation = await store.get_consultation_for_appointment(conn, appointment_id)
+            await self._audit.record(
+                self._appointment_event(principal, "appointment.read", appointment, ip), conn
+            )
         return Booked(appointment, consultation)
 
     async def list_visible(
@@ -207,32 +247,34 @@ class SchedulingService:
             patient_id = principal.user_id
         if principal.role is Role.DOCTOR:
             doctor_id = principal.user_id
-        found = (
-            []
-            if outside
-            else await store.list_appointments(
-                self._pool,
-                start=start,
-                end=end,
-                clinic_id=principal.clinic_id,
-                doctor_id=doctor_id,
-                patient_id=patient_id,
-                statuses=statuses,
-                after=after,
-                limit=limit,
+        async with self._pool.acquire() as conn:
+            found = (
+                []
+                if outside
+                else await store.list_appointments(
+                    conn,
+                    start=start,
+                    end=end,
+                    clinic_id=principal.clinic_id,
+                    doctor_id=doctor_id,
+                    patient_id=patient_id,
+                    statuses=statuses,
+                    after=after,
+                    limit=limit,
+                )
             )
-        )
-        await self._audit.record(
-            AuditEvent(
-                action="appointment.list",
-                actor_id=principal.user_id,
-                actor_role=principal.role.value,
-                clinic_id=principal.clinic_id,
-                object_type="appointment_list",
-                ip=ip,
-                detail={"results": len(found)},
+            await self._audit.record(
+                AuditEvent(
+                    action="appointment.list",
+                    actor_id=principal.user_id,
+                    actor_role=principal.role.value,
+                    clinic_id=principal.clinic_id,
+                    object_type="appointment_list",
+                    ip=ip,
+                    detail={"results": len(found)},
+                ),
+                conn,
             )
-        )
         return found
 
     async def agenda(
@@ -426,21 +468,46 @@ class SchedulingService:
     ) -> AuditEvent:
         return AuditEvent.by(principal, action, object_type, object_id, ip=ip)
 
-    @staticmethod
+    @classmethod
     def _appointment_event(
+        cls,
         principal: Principal,
         action: str,
         appointment: Appointment,
         ip: str | None,
         **detail: str,
     ) -> AuditEvent:
-        facts = {"patient_id": str(appointment.patient_id), "status": appointment.status.value}
+        return cls._appointment_event_of(
+            principal,
+            action,
+            appointment_id=appointment.id,
+            clinic_id=appointment.clinic_id,
+            patient_id=appointment.patient_id,
+            status=appointment.status,
+            ip=ip,
+            **detail,
+        )
+
+    @staticmethod
+    def _appointment_event_of(
+        principal: Principal,
+        action: str,
+        *,
+        appointment_id: UUID,
+        clinic_id: UUID,
+        patient_id: UUID,
+        status: AppointmentStatus,
+        ip: str | None,
+        **detail: str,
+    ) -> AuditEvent:
+        """The event of an appointment's read or change, also before its row exists."""
+        facts = {"patient_id": str(patient_id), "status": status.value}
         return AuditEvent.by(
             principal,
             action,
             "appointment",
-            appointment.id,
-            clinic_id=appointment.clinic_id,
+            appointment_id,
+            clinic_id=clinic_id,
             ip=ip,
             detail=facts | detail,
         )

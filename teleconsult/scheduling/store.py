@@ -1,26 +1,29 @@
-"""SQL for doctor profiles, availability, appointments, consultations, the outbox, feeds.
+"""SQL for doctor profiles, availability, appointments and consultations.
 
 Double-booking is refused by the database (the exclusion constraints of
 migration 0003), not by a read-then-write here: ``insert_appointment``,
 ``reschedule`` and ``transition`` raise :class:`SlotTaken` when a constraint
-fires. The functions take a pool or a connection; on a connection inside a
-transaction, the guarded writes run in a savepoint so a refused booking leaves
-the outer transaction usable.
+fires, after taking the doctor's then the patient's advisory lock (the rule
+and why: overlap.py). The functions take a pool or a connection; on a
+connection inside a transaction, the guarded writes run in a savepoint so a
+refused booking leaves the outer transaction usable. A booking from the API
+takes two statements of booking_store.py instead.
 """
 
 from __future__ import annotations
 
-import logging
 import secrets
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime, time
-from typing import Any, Literal, TypeAlias
+from typing import Any, TypeAlias
 from uuid import UUID
 
 import asyncpg
 
 from teleconsult.core.errors import TeleconsultError
+from teleconsult.scheduling.overlap import LOCK_APPOINTMENT, LOCK_PEOPLE, guarded_fetchrow
+from teleconsult.scheduling.overlap import SlotOwner as SlotOwner
+from teleconsult.scheduling.overlap import SlotTaken as SlotTaken
 from teleconsult.scheduling.records import (
     ACTIVE_STATUSES,
     Appointment,
@@ -35,87 +38,13 @@ from teleconsult.scheduling.records import (
     ServiceKind,
 )
 
-logger = logging.getLogger(__name__)
-
 Conn: TypeAlias = "asyncpg.Connection | asyncpg.Pool"
 
-SlotOwner = Literal["doctor", "patient"]
-
-_OVERLAP_CONSTRAINTS: dict[str, SlotOwner] = {
-    "appointments_doctor_no_overlap": "doctor",
-    "appointments_patient_no_overlap": "patient",
-}
 _MOVABLE = (AppointmentStatus.REQUESTED, AppointmentStatus.CONFIRMED)
-
-# Two transactions writing overlapping rows at the same moment can each wait for
-# the other inside the exclusion check, and PostgreSQL then aborts one as a
-# deadlock, again and again under contention. So writers that may enter the
-# check first queue on transaction-level advisory locks, always the doctor's
-# then the patient's (separate key spaces: a consistent order, no cycle). The
-# constraints still decide; the locks only make the losers fail with the
-# exclusion violation, after the winner committed. Deadlocks the locks cannot
-# prevent (a caller's transaction holding other locks) are retried.
-_LOCK_DOCTOR = 0x74636472  # "tcdr", the first key of pg_advisory_xact_lock(int, int)
-_LOCK_PATIENT = 0x74637074  # "tcpt"
-_LOCK_PEOPLE = (
-    "SELECT pg_advisory_xact_lock($1, hashtext($3::uuid::text)), "
-    "pg_advisory_xact_lock($2, hashtext($4::uuid::text))"
-)
-_LOCK_APPOINTMENT = (
-    "SELECT pg_advisory_xact_lock($1, hashtext(doctor_id::text)), "
-    "pg_advisory_xact_lock($2, hashtext(patient_id::text)) FROM appointments WHERE id = $3"
-)
-_DEADLOCK_ATTEMPTS = 3
-
-
-class SlotTaken(TeleconsultError):
-    """The time overlaps an active appointment of the same doctor or patient."""
-
-    def __init__(self, which: SlotOwner) -> None:
-        super().__init__(f"the {which} already has an appointment at that time")
-        self.which: SlotOwner = which
 
 
 class NoDoctorProfile(TeleconsultError):
     """The doctor has no profile in the clinic, so cannot be booked."""
-
-
-@contextmanager
-def _slot_taken_on_overlap() -> Iterator[None]:
-    try:
-        yield
-    except asyncpg.exceptions.ExclusionViolationError as exc:
-        which = _OVERLAP_CONSTRAINTS.get(exc.constraint_name or "")
-        if which is None:
-            raise
-        raise SlotTaken(which) from exc
-
-
-async def _guarded_fetchrow(
-    conn: Conn, lock: tuple[str, list[Any]] | None, query: str, *args: Any
-) -> asyncpg.Record | None:
-    """Run one write the overlap constraints may refuse, after taking ``lock``.
-
-    ``lock`` is (_LOCK_PEOPLE, [doctor_id, patient_id]) or (_LOCK_APPOINTMENT,
-    [appointment_id]); None for writes that cannot enter an overlap check.
-    The write runs in a transaction, or in a savepoint of the caller's.
-    """
-    if isinstance(conn, asyncpg.Pool):
-        async with conn.acquire() as connection:
-            return await _guarded_fetchrow(connection, lock, query, *args)
-    for attempt in range(1, _DEADLOCK_ATTEMPTS + 1):
-        try:
-            with _slot_taken_on_overlap():
-                async with conn.transaction():
-                    if lock is not None:
-                        await conn.execute(lock[0], _LOCK_DOCTOR, _LOCK_PATIENT, *lock[1])
-                    row: asyncpg.Record | None = await conn.fetchrow(query, *args)
-                    return row
-        except asyncpg.exceptions.DeadlockDetectedError:
-            if attempt == _DEADLOCK_ATTEMPTS:
-                raise
-            logger.warning("overlap check deadlocked (attempt %s); retrying", attempt)
-    raise AssertionError("unreachable")
 
 
 def rows_affected(status: str) -> int:
@@ -132,7 +61,7 @@ _DOCTOR_COLUMNS = (
 )
 
 
-def _doctor(row: asyncpg.Record) -> DoctorProfile:
+def _doctor(row: Mapping[str, Any]) -> DoctorProfile:
     values = dict(row)
     values["specialties"] = tuple(values["specialties"])
     values["languages"] = tuple(values["languages"])
@@ -338,7 +267,7 @@ _APPOINTMENT_COLUMNS = (
 )
 
 
-def _appointment(row: asyncpg.Record) -> Appointment:
+def _appointment(row: Mapping[str, Any]) -> Appointment:
     values = dict(row)
     values["service"] = ServiceKind(values["service"])
     values["status"] = AppointmentStatus(values["status"])
@@ -362,9 +291,9 @@ async def insert_appointment(
     Raises SlotTaken when the doctor (with buffers) or the patient is busy then,
     and NoDoctorProfile when the doctor has no profile in the clinic.
     """
-    row = await _guarded_fetchrow(
+    row = await guarded_fetchrow(
         conn,
-        (_LOCK_PEOPLE, [doctor_id, patient_id]),
+        (LOCK_PEOPLE, [doctor_id, patient_id]),
         f"""
         INSERT INTO appointments (
             clinic_id, doctor_id, patient_id, service, starts_at, ends_at,
@@ -485,8 +414,8 @@ async def transition(
     the move makes an inactive appointment active again over a taken slot.
     """
     target = AppointmentStatus(to_status)
-    lock = (_LOCK_APPOINTMENT, [appointment_id]) if target in ACTIVE_STATUSES else None
-    row = await _guarded_fetchrow(
+    lock = (LOCK_APPOINTMENT, [appointment_id]) if target in ACTIVE_STATUSES else None
+    row = await guarded_fetchrow(
         conn,
         lock,
         f"""
@@ -519,9 +448,9 @@ async def reschedule(
     the appointment is missing, not movable or at another version. A check-in
     belongs to the old time and is cleared.
     """
-    row = await _guarded_fetchrow(
+    row = await guarded_fetchrow(
         conn,
-        (_LOCK_APPOINTMENT, [appointment_id]),
+        (LOCK_APPOINTMENT, [appointment_id]),
         f"""
         UPDATE appointments
         SET starts_at = $2, ends_at = $3, checked_in_at = NULL,
@@ -542,9 +471,9 @@ async def check_in(
     conn: Conn, appointment_id: UUID, *, expected_version: int | None = None
 ) -> Appointment | None:
     """Record the patient's arrival (front desk); None unless requested/confirmed and not yet in."""
-    row = await _guarded_fetchrow(
+    row = await guarded_fetchrow(
         conn,
-        (_LOCK_APPOINTMENT, [appointment_id]),
+        (LOCK_APPOINTMENT, [appointment_id]),
         f"""
         UPDATE appointments
         SET checked_in_at = now(), updated_at = now(), version = version + 1
