@@ -1,22 +1,22 @@
-"""Memory per idle connection: teleconsult's /chat against raw aiohttp WebSocket and
-Node.js Socket.IO, at 10,000 connections.
+"""Memory per idle connection at up to 10,000 Socket.IO connections, teleconsult's /chat
+against a bare python-socketio server (and Node.js socket.io).
 
-Run: ``.venv/bin/python -m bench.idle_memory [--connections 10000] [--per-user 1]
-[--targets teleconsult,aiohttp-ws,node-socketio] [--json PATH]`` (``--help``).
+Run: ``.venv/bin/python -m bench.idle_memory [--connections 10000] [--smoke]``.
 
-For each target in turn (``bench/chat_targets.py``), one invocation starts its
-server pinned to core 1, opens and closes a few connections (so start-up
-allocations and lazy imports are behind it), reads the server process's RSS
-and PSS from ``/proc``, opens ``--connections`` connections from this process
-(pinned to core 0), waits ``--settle`` seconds, reads them again, checks every
-connection is still open, and reports the difference per connection.
+For each target: start the server, open and close a few connections (start-up
+allocations and lazy imports behind us), read the server's RSS (``VmRSS``) and PSS
+(``smaps_rollup``), open ``--connections`` real connections (WebSocket upgrade,
+engine.io handshake, namespace connect; for teleconsult with the access token of a
+user of its own), wait ``--settle`` seconds, read again, and check every
+connection is still open. The server's CPU over the settle window is what idle
+connections cost (pings; teleconsult's session re-checks). The soft
+``RLIMIT_NOFILE`` is raised to what the connections need (servers inherit it);
+past 20,000 connections the clients spread over source addresses 127.0.0.x.
 
-The connections are real: for the Socket.IO targets the WebSocket upgrade, the
-engine.io handshake and the namespace connect all completed (for teleconsult
-with a real access token of a user with a live session in a fresh database,
-``--per-user`` connections per user); for raw aiohttp the WebSocket upgrade.
-Over the settle window the server's CPU is measured too: what idle
-connections cost (pings, and for teleconsult the 30-s session re-check).
+* ``teleconsult``: ``/chat``, msgpack, one user and token per connection;
+* ``sio-relay``: ``bench/refs/pyref.py``, bare python-socketio (a connection joins
+  its pair's room, nothing else);
+* ``node-socketio``: Node.js and socket.io.
 """
 
 from __future__ import annotations
@@ -24,316 +24,167 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import os
 import resource
-import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
+from bench.harness import report
+from bench.harness.load import Progress, say
+from bench.harness.report import Column, Row
+from bench.harness.sio import SioConnection, client_session
+from bench.harness.world import Lab, node_version, open_lab
+from teleconsult.core.identity import Role
 
-from bench.api_requests import _pick_cores, _wait_for_quiet, drop_database, machine
-from bench.chat_targets import (
-    ChatFixture,
-    Link,
-    Target,
-    add_common_arguments,
-    chat_fixture,
-    describe,
-    finish,
-    make_target,
-    versions,
+TARGETS = ("teleconsult", "sio-relay", "node-socketio")
+WARM = 20
+PER_SOURCE = 20_000  # connections per source address towards one server port
+COLUMNS = (
+    Column("conns", "alive", ">6d"),
+    Column("RSS before", "rss_before_mib", ">10.1f"),
+    Column("RSS after", "rss_after_mib", ">9.1f"),
+    Column("KiB/conn", "rss_kib", ">8.1f"),
+    Column("PSS KiB/conn", "pss_kib", ">12.1f"),
+    Column("open s", "open_s", ">6.1f"),
+    Column("idle CPU", "idle_cpu", ">8.1%"),
 )
-from bench.cpu import _process_seconds, others_busy
-from bench.report import positive
-
-WARM_CONNECTIONS = 20
-# fds this process needs besides its connections (the event loop, files, the DB).
-FD_SLACK = 256
-# Each source address gives a connection to one server port this many local ports.
-PORTS_PER_ADDRESS = 20_000
 
 
-@dataclass
-class Memory:
-    rss: int  # bytes
-    pss: int | None  # bytes; None without /proc/PID/smaps_rollup
-
-
-def read_memory(pid: int) -> Memory:
-    """RSS from /proc/PID/status and PSS from /proc/PID/smaps_rollup, in bytes."""
-    rss = 0
+def memory(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) in bytes."""
+    rss = pss = 0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             rss = int(line.split()[1]) * 1024
-    pss = None
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                pss = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return Memory(rss, pss)
-
-
-@dataclass
-class TargetResult:
-    target: str
-    connections: int
-    opened: int = 0
-    alive: int = 0
-    open_seconds: float = 0.0
-    before: Memory | None = None
-    after: Memory | None = None
-    idle_server_cpu: float = 0.0  # share of a core over the settle window
-    generator_cpu_open: float = 0.0  # share of a core while opening
-    invalid: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def per_connection(self, kind: str) -> float:
-        if self.before is None or self.after is None or not self.alive:
-            return math.nan
-        a, b = getattr(self.after, kind), getattr(self.before, kind)
-        if a is None or b is None:
-            return math.nan
-        return float(a - b) / self.alive
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            pss = int(line.split()[1]) * 1024
+    return rss, pss
 
 
 def raise_fd_limit(connections: int) -> str:
-    """Soft RLIMIT_NOFILE up to what ``connections`` need (servers inherit it)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = connections + FD_SLACK
+    want = connections + 512
     if soft < want:
-        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-        soft = new
+        soft = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     if soft < want:
-        raise SystemExit(
-            f"{connections} connections need {want} file descriptors here and in the server, "
-            f"but the hard limit is {hard}: raise it (ulimit -Hn) or ask for fewer connections"
-        )
-    return f"RLIMIT_NOFILE soft {soft}, hard {hard}"
+        raise SystemExit(f"{connections} connections need {want} fds; the hard limit is {hard}")
+    return f"soft {soft}, hard {hard}"
 
 
-def sessions(connections: int) -> list[aiohttp.ClientSession]:
-    """One client session per source address 127.0.0.x: each gives ~28k ephemeral ports
-    towards one server port, so more than that needs several addresses."""
-    count = max(1, math.ceil(connections / PORTS_PER_ADDRESS))
-    found = []
-    for i in range(count):
-        connector = aiohttp.TCPConnector(
-            limit=0, force_close=True, local_addr=(f"127.0.0.{1 + i}", 0) if count > 1 else None
-        )
-        found.append(
-            aiohttp.ClientSession(
-                connector=connector,
-                cookie_jar=aiohttp.DummyCookieJar(),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=60),
-            )
-        )
-    return found
-
-
-async def open_many(
-    target: Target,
-    pool: list[aiohttp.ClientSession],
-    count: int,
-    parallel: int,
-    links: list[Link],
-    first: int = 0,
-) -> list[str]:
-    """Open ``count`` links into ``links``; the error of each one that failed."""
-    gate = asyncio.Semaphore(parallel)
+async def bench_target(lab: Lab, name: str, tokens: list[str], args: argparse.Namespace) -> Row:
+    await lab.quiet()
+    if name == "teleconsult":
+        server, ready = lab.teleconsult(name), "/healthz"
+    elif name == "node-socketio":
+        server, ready = lab.node(name), "/socket.io/?EIO=4&transport=polling"
+    else:
+        server, ready = lab.reference(name), "/readyz"
+    sessions = [
+        client_session(f"127.0.0.{1 + i}") for i in range(math.ceil(args.connections / PER_SOURCE))
+    ]
+    links: list[SioConnection] = []
     errors: list[str] = []
-    began = time.monotonic()
-    shown = began
-
-    async def one(index: int) -> None:
-        nonlocal shown
-        async with gate:
-            try:
-                link = await target.connect(pool[index % len(pool)], index)
-            except Exception as exc:
-                errors.append(f"{type(exc).__name__}: {exc}"[:200])
-                return
-        links.append(link)
-        now = time.monotonic()
-        if now - shown >= 1.0:
-            shown = now
-            print(
-                f"[{target.name}] {len(links)}/{count} open ({now - began:.0f} s), "
-                f"{len(errors)} failed",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    await asyncio.gather(*(one(first + i) for i in range(count)))
-    return errors
-
-
-async def bench_target(
-    name: str, fixture: ChatFixture | None, args: argparse.Namespace, cores: Any
-) -> TargetResult:
-    if args.quiet_wait > 0:
-        await _wait_for_quiet(args.quiet_wait)
-    target = make_target(name, fixture, users_per_link=args.per_user)
-    result = TargetResult(name, args.connections)
-    pool = sessions(args.connections)
-    links: list[Link] = []
     lost = 0
+    row = Row(name)
 
-    def on_lost() -> None:
+    def lose() -> None:
         nonlocal lost
         lost += 1
 
+    async def open_many(first: int, count: int, into: list[SioConnection]) -> None:
+        gate = asyncio.Semaphore(args.parallel)
+
+        async def one(i: int) -> None:
+            auth: dict[str, Any] = {"pair": i // 2}
+            if name == "teleconsult":
+                auth = {"token": tokens[i], "encoding": "msgpack"}
+            async with gate:
+                try:
+                    conn = await SioConnection.open(
+                        sessions[i % len(sessions)], server.base, "/chat", auth
+                    )
+                except Exception as exc:  # a refusal, a reset, a timeout: all counted
+                    errors.append(f"{type(exc).__name__}: {exc}"[:200])
+                    return
+            into.append(conn)
+
+        await asyncio.gather(*(one(first + i) for i in range(count)))
+
     try:
-        server = await target.start(cores[1] if cores else None)
-        warm: list[Link] = []
-        errors = await open_many(target, pool, WARM_CONNECTIONS, args.parallel, warm)
-        if errors:
-            raise RuntimeError(f"{name}: warm-up connections failed: {errors[0]}")
-        await asyncio.gather(*(link.close() for link in warm))
+        await server.wait_http(ready)
+        warm: list[SioConnection] = []
+        await open_many(0, WARM, warm)
+        await asyncio.gather(*(c.close() for c in warm))
         await asyncio.sleep(1.0)
-        result.before = read_memory(server.pid)
-        cpu, began = time.process_time(), time.monotonic()
-        errors = await open_many(target, pool, args.connections, args.parallel, links)
-        result.open_seconds = time.monotonic() - began
-        result.generator_cpu_open = (time.process_time() - cpu) / result.open_seconds
-        result.opened = len(links)
-        for link in links:
-            link.on_lost = on_lost
-        if errors:
-            result.invalid.append(f"{len(errors)} connections failed, e.g. {errors[0]}")
-        print(f"[{name}] {len(links)} open; settling {args.settle:g} s", file=sys.stderr)
-        server_cpu0, wall0 = _process_seconds(server.pid), time.monotonic()
+        rss0, pss0 = memory(server.pid)
+        began = time.monotonic()
+        say(f"[{name}] opening {args.connections} connections; server pid {server.pid}")
+        async with Progress(name, lambda: f"{len(links)} open, {len(errors)} failed"):
+            await open_many(WARM, args.connections, links)
+        row.fields["open_s"] = time.monotonic() - began
+        for conn in links:
+            conn.on_close = lose
+        meter = lab.meter(server)
+        await meter.start()
         await asyncio.sleep(args.settle)
-        result.idle_server_cpu = (_process_seconds(server.pid) - server_cpu0) / (
-            time.monotonic() - wall0
-        )
-        result.after = read_memory(server.pid)
+        row.cpu = await meter.stop()
+        rss1, pss1 = memory(server.pid)
         server.check_alive()
-        result.alive = len(links) - lost
-        if lost:
-            result.invalid.append(f"{lost} connections closed while idle")
     finally:
-        print(f"[{name}] closing {len(links)} connections", file=sys.stderr, flush=True)
+        say(f"[{name}] closing {len(links)} connections")
         for start in range(0, len(links), 500):
             await asyncio.gather(
-                *(link.close() for link in links[start : start + 500]), return_exceptions=True
+                *(c.close() for c in links[start : start + 500]), return_exceptions=True
             )
-        for session in pool:
+        for session in sessions:
             await session.close()
-        target.stop()
-    return result
-
-
-def table(results: list[TargetResult]) -> str:
+        server.stop()
+    alive = len(links) - lost
     mib = 1024 * 1024
-    head = (
-        f"{'target':<15} {'conns':>6} {'RSS before':>10} {'RSS after':>10} {'RSS/conn':>9} "
-        f"{'PSS/conn':>9} {'open s':>7} {'idle CPU':>8}  valid"
+    row.fields.update(
+        opened=len(links),
+        alive=alive,
+        rss_before_mib=rss0 / mib,
+        rss_after_mib=rss1 / mib,
+        rss_kib=(rss1 - rss0) / 1024 / alive if alive else math.nan,
+        pss_kib=(pss1 - pss0) / 1024 / alive if alive else math.nan,
+        idle_cpu=row.cpu.share("server") if row.cpu else math.nan,
     )
-    lines = [head, "-" * len(head)]
-    for r in results:
-        before = r.before.rss / mib if r.before else math.nan
-        after = r.after.rss / mib if r.after else math.nan
-        lines.append(
-            f"{r.target:<15} {r.alive:>6} {before:>8.1f}Mi {after:>8.1f}Mi "
-            f"{r.per_connection('rss') / 1024:>7.1f}Ki {r.per_connection('pss') / 1024:>7.1f}Ki "
-            f"{r.open_seconds:>7.1f} {r.idle_server_cpu:>8.1%}  "
-            f"{'INVALID' if r.invalid else 'yes'}"
-        )
-    for r in results:
-        for reason in r.invalid:
-            lines.append(f"  ! {r.target}: {reason}")
-        for note in r.notes:
-            lines.append(f"  - {r.target}: {note}")
-    by_name = {r.target: r for r in results}
-    tc = by_name.get("teleconsult")
-    ratios = [
-        (ref, tc.per_connection("rss") / by_name[ref].per_connection("rss"))
-        for ref in ("aiohttp-ws", "node-socketio")
-        if tc is not None and ref in by_name
-    ]
-    if ratios:
-        lines.append("")
-        lines.append("memory per idle connection (RSS), ratios:")
-        for ref, ratio in ratios:
-            lines.append(f"  teleconsult / {ref:<14} x{ratio:.2f}")
-    return "\n".join(lines)
+    failed = f"{len(errors)} failed" + (f", e.g. {errors[0]}" if errors else "")
+    row.check(f"every connection opened ({failed})", not errors)
+    row.check(f"every connection still open after {args.settle:g} s ({lost} closed)", not lost)
+    return row.judge()
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    limits = raise_fd_limit(args.connections)
-    cores = _pick_cores()
-    host = machine(cores)
-    host.update(versions())
-    host["fd_limit"] = limits
-    host["busy_before_run"] = await others_busy()
-    fixture: ChatFixture | None = None
-    if "teleconsult" in args.targets:
-        users = math.ceil(args.connections / args.per_user) + WARM_CONNECTIONS
-        print(f"creating {users} users with live sessions", file=sys.stderr, flush=True)
-        fixture = await chat_fixture(users)
-    results = []
-    try:
-        if cores:
-            os.sched_setaffinity(0, {cores[0]})
-        for name in args.targets:
-            results.append(await bench_target(name, fixture, args, cores))
-    finally:
-        if fixture is not None:
-            await drop_database(fixture.dsn)
-    return {
-        "benchmark": "idle_memory: server memory per idle connection",
-        "command": shlex.join([sys.executable, "-m", "bench.idle_memory", *sys.argv[1:]]),
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": host,
-        "params": {k: v for k, v in vars(args).items() if k != "json"},
-        "results": [
-            {
-                **asdict(r),
-                "rss_per_connection": r.per_connection("rss"),
-                "pss_per_connection": r.per_connection("pss"),
-            }
-            for r in results
-        ],
-        "table": table(results),
-    }
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.idle_memory",
-        description="Server memory per idle connection: teleconsult vs aiohttp and Node.js.",
-    )
-    parser.add_argument("--connections", type=int, default=10_000, help="idle connections")
-    parser.add_argument(
-        "--per-user", type=int, default=1, help="teleconsult: connections sharing one user"
-    )
-    parser.add_argument("--parallel", type=int, default=100, help="connections opening at once")
-    parser.add_argument("--settle", type=positive, default=5.0, help="seconds idle before reading")
-    add_common_arguments(parser)
-    args = parser.parse_args(argv)
-    if min(args.connections, args.per_user, args.parallel) < 1:
-        parser.error("--connections, --per-user and --parallel must be >= 1")
-    return args
+    async with open_lab("idle", args) as lab:
+        lab.facts["fd_limit"] = raise_fd_limit(args.connections)
+        lab.facts["node"] = node_version() if "node-socketio" in args.targets else "-"
+        tokens: list[str] = []
+        if "teleconsult" in args.targets:
+            say(f"creating {args.connections + WARM} users with live sessions")
+            tokens = [p.token for p in await lab.people(Role.PATIENT, args.connections + WARM)]
+        rows = [await bench_target(lab, name, tokens, args) for name in args.targets]
+        found, ratio_text = report.ratios(
+            rows, "rss_kib", TARGETS[1:], higher_is_better=False, what="RSS per idle connection"
+        )
+        head = f"{args.connections} idle connections per target, settled {args.settle:g} s"
+        text = "\n".join(x for x in (head, report.table(rows, COLUMNS), ratio_text) if x)
+        return report.document("idle_memory", args, lab.facts, rows, text, ratios=found)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    started = time.monotonic()
-    report = asyncio.run(run(args))
-    print(describe(report["machine"]))
-    print(
-        f"{args.connections} idle connections per target, teleconsult {args.per_user} "
-        f"per user; run took {time.monotonic() - started:.0f} s"
-    )
-    return finish(report, args.json)
+    p = report.parser("bench.idle_memory", __doc__, TARGETS, TARGETS[:2])
+    p.add_argument("--connections", type=int, default=10_000, help="idle connections")
+    p.add_argument("--parallel", type=int, default=100, help="connections opening at once")
+    p.add_argument("--settle", type=report.positive, default=5.0, help="seconds idle")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.connections, args.settle = 20, 0.3
+    return report.main(lambda: run(args), args)
 
 
 if __name__ == "__main__":

@@ -1,496 +1,371 @@
-"""Chat over MQTT through teleconsult's bridge against Mosquitto alone.
+"""Chat over MQTT: teleconsult's bridge (and its embedded broker) against Mosquitto alone.
 
-Run: ``.venv/bin/python -m bench.mqtt_path [--rates 20,100] [--budget-ms 50] [--pairs 16]
-[--targets mosquitto,teleconsult-mosquitto,teleconsult-amqtt] [--nagle] [--profile DIR]
-[--quiet-wait S] [--json PATH]`` (``--help`` for the rest).
+Run: ``.venv/bin/python -m bench.mqtt_path [--rates 20,100] [--pairs 16] [--smoke]``.
 
-One invocation makes a fresh database with ``2 * --pairs`` signed-in users, one
-device each and a direct thread per pair, then runs the targets of
-``bench/mqtt_targets.py`` one after the other: the broker (and the server)
-pinned to one core, the devices -- aiomqtt clients in this process -- on the
-other. Users ``2k`` and ``2k + 1`` talk to each other; every message goes from
-one device to the other end of its pair, round-robin over all devices.
+``--pairs`` pairs of users, a device each (aiomqtt clients in this process, QoS 1,
+persistent sessions); each message goes from one device to the other end of its
+pair, round-robin. The broker and the server share the server core.
 
-For each target:
+* ``mosquitto``: a private Mosquitto with a password file and the shipped
+  ``deploy/mosquitto/acl`` (plus one pattern letting a user write another's inbox);
+  a device publishes straight to the peer's ``tc/u/<user>/inbox`` a payload the size
+  of a ``send`` request: the broker's ceiling for one hop;
+* ``teleconsult-mosquitto``: the same Mosquitto with the shipped ACL, bridged by
+  ``teleconsult serve`` (``MQTT_URL``): a device publishes ``send`` with a real
+  sealed envelope to ``tc/u/<user>/req``; the server checks and stores it, pushes
+  it to both members' inboxes and acks on ``/ack``;
+* ``teleconsult-amqtt``: the same through the server's embedded amqtt broker.
 
-* **fixed rates** -- each of ``--rates`` messages a second (a light load and a
-  moderate one by default), open loop, for ``--duration`` seconds:
-  send->delivered latency (p50, p99, max) from each message's *scheduled* send
-  time to its arrival in the recipient's inbox, so a broker or server that
-  falls behind shows as latency (a message that never comes counts as
-  infinitely late); for the project also send->ack (the server's ack on
-  ``/ack``, published after the inboxes);
-* **highest rate within the budget** -- steps of ``--step`` seconds, the rate
-  doubling from ``--start-rate`` until a step's p99 goes over ``--budget-ms`` (or a
-  message is lost or refused), then bisected to ``--resolution``; the best
-  passing rate runs again for ``--confirm`` seconds, and that run is the row.
-  A step is cut short once 1 % of its window arrived late or a message is
-  stuck, and waits for the backlog to clear before the next.
-
-A row is INVALID when the generator (this process) used >= 90 % of its core
-in that run, or, for the highest rate, in the step that bounded the search:
-the figure is then the generator's, a lower bound for the target (also said,
-with ``>=``, when the generator was merely busier than the target there). It is
-noisy when processes other than the generator, server, broker and database
-took more than a quarter of a core. ``--profile DIR`` runs each teleconsult
-target once more at its highest rate with py-spy on the server
-(``bench/pyspy.py``); that run is not in the tables.
+Fixed rates (``--rates``, open loop), then the rate search of
+``bench.harness.steps`` at the p99 budget. A delivery counts only at the
+recipient (the sender gets its own copy too). ``srv`` is the server's CPU (for
+``mosquitto``, the broker's) per delivered message, ``brk`` a broker process of
+its own. Confirm steps: every message acked ok and delivered; for teleconsult one
+envelope opened and verified by its recipient.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import contextlib
 import math
-import os
-import shlex
-import signal
+import secrets
+import shutil
+import subprocess
 import sys
-import time
-from datetime import UTC, datetime
+import tempfile
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-import msgpack
+import aiomqtt
+import paho.mqtt.client as paho
 
-from bench.api_requests import _pick_cores, _wait_for_quiet, drop_database, machine
-from bench.chat_targets import ChatFixture, chat_fixture, index_of
-from bench.cpu import others_busy
-from bench.mqtt_runs import Probe, Run, Window, ratio_text, ratios, tables, verdict
-from bench.mqtt_targets import (
-    DEFAULT_TARGETS,
-    TARGETS,
-    MqttLink,
-    MqttTarget,
-    Publish,
-    TeleconsultMqtt,
-    make_target,
-    sample_request,
-    versions,
-)
-from bench.pyspy import Profile, profile_text
-from bench.report import positive, target_list
+from bench.harness import report
+from bench.harness.load import Progress, open_loop, say
+from bench.harness.procs import HOST, REPO, ServerProcess, free_port
+from bench.harness.report import Column, Row
+from bench.harness.steps import STEP_HEAD, Deliveries, Step, fill, rate_row, score, search
+from bench.harness.world import Lab, Pairs, index_of, msg_id, open_lab
 from teleconsult.client.crypto import open_envelope
+from teleconsult.messaging import mqtt_wire
 from teleconsult.messaging.envelope import from_msgpack
+from teleconsult.messaging.mqtt_broker import BRIDGE_USERNAME
 
-ms = 1e3
-LATE_SHARE = 0.01  # a search step is over once this share of its window arrived late
+TARGETS = ("mosquitto", "teleconsult-mosquitto", "teleconsult-amqtt")
+COLUMNS = (
+    Column("msg/s", "rate_text", ">8"),
+    Column("p50 ms", "p50_ms", ">7.2f"),
+    Column("p99 ms", "p99_ms", ">7.2f"),
+    Column("max ms", "max_ms", ">7.2f"),
+    Column("srv us/msg", "server_us", ">10.0f"),
+    Column("brk us/msg", "broker_us", ">10.0f"),
+)
 
 
-class Bench:
-    def __init__(self, args: argparse.Namespace, monitor: asyncpg.Connection, db: str) -> None:
-        self.args = args
-        self.monitor = monitor
-        self.database = db
-        self.budget = args.budget_ms / ms
-        self.next_index = 1  # message 0 is the readiness probe's
-        self.runs: list[Run] = []
-        self.profiles: dict[str, dict[str, Any]] = {}
+def mosquitto(lab: Lab, passwords: dict[str, str], extra_acl: str, folder: Path) -> ServerProcess:
+    """A private Mosquitto on the server core: password file, ACL, TCP_NODELAY."""
+    exe, passwd = (
+        shutil.which("mosquitto") or "/usr/sbin/mosquitto",
+        shutil.which("mosquitto_passwd"),
+    )
+    if not Path(exe).exists() or passwd is None:
+        raise RuntimeError("the MQTT benchmark needs mosquitto and mosquitto_passwd")
+    port = free_port()
+    (folder / "passwords").write_text("".join(f"{u}:{p}\n" for u, p in passwords.items()))
+    (folder / "passwords").chmod(0o600)
+    subprocess.run([passwd, "-U", str(folder / "passwords")], check=True, timeout=60)
+    (folder / "acl").write_text((REPO / "deploy/mosquitto/acl").read_text() + extra_acl)
+    conf = [
+        f"listener {port} {HOST}",
+        "allow_anonymous false",
+        f"password_file {folder / 'passwords'}",
+        f"acl_file {folder / 'acl'}",
+        "persistence false",
+        "log_dest stderr",
+        "log_type error",
+        "set_tcp_nodelay true",
+        "user root",  # else, as root, it would switch to a user who cannot read this folder
+    ]
+    (folder / "mosquitto.conf").write_text("\n".join(conf) + "\n")
+    command = [exe, "-c", str(folder / "mosquitto.conf")]
+    return ServerProcess("mosquitto", command, {}, cpu=lab.server_cpu, port=port)
 
-    async def window(
-        self,
-        target: MqttTarget,
-        links: list[MqttLink],
-        rate: float,
-        seconds: float,
-        kind: str,
-        profile: Path | None = None,
-    ) -> Run:
-        args = self.args
-        count = max(1, math.ceil(rate * (args.warmup + seconds)))
-        first = math.ceil(args.warmup * rate)
-        base, self.next_index = self.next_index, self.next_index + count
-        # Sealing is the sender's work, done before the clock starts.
-        outgoing = [target.message(j % len(links), base + j, args.body) for j in range(count)]
-        result = Run(target.name, kind, rate, scheduled=count - first)
-        w = Window(result, base, count, first, self.budget, acks=target.acks)
-        for link in links:
-            link.on_delivered, link.on_ack = w.deliver, w.ack
-        probe = Probe(target, self.monitor, self.database, result)
-        interval = 1.0 / rate
-        t0 = time.perf_counter() + 0.05
-        spy_on = (target.server_pid, profile) if profile is not None else None
-        edges = asyncio.create_task(self._edges(probe, t0 + first * interval, seconds, spy_on))
-        late_limit = max(3, LATE_SHARE * (count - first))
-        stall = max(1.0, 10 * self.budget)
-        sent = oldest = 0
-        try:
-            while sent < count:
-                now = time.perf_counter()
-                if now < t0 + sent * interval:
-                    await asyncio.sleep(t0 + sent * interval - now)
-                    continue
-                while oldest < sent and w.arrived[oldest]:
-                    oldest += 1
-                stalled = oldest < sent and now - w.due[oldest] > stall
-                if kind == "search" and (w.late > late_limit or stalled):
-                    result.stopped_early = True
-                    break
-                while sent < count and t0 + sent * interval <= now:
-                    w.due[sent] = due = t0 + sent * interval
-                    if sent >= first:
-                        result.max_send_lag = max(result.max_send_lag, now - due)
-                    out: Publish = outgoing[sent]
-                    rc = links[out.sender].send(out)
-                    if rc:
-                        result.errors[f"publish_rc_{rc}"] += 1
-                    sent += 1
-            if result.stopped_early:
-                edges.cancel()
-                result.scheduled = max(0, sent - first)
-                if probe.started:  # CPU up to the stop: was the generator the limit?
-                    await probe("end")
-            else:
-                spy = await edges
-                if spy is not None:
-                    self.profiles[target.name] = spy
-        finally:
-            edges.cancel()
-        await self._drain(w, sent)
-        if target.acks and result.acked < result.scheduled:
-            result.errors["unacked"] += result.scheduled - result.acked
-        self._judge(result)
-        self.runs.append(result)
-        print(result.line(), file=sys.stderr, flush=True)
-        return result
 
-    @staticmethod
-    async def _edges(
-        probe: Probe, start: float, seconds: float, spy_on: tuple[int, Path] | None
-    ) -> dict[str, Any] | None:
-        """CPU over the measured window (and py-spy on the server, if asked)."""
-        await asyncio.sleep(max(0.0, start - time.perf_counter()))
-        await probe("start")
-        spy = Profile(spy_on[0], seconds, spy_on[1]) if spy_on is not None else None
-        await asyncio.sleep(max(0.0, start + seconds - time.perf_counter()))
-        await probe("end")
-        return await spy.finish() if spy is not None else None
+class Target:
+    """A path under test: its processes, its devices, its messages."""
 
-    async def _drain(self, w: Window, sent: int) -> None:
-        """Wait for stragglers (they count); then for quiet, so none spill into the next run."""
-        w.outstanding -= w.per_message * (w.count - sent)  # never sent
-        if w.outstanding <= 0:
-            return
-        try:
-            await asyncio.wait_for(w.idle.wait(), self.args.drain)
-        except TimeoutError:
-            for _ in range(math.ceil(self.args.drain / 0.2)):
-                if time.perf_counter() - w.last_arrival >= 1.0:
-                    break
+    next_index = 1  # message 0 is the bridge's readiness probe
+
+    def __init__(self, lab: Lab, name: str, pairs: Pairs) -> None:
+        self.lab, self.name, self.pairs, self.args = lab, name, pairs, lab.args
+        self.tc = name.startswith("teleconsult")
+        self.users = [str(p.user_id) for p in pairs.people]
+        self.passwords = {u: secrets.token_hex(16) for u in self.users}
+        self.folder = tempfile.TemporaryDirectory(prefix="bench-mqtt-")
+        self.broker: ServerProcess | None = None
+        self.server: ServerProcess | None = None
+        self.port = 0
+        self.links: list[aiomqtt.Client] = []
+        self.stack = contextlib.AsyncExitStack()
+        self.current: Deliveries | None = None
+        self.frames: list[tuple[int, bytes]] = []  # for the check: (link, payload)
+        self.padding = b""
+        self.bridged = asyncio.Event()  # the bridge answered the probe (message 0)
+
+    async def start(self) -> None:
+        folder = Path(self.folder.name)
+        if self.name == "mosquitto":
+            self.broker = mosquitto(
+                self.lab, self.passwords, "pattern write tc/u/+/inbox\n", folder
+            )
+        elif self.name == "teleconsult-mosquitto":
+            bridge = secrets.token_hex(16)
+            accounts = {BRIDGE_USERNAME: bridge, **self.passwords}
+            self.broker = mosquitto(self.lab, accounts, "", folder)
+            url = f"mqtt://{BRIDGE_USERNAME}:{bridge}@{HOST}:{self.broker.port}"
+            self.server = self.lab.teleconsult(self.name, MQTT_URL=url)
+        else:
+            self.port = free_port()
+            self.server = self.lab.teleconsult(
+                self.name, MQTT_EMBEDDED_PORT=str(self.port), MQTT_EMBEDDED_HOST=HOST
+            )
+            self.passwords = {
+                p: t.token for p, t in zip(self.users, self.pairs.people, strict=True)
+            }
+        if self.broker is not None:
+            await self.broker.wait_port()
+            self.port = self.broker.port
+        if self.server is not None:
+            await self.server.wait_http("/readyz")
+        await asyncio.wait_for(self._connect_all(), 60)
+
+    async def _connect_all(self) -> None:
+        while True:
+            try:
+                self.links = [await self._device(k) for k in range(len(self.users))]
+                return
+            except aiomqtt.MqttError:  # the embedded broker may still be starting
+                await self.stack.aclose()
+                self.stack = contextlib.AsyncExitStack()
                 await asyncio.sleep(0.2)
 
-    def _judge(self, r: Run) -> None:
-        r.passed = (
-            not r.stopped_early and not r.errors and r.scheduled > 0 and r.p(99) <= self.budget
+    async def _device(self, k: int) -> aiomqtt.Client:
+        user = self.users[k]
+        client = aiomqtt.Client(
+            HOST,
+            self.port,
+            username=user,
+            password=self.passwords[user],
+            identifier=f"{user}-bench",
+            clean_session=False,
+            max_inflight_messages=100,
+        )
+        await self.stack.enter_async_context(client)
+        raw: paho.Client = client._client
+        uid = self.pairs.people[k].user_id
+        raw.message_callback_add(mqtt_wire.inbox_topic(uid), self._taker(k))
+        topics = [(mqtt_wire.inbox_topic(uid), 1)]
+        if self.tc:
+            raw.message_callback_add(mqtt_wire.ack_topic(uid), self._acker)
+            topics.append((mqtt_wire.ack_topic(uid), 1))
+        await client.subscribe(topics)
+        return client
+
+    def _taker(self, k: int) -> Any:
+        def take(_c: Any, _u: Any, message: paho.MQTTMessage) -> None:
+            payload = bytes(message.payload)
+            self.frames.append((k, payload))
+            if self.tc:
+                index = index_of(mqtt_wire.decode(payload)["data"].get("client_msg_id"))
+            else:
+                index = int.from_bytes(payload[:8], "big")
+            # The recipient's copy only: the server pushes the sender its own as well.
+            if index is not None and self.current is not None and index % len(self.links) == k ^ 1:
+                self.current.deliver(index)
+
+        return take
+
+    def _acker(self, _c: Any, _u: Any, message: paho.MQTTMessage) -> None:
+        frame = mqtt_wire.decode(bytes(message.payload))
+        index, ack = index_of(frame.get("id")), frame.get("ack") or {}
+        if index == 0:
+            self.bridged.set()
+        elif index is not None and self.current is not None:
+            error = None if ack.get("ok") else str((ack.get("error") or {}).get("code", "bad_ack"))
+            self.current.ack(index, error)
+
+    def message(self, index: int, sender: int | None = None) -> tuple[int, str, bytes]:
+        """(sending link, topic, payload) of message ``index``."""
+        sender = index % len(self.users) if sender is None else sender
+        peer = self.pairs.people[sender ^ 1].user_id
+        if not self.tc:
+            return sender, mqtt_wire.inbox_topic(peer), index.to_bytes(8, "big") + self.padding
+        thread, sealed = self.pairs.envelope(sender, b"x" * self.args.body, index)
+        data = {"thread_id": str(thread), "envelope": sealed}
+        payload = mqtt_wire.encode_request(msg_id(index), "send", data, "msgpack")
+        return sender, mqtt_wire.request_topic(self.pairs.people[sender].user_id), payload
+
+    def publish(self, sender: int, topic: str, payload: bytes) -> None:
+        rc = self.links[sender]._client.publish(topic, payload, qos=1).rc
+        if rc and self.current is not None:
+            self.current.errors[f"publish_rc_{rc}"] += 1
+
+    async def step(self, rate: float, seconds: float, kind: str) -> Step:
+        args = self.args
+        count = int((args.warmup + seconds) * rate) + 2
+        base, Target.next_index = Target.next_index, Target.next_index + count
+        out = [self.message(base + j) for j in range(count)]
+        d = self.current = Deliveries(
+            base, count, args.budget_ms / 1e3, first=math.ceil(args.warmup * rate), acks=self.tc
         )
 
-    async def measured(
-        self, target: MqttTarget, links: list[MqttLink], rate: float, seconds: float, kind: str
-    ) -> Run:
-        """A run, again (up to ``--retry-noisy`` times) while it fails on a noisy machine."""
-        for attempt in range(self.args.retry_noisy + 1):
-            run = await self.window(target, links, rate, seconds, kind)
-            run.retries = attempt
-            if run.passed or not run.noisy or attempt == self.args.retry_noisy:
-                return run
-            await _wait_for_quiet(max(self.args.quiet_wait, 5.0))
-        raise AssertionError("not reached")
+        def send(j: int, due: float) -> None:
+            d.send(j, due)
+            self.publish(*out[j])
 
-    async def highest_rate(
-        self, target: MqttTarget, links: list[MqttLink]
-    ) -> tuple[Run | None, Run | None]:
-        """(the confirming run at the best passing rate, the step that bounded the search)."""
-        args = self.args
-        good: Run | None = None
-        bad: Run | None = None
-        rate = args.start_rate
-        for _ in range(args.max_steps):
-            step = await self.measured(target, links, rate, args.step, "search")
-            if step.passed:
-                good = step
-            else:
-                bad = step if bad is None or step.rate < bad.rate else bad
-            if bad is None:
-                rate *= 2
-                if rate > args.max_rate:
-                    break
-            elif good is None:
-                rate /= 2
-                if rate < args.min_rate:
-                    break
-            elif bad.rate / good.rate <= 1 + args.resolution:
+        meter = self.meter()
+        stop = (lambda: d.hopeless(int(rate * seconds))) if kind == "search" else None
+        plan = await open_loop(rate, seconds, args.warmup, send, meter=meter, stop=stop)
+        await d.drain(args.drain)
+        for proc in (self.broker, self.server):
+            if proc is not None:
+                proc.check_alive()
+        return score(self.name, kind, d, plan)
+
+    def meter(self) -> Any:
+        extra = {"broker": self.broker} if self.broker and self.server else {}
+        return self.lab.meter(self.server or self.broker, **extra)
+
+    async def verify_one(self) -> bool:
+        """Device 0 sends; device 1 opens and verifies what its inbox got (after the bridge
+        answers a probe: it subscribes once started)."""
+        uid = self.pairs.people[0].user_id
+        probe = mqtt_wire.encode_request(msg_id(0), "resume", {"threads": {}}, "msgpack")
+        for _ in range(30):
+            self.publish(0, mqtt_wire.request_topic(uid), probe)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.bridged.wait(), 1.0)
                 break
-            else:
-                rate = float(round(math.sqrt(good.rate * bad.rate)))
-        if good is None:
-            return None, bad
-        confirm = await self.measured(target, links, good.rate, args.confirm, "confirm")
-        if not confirm.passed:
-            lower = float(round(good.rate / (1 + args.resolution)))
-            confirm = await self.measured(target, links, lower, args.confirm, "confirm")
-        return confirm, bad
+        index, Target.next_index = Target.next_index, Target.next_index + 1
+        self.frames.clear()
+        self.publish(*self.message(index, sender=0))
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            got = [p for k, p in self.frames if k == 1]
+            if got:
+                data = mqtt_wire.decode(got[0])["data"]
+                raw = data["envelope"]
+                plain = open_envelope(
+                    from_msgpack(raw, max_bytes=len(raw)),
+                    me=self.pairs.devices[1].keys,
+                    my_device_id=self.pairs.devices[1].id,
+                    sender_signing_key=self.pairs.devices[0].keys.signing_public_key,
+                )
+                return bool(plain == b"x" * self.args.body)
+        return False
 
-
-# --- one target -----------------------------------------------------------------------
-
-
-async def open_links(target: MqttTarget, count: int) -> list[MqttLink]:
-    gate = asyncio.Semaphore(16)
-
-    async def one(index: int) -> MqttLink:
-        async with gate:
-            return await target.connect(index)
-
-    found = await asyncio.gather(*(one(i) for i in range(count)), return_exceptions=True)
-    links = [x for x in found if isinstance(x, MqttLink)]
-    failed = [x for x in found if not isinstance(x, MqttLink)]
-    if failed:
-        await asyncio.gather(*(link.close() for link in links))
-        raise RuntimeError(f"{target.name}: {len(failed)} devices could not connect: {failed[0]!r}")
-    return links
-
-
-async def check_one_message(
-    target: TeleconsultMqtt, links: list[MqttLink], body: int, index: int
-) -> str:
-    """Device 0 sends message ``index``; device 1 opens and verifies what its inbox got."""
-    fixture = target.fixture
-    await target.wait_bridged(links[0], fixture.user_ids[0])
-    loop = asyncio.get_running_loop()
-    acked: asyncio.Future[str | None] = loop.create_future()
-    got: asyncio.Future[bytes] = loop.create_future()
-    out = target.message(0, index, body)
-
-    def take(topic: str, payload: bytes | bytearray) -> None:
-        if topic.endswith("/inbox") and not got.done():
-            got.set_result(bytes(payload))
-
-    def answer(answered: int, error: str | None) -> None:
-        if answered == index and not acked.done():
-            acked.set_result(error)
-
-    links[0].on_ack, links[1].on_frame = answer, take
-    try:
-        links[0].send(out)
-        async with asyncio.timeout(30):
-            error = await acked
-            if error is not None:
-                raise RuntimeError(f"{target.name}: the server refused a message: {error}")
-            frame = msgpack.unpackb(await got, raw=False)
-    finally:
-        links[1].on_frame = None
-    data = frame["data"]
-    raw = data["envelope"]
-    plaintext = open_envelope(
-        from_msgpack(raw, max_bytes=len(raw)),
-        me=fixture.keys[1],
-        my_device_id=fixture.devices[1],
-        sender_signing_key=fixture.keys[0].signing_public_key,
-    )
-    assert plaintext == b"x" * body and index_of(data["client_msg_id"]) == index
-    return (
-        f"seq {data['seq']}: request {len(out.payload)} B, {len(raw)}-byte envelope, "
-        "opened and verified by the recipient"
-    )
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.stack.aclose()
+        for proc in (self.server, self.broker):
+            if proc is not None:
+                proc.stop()
+        self.folder.cleanup()
 
 
 async def bench_target(
-    bench: Bench, name: str, fixture: ChatFixture, cores: tuple[int, int] | None, payload: int
-) -> dict[str, Any]:
-    args = bench.args
-    if args.quiet_wait > 0:
-        await _wait_for_quiet(args.quiet_wait)
-    target = make_target(name, fixture, payload, nodelay=not args.nagle)
-    notes: list[str] = []
-    links: list[MqttLink] = []
+    lab: Lab, name: str, pairs: Pairs, size: int
+) -> tuple[list[Row], Row, list[Step]]:
+    args = lab.args
+    await lab.quiet()
+    target = Target(lab, name, pairs)
+    target.padding = secrets.token_bytes(max(0, size - 8))
     try:
-        await target.start(cores[1] if cores else None)
-        links = await open_links(target, 2 * args.pairs)
-        if isinstance(target, TeleconsultMqtt):
-            bench.next_index += 1  # client message ids are never reused across targets
-            checked = await check_one_message(target, links, args.body, bench.next_index - 1)
-            notes.append(checked)
-        print(f"[{name}] {len(links)} devices connected", file=sys.stderr, flush=True)
-        fixed = [
-            await bench.measured(target, links, rate, args.duration, "fixed") for rate in args.rates
-        ]
-        confirm, bound = (None, None)
-        if not args.no_search:
-            confirm, bound = await bench.highest_rate(target, links)
-        if args.profile is not None and isinstance(target, TeleconsultMqtt):
-            rate = confirm.rate if confirm is not None else args.rates[-1]
-            path = args.profile / f"mqtt-{name}.txt"
-            await bench.window(target, links, rate, args.profile_seconds, "profiled", path)
-        target.check_alive()
+        await target.start()
+        say(f"[{name}] {len(target.links)} devices connected")
+        verified = await target.verify_one() if target.tc else None
+        say(STEP_HEAD)
+        async with Progress(name, lambda: f"sent {target.current.sent if target.current else 0}"):
+            fixed = [await target.step(rate, args.duration, "fixed") for rate in args.rates]
+            tried, confirm = await search(
+                target.step,
+                start=args.start_rate,
+                resolution=0.15,
+                max_steps=args.max_steps,
+                step_seconds=args.step,
+                confirm_seconds=args.confirm,
+            )
     finally:
-        await asyncio.gather(*(link.close() for link in links))
-        target.stop()
-    return {"target": name, "fixed": fixed, "confirm": confirm, "bound": bound, "notes": notes}
-
-
-# --- the run --------------------------------------------------------------------------
+        await target.close()
+    rows = []
+    for step in fixed:
+        rows.append(Row(f"{name} @{step.rate:.0f}/s"))
+        fill(rows[-1], step)
+    row = rate_row(name, tried, confirm, args.budget_ms)
+    if verified is not None:
+        row.check("one envelope opened and verified by its recipient", verified)
+    for r in [*rows, row]:
+        r.judge()
+    return rows, row, fixed + tried + ([confirm] if confirm else [])
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    main_task = asyncio.current_task()
-    assert main_task is not None
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, main_task.cancel)
-    cores = _pick_cores()
-    host = machine(cores)
-    host.update(versions())
-    host["busy_before_run"] = await others_busy()
-    payload = len(sample_request(args.body))
-    host["request_bytes"] = payload
-    fixture = await chat_fixture(2 * args.pairs, pairs=args.pairs)
-    found: list[dict[str, Any]] = []
-    bench: Bench | None = None
-    try:
-        if cores:
-            os.sched_setaffinity(0, {cores[0]})
-        monitor = await asyncpg.connect(fixture.dsn)
-        try:
-            bench = Bench(args, monitor, fixture.dsn.rsplit("/", 1)[1])
-            for name in args.targets:
-                found.append(await bench_target(bench, name, fixture, cores, payload))
-        finally:
-            await monitor.close()
-    finally:
-        await drop_database(fixture.dsn)
-    judged = [verdict(item, args) for item in found]
-    found_ratios = ratios(found, judged)
-    profiles = bench.profiles if bench is not None else {}
-    return {
-        "benchmark": "mqtt_path: chat over MQTT through teleconsult's bridge vs Mosquitto alone",
-        "command": shlex.join([sys.executable, "-m", "bench.mqtt_path", *sys.argv[1:]]),
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": host,
-        "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "results": [
-            {
-                "target": item["target"],
-                **v,
-                "fixed": [r.as_json() for r in item["fixed"]],
-                **{k: _run_json(item[k]) for k in ("confirm", "bound")},
-            }
-            for item, v in zip(found, judged, strict=True)
-        ],
-        "runs": [r.as_json() for r in bench.runs] if bench is not None else [],
-        "ratios": _finite(found_ratios),
-        "profiles": profiles,
-        "table": tables(found, judged, args) + ratio_text(found_ratios),
-    }
+    async with open_lab("mqtt", args) as lab:
+        pairs = await lab.pairs(args.pairs)
+        thread, sealed = pairs.envelope(0, b"x" * args.body, 0)
+        data = {"thread_id": str(thread), "envelope": sealed}
+        sample = mqtt_wire.encode_request(msg_id(0), "send", data, "msgpack")
+        fixed: list[Row] = []
+        best: list[Row] = []
+        steps: list[Step] = []
+        for name in args.targets:
+            rows, row, tried = await bench_target(lab, name, pairs, len(sample))
+            fixed += rows
+            best.append(row)
+            steps += tried
+        found, ratio_text = report.ratios(
+            best, "rate", ["mosquitto"], higher_is_better=True, what="rate at the budget"
+        )
+        text = [
+            f"{args.pairs} pairs, QoS 1, {len(sample)}-byte send requests; fixed rates:",
+            report.table(fixed, COLUMNS),
+            f"\nhighest rate with p99 <= {args.budget_ms:g} ms:",
+            report.table(best, COLUMNS),
+            ratio_text,
+            "\nsteps:\n" + STEP_HEAD,
+            *(s.line() for s in steps),
+            "",
+            report.cpu_table(fixed + best),
+        ]
+        doc = "\n".join(t for t in text if t)
+        more = {"ratios": found, "steps": [s.json() for s in steps]}
+        return report.document("mqtt_path", args, lab.facts, fixed + best, doc, **more)
 
 
-def _run_json(r: Run | None) -> dict[str, Any] | None:
-    return r.as_json() if r is not None else None
-
-
-def _finite(value: Any) -> Any:
-    """Infinite or NaN figures (nothing arrived) as JSON null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
-def rate_list(text: str) -> list[float]:
-    """argparse type: comma-separated rates > 0."""
-    return [positive(part) for part in text.split(",") if part.strip()] or [positive(text)]
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.mqtt_path",
-        description="Chat over MQTT: teleconsult's bridge against Mosquitto alone.",
-    )
-    parser.add_argument(
-        "--rates", type=rate_list, default=[20.0, 100.0], help="fixed rates, msg/s (20,100)"
-    )
-    parser.add_argument("--start-rate", type=positive, default=100.0, help="search from, msg/s")
-    parser.add_argument("--duration", type=positive, default=4.0, help="fixed-rate window, s")
-    parser.add_argument("--budget-ms", type=positive, default=50.0, help="p99 budget of the search")
-    parser.add_argument("--pairs", type=int, default=16, help="pairs of users, one device each")
-    parser.add_argument("--body", type=int, default=100, help="plaintext bytes per message")
-    parser.add_argument("--step", type=positive, default=1.5, help="measured s per search step")
-    parser.add_argument("--confirm", type=positive, default=3.0, help="measured s, final run")
-    parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured s before each run")
-    parser.add_argument("--drain", type=positive, default=3.0, help="wait for stragglers, s")
-    parser.add_argument("--min-rate", type=positive, default=10.0, help="lowest rate to try")
-    parser.add_argument("--max-rate", type=positive, default=50_000.0, help="highest rate")
-    parser.add_argument(
-        "--resolution", type=positive, default=0.15, help="stop when fail/pass rates are this close"
-    )
-    parser.add_argument("--max-steps", type=int, default=12, help="search steps per target")
-    parser.add_argument("--no-search", action="store_true", help="the fixed rate only")
-    parser.add_argument(
-        "--nagle",
-        action="store_true",
-        help="leave Nagle's algorithm on in Mosquitto and the devices (both their defaults)",
-    )
-    parser.add_argument(
-        "--targets",
-        type=target_list(TARGETS),
-        default=list(DEFAULT_TARGETS),
-        help=f"comma-separated, run in this order; from {', '.join(TARGETS)}",
-    )
-    parser.add_argument(
-        "--quiet-wait", type=float, default=0.0, help="wait up to S s for an idle machine first"
-    )
-    parser.add_argument(
-        "--retry-noisy", type=int, default=0, help="run a failed noisy window again, N times"
-    )
-    parser.add_argument(
-        "--profile", type=Path, default=None, help="py-spy each teleconsult server into DIR"
-    )
-    parser.add_argument(
-        "--profile-seconds", type=positive, default=10.0, help="the profiled run's window, s"
-    )
-    parser.add_argument("--json", type=Path, default=None, help="write the results here")
-    args = parser.parse_args(argv)
-    if args.pairs < 1 or args.max_steps < 1 or args.body < 1:
-        parser.error("--pairs, --max-steps and --body must be >= 1")
-    if args.warmup < 0 or args.quiet_wait < 0 or args.retry_noisy < 0:
-        parser.error("--warmup, --quiet-wait and --retry-noisy must be >= 0")
-    if args.profile is not None:
-        args.profile.mkdir(parents=True, exist_ok=True)
-    return args
+def rates(text: str) -> list[float]:
+    return [report.positive(part) for part in text.split(",")]
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    started = time.monotonic()
-    try:
-        report = asyncio.run(run(args))
-    except asyncio.CancelledError:
-        print("interrupted: brokers and servers stopped, database dropped", file=sys.stderr)
-        return 130
-    host = report["machine"]
-    print(
-        f"{host['nproc']} cores ({host['cpu_model']}), Python {host['python']}, "
-        f"Mosquitto {host.get('mosquitto', '-')}, amqtt {host['amqtt']}, "
-        f"aiomqtt {host['aiomqtt']} (paho-mqtt {host['paho-mqtt']}); pinning: {host['pinning']}; "
-        f"other processes' CPU before the run: {host['busy_before_run']:.0%} of a core"
-    )
-    print(
-        f"{args.pairs} pairs ({2 * args.pairs} devices), QoS 1, {args.body}-byte texts: "
-        f"{host['request_bytes']}-byte send requests; run took {time.monotonic() - started:.0f} s"
-    )
-    print(report["table"])
-    for name, profile in report["profiles"].items():
-        print()
-        print(profile_text(name, profile))
-    if args.json is not None:
-        text = json.dumps(report, indent=2, allow_nan=False, default=str)
-        args.json.write_text(text + "\n", encoding="utf-8")
-        print(f"results written to {args.json}")
-    return 1 if any(r["invalid"] for r in report["results"]) else 0
+    p = report.parser("bench.mqtt_path", __doc__, TARGETS, TARGETS)
+    p.add_argument("--rates", type=rates, default=[20.0, 100.0], help="fixed rates, msg/s")
+    p.add_argument("--duration", type=report.positive, default=4.0, help="fixed-rate window, s")
+    p.add_argument("--budget-ms", type=report.positive, default=50.0, help="p99 budget")
+    p.add_argument("--pairs", type=int, default=16, help="pairs of users, a device each")
+    p.add_argument("--body", type=int, default=100, help="plaintext bytes per message")
+    p.add_argument("--start-rate", type=report.positive, default=100.0, help="search from")
+    p.add_argument("--max-steps", type=int, default=12, help="search steps per target")
+    p.add_argument("--step", type=report.positive, default=1.5, help="measured s per step")
+    p.add_argument("--confirm", type=report.positive, default=3.0, help="measured s, confirm")
+    p.add_argument("--warmup", type=float, default=0.5, help="unmeasured s per run")
+    p.add_argument("--drain", type=report.positive, default=3.0, help="wait for stragglers")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.pairs, args.rates, args.duration, args.max_steps = 1, [10.0], 0.4, 1
+        args.start_rate, args.step, args.confirm, args.warmup = 10.0, 0.4, 0.4, 0.1
+        args.budget_ms = 60_000.0  # behaviour, never speed
+    return report.main(lambda: run(args), args)
 
 
 if __name__ == "__main__":

@@ -1,38 +1,24 @@
-"""Reconnect storm: the server restarts under N clients; time until all are back and caught up.
+"""Reconnect storm: the server is killed and restarted under N clients; seconds from
+the restart until every client is back (and caught up), against a bare reference.
 
-Run: ``.venv/bin/python -m bench.reconnect_storm [--clients 500] [--group 50]
-[--before 2] [--during 2] [--downtime 2] [--targets teleconsult,reference]
-[--profile DIR] [--json PATH]``.
+Run: ``.venv/bin/python -m bench.reconnect_storm [--clients 500] [--group 50] [--smoke]``.
 
-One invocation makes a throwaway database and runs each target in turn, its
-server pinned to one core and this load generator (every client) to the other.
+* ``teleconsult`` (``-redis``: presence and bus in Redis): ``--clients`` patients,
+  each a ``ChatClient`` of the project's client library (Socket.IO, WebSocket,
+  msgpack) following its care-team thread of ``--group`` patients and a doctor.
+  After a first message reached everyone, the doctor sends ``--before`` messages
+  per thread; the server is SIGKILLed; once the doctor's client noticed, it sends
+  ``--during`` more (its retry loop holds them); ``--downtime`` s after the kill the
+  server restarts on the same port. Each client comes back by itself with the
+  library's jittered backoff, authenticates and resumes. *Back*: its transport is
+  connected; *caught up*: it opened every message of its thread, once, in order.
+* ``ws-ref``: ``bench/refs/pyref.py``'s bare WebSocket and as many aiohttp clients
+  reconnecting with the library's own ``Backoff``, back when their ``hello`` is
+  answered: nothing to authenticate or resume, the floor the backoff sets.
 
-* ``teleconsult`` -- ``--clients`` patients, each a :class:`ChatClient` of the
-  project's client library over :class:`SocketIoTransport` (WebSocket,
-  msgpack), in care-team threads of ``--group`` patients and one doctor (every
-  member holds a sealed key). After a first message has reached everyone, the
-  doctor sends ``--before`` messages to each thread and, once they are
-  acknowledged, the server is killed (SIGKILL: a crash; ``--signal term`` for a
-  graceful stop). The doctor then sends ``--during`` more to each thread, which
-  his client retries until the server is back. After ``--downtime`` seconds
-  the server is started again on the same port. Nothing in the benchmark helps
-  the clients: each reconnects by itself with the library's jittered backoff
-  (0.2 s doubling to 10 s), authenticates, and resumes every followed thread.
-  A client is *back* when its transport is connected again and *caught up*
-  when it has opened, in order and once, every message of its thread.
-* ``teleconsult-redis`` -- the same with ``REDIS_URL`` (presence, rate limits and
-  the bus in Redis, which survives the restart).
-* ``reference`` -- ``bench/refs/ws_broadcast.py`` and as many bare aiohttp
-  WebSocket clients. Each reconnects with the same backoff (the library's own
-  ``Backoff`` class) and is back when its ``hello`` is answered. No auth, no
-  state, nothing to resume: the floor for "everyone reconnected".
-
-The headline is the time from the restart (the new process spawned) until the
-last client is caught up (teleconsult) or back (reference). The backoff
-schedule is the same on both sides, so it sets a floor both share; the server's
-own start-up is shown apart (``ready s``). The run is invalid when any message
-is lost (a client not caught up within ``--bound`` seconds), any delivery is
-out of order or wrong, or the generator used 90 % of its core over the storm.
+Confirm steps: every client noticed the crash, came back and caught up within
+``--bound`` s, no message wrong, twice or out of order, the server stored every
+message sent.
 """
 
 from __future__ import annotations
@@ -41,624 +27,366 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
-import tempfile
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import aiohttp
-import asyncpg
 
-from bench import realtime as rt
-from bench.api_requests import _free_port
-from bench.procs import HOST, ServerProcess
-from bench.pyspy import Profile
-from bench.report import positive
+from bench.harness import report
+from bench.harness.latency import Recorder
+from bench.harness.load import Progress, say
+from bench.harness.procs import ServerProcess
+from bench.harness.report import Column, Row
+from bench.harness.world import Device, Lab, Person, envelope, open_lab
 from teleconsult.client.chat import ChatClient
-from teleconsult.client.crypto import DeviceKeys, seal
 from teleconsult.client.rest import RestClient
 from teleconsult.client.transport import SocketIoTransport
 from teleconsult.core.backoff import Backoff
 from teleconsult.core.identity import Role
-from teleconsult.loadtest.report import Latency, summarize
-from teleconsult.messaging import store as messaging
-from teleconsult.messaging.envelope import MAX_RECIPIENTS, Envelope
+from teleconsult.messaging.envelope import MAX_RECIPIENTS, from_msgpack
 from teleconsult.messaging.records import ThreadKind
 
-TARGETS = ("teleconsult", "teleconsult-redis", "reference")
-REFERENCE_MODULE = "bench.refs.ws_broadcast"
-CONNECT_PARALLEL = 25
-SIGNALS = {"kill": signal.SIGKILL, "term": signal.SIGTERM}
+TARGETS = ("teleconsult", "teleconsult-redis", "ws-ref")
+COLUMNS = (
+    Column("clients", "clients", ">7d"),
+    Column("ready s", "ready_s", ">7.2f"),
+    Column("back p50", "back_p50", ">8.2f"),
+    Column("back max", "back_max", ">8.2f"),
+    Column("caught p50", "caught_p50", ">10.2f"),
+    Column("caught max", "caught_max", ">10.2f"),
+    Column("all done s", "all_done_s", ">10.2f"),
+    Column("srv ms/client", "server_ms", ">13.1f"),
+)
 
 
-def body(thread_no: int, seq: int) -> bytes:
-    return f"storm thread {thread_no} message {seq}".encode()
+def body(thread: int, seq: int) -> bytes:
+    return f"storm thread {thread} message {seq}".encode()
 
 
-class Storm:
-    """Per client: when it was back and caught up, and what it got wrong.
-
-    Times are ``time.perf_counter()`` values; ``armed`` once the server is down.
-    """
+class Fleet:
+    """Every client; ``back``/``caught`` hold when each came back, once the server is down."""
 
     def __init__(self, clients: int) -> None:
-        self.clients = clients
-        self.final = 1  # the seq every thread ends at, when everything is delivered
-        self.last = [0] * clients
         self.back: list[float | None] = [None] * clients
         self.caught: list[float | None] = [None] * clients
-        self.wrong = 0
-        self.armed = False
-        self.all_back = asyncio.Event()
-        self.all_caught = asyncio.Event()
-        self.first_round = asyncio.Event()  # every client holds seq 1
+        self.last = [0] * clients
+        self.final, self.wrong, self.sent, self.armed = 1, 0, 0, False
+        self.tasks: list[asyncio.Task[None]] = []
+        self.first_round = asyncio.Event()
+        self.done = asyncio.Event()
 
-    def mark_back(self, client: int) -> None:
-        if self.armed and self.back[client] is None:
-            self.back[client] = time.perf_counter()
-            if all(t is not None for t in self.back):
-                self.all_back.set()
-
-    def delivered(self, client: int, seq: int, ok: bool) -> None:
-        if seq != self.last[client] + 1 or not ok:
-            self.wrong += 1
-        self.last[client] = max(self.last[client], seq)
-        if self.last[client] < self.final:
-            return
-        if not self.armed:
-            if all(last >= 1 for last in self.last):
-                self.first_round.set()
-        elif self.caught[client] is None:
-            self.caught[client] = time.perf_counter()
-            if all(t is not None for t in self.caught):
-                self.all_caught.set()
+    def mark(self, times: list[float | None], i: int) -> None:
+        if self.armed and times[i] is None:
+            times[i] = time.perf_counter()
+            if all(t is not None for t in times) and times is self.target:
+                self.done.set()
 
     @property
-    def lost(self) -> int:
-        return sum(max(0, self.final - last) for last in self.last)
+    def target(self) -> list[float | None]:
+        return self.back
 
+    def connected(self, i: int) -> bool:
+        raise NotImplementedError
 
-# --- the teleconsult side -------------------------------------------------------------
-
-
-@dataclass
-class World:
-    sender: rt.Person
-    sender_keys: DeviceKeys
-    sender_device: UUID
-    patients: list[rt.Person]
-    keys: list[DeviceKeys]
-    devices: list[UUID]
-    threads: list[UUID]  # patient i is in threads[i // group]
-    sealed_for: list[dict[UUID, bytes]]  # per thread: its devices' X25519 keys
-
-
-async def prepare_world(db: rt.Database, clients: int, group: int, label: str) -> World:
-    conn = await asyncpg.connect(db.dsn)
-    try:
-        [sender] = await rt.add_people(conn, db, Role.DOCTOR, 1, f"{label}-doctor")
-        patients = await rt.add_people(conn, db, Role.PATIENT, clients, f"{label}-patient")
-        everyone = [sender, *patients]
-        keys = [DeviceKeys.generate() for _ in everyone]
-        devices = []
-        for person, key in zip(everyone, keys, strict=True):
-            device = await messaging.register_device(
-                conn,
-                user_id=person.user_id,
-                x25519_public=key.encryption_public_key,
-                ed25519_public=key.signing_public_key,
-            )
-            devices.append(device.id)
-        threads, sealed_for = [], []
-        for start in range(0, clients, group):
-            members = [(sender.user_id, Role.DOCTOR.value)]
-            members += [(p.user_id, Role.PATIENT.value) for p in patients[start : start + group]]
-            thread = await messaging.create_thread(
-                conn,
-                clinic_id=db.clinic_id,
-                kind=ThreadKind.CARE_TEAM,
-                created_by=sender.user_id,
-                members=members,
-            )
-            threads.append(thread.id)
-            chosen = [0, *range(start + 1, min(start + group, clients) + 1)]
-            sealed_for.append({devices[i]: keys[i].encryption_public_key for i in chosen})
-    finally:
-        await conn.close()
-    return World(sender, keys[0], devices[0], patients, keys[1:], devices[1:], threads, sealed_for)
-
-
-def chat_client(
-    base: str, session: aiohttp.ClientSession, person: rt.Person, keys: DeviceKeys, device: UUID
-) -> ChatClient:
-    rest = RestClient(base, session=session)
-    rest.access_token, rest.user_id = person.token, person.user_id
-
-    async def token() -> str:
-        return person.token
-
-    transport = SocketIoTransport(base, token, transports=("websocket",), encoding="msgpack")
-    return ChatClient(transport, rest, keys=keys, device_id=device)
-
-
-def transport_of(chat: ChatClient) -> SocketIoTransport:
-    transport = chat._transport  # the benchmark watches the library's own reconnects
-    assert isinstance(transport, SocketIoTransport)
-    return transport
-
-
-class TeleconsultFleet:
-    """Every patient's ChatClient, the doctor's, and a reader per patient."""
-
-    def __init__(self, base: str, world: World, group: int, storm: Storm) -> None:
-        self.base, self.world, self.group, self.storm = base, world, group, storm
-        self.chats: list[ChatClient] = []
-        self.sender: ChatClient | None = None
-        self.tasks: list[asyncio.Task[None]] = []
-        self.sent = 0
-
-    async def open(self, session: aiohttp.ClientSession) -> None:
-        w = self.world
-        self.chats = [
-            chat_client(self.base, session, p, w.keys[i], w.devices[i])
-            for i, p in enumerate(w.patients)
-        ]
-        for i, chat in enumerate(self.chats):
-            chat.follow(w.threads[i // self.group])
-            self.tasks.append(asyncio.create_task(self._read(i, chat)))
-        gate = asyncio.Semaphore(CONNECT_PARALLEL)
-
-        async def start(chat: ChatClient) -> None:
-            async with gate:
-                await chat.start()
-
-        await asyncio.gather(*(start(chat) for chat in self.chats))
-        self.sender = chat_client(self.base, session, w.sender, w.sender_keys, w.sender_device)
-        await self.sender.start()
-
-    async def _read(self, i: int, chat: ChatClient) -> None:
-        thread_no = i // self.group
-        while True:
-            got = await chat.next_message()
-            ok = got.plaintext == body(thread_no, got.seq) and got.error is None
-            self.storm.delivered(i, got.seq, ok)
-
-    def envelope(self, thread_no: int, seq: int) -> Envelope:
-        w = self.world
-        return seal(
-            plaintext=body(thread_no, seq),
-            thread_id=w.threads[thread_no],
-            sender=w.sender_keys,
-            sender_device_id=w.sender_device,
-            recipients=w.sealed_for[thread_no],
-        )
+    async def wait_connected(self, i: int) -> None:
+        raise NotImplementedError
 
     async def send(self, seqs: range) -> None:
-        """Send seqs ``seqs`` to every thread: in order in a thread, threads side by side."""
-        envelopes = {t: [self.envelope(t, s) for s in seqs] for t in range(len(self.world.threads))}
-
-        async def thread(thread_no: int) -> None:
-            assert self.sender is not None
-            for env in envelopes[thread_no]:
-                await self.sender.send_envelope(env)
-                self.sent += 1
-
-        await asyncio.gather(*(thread(t) for t in envelopes))
-
-    def connected(self, client: int) -> bool:
-        return transport_of(self.chats[client]).connected.is_set()
+        return None
 
     async def sender_dropped(self) -> None:
-        assert self.sender is not None
-        transport = transport_of(self.sender)
-        while transport.connected.is_set():  # noqa: ASYNC110 - no event for "dropped"
-            await asyncio.sleep(0.01)
-
-    async def wait_connected(self, client: int) -> None:
-        await transport_of(self.chats[client]).connected.wait()
+        return None
 
     async def close(self) -> None:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        chats = [*self.chats, *([self.sender] if self.sender else [])]
-        await asyncio.gather(*(chat.close() for chat in chats), return_exceptions=True)
 
 
-# --- the reference side ---------------------------------------------------------------
+class Teleconsult(Fleet):
+    def __init__(
+        self,
+        base: str,
+        people: list[Person],
+        devices: list[Device],
+        threads: list[UUID],
+        group: int,
+    ) -> None:
+        super().__init__(len(people) - 1)
+        self.base, self.devices, self.threads, self.group = base, devices, threads, group
+        self.people = people  # the doctor first
+        self.chats: list[ChatClient] = []
 
+    @property
+    def target(self) -> list[float | None]:
+        return self.caught
 
-class ReferenceFleet:
-    """Bare aiohttp WebSocket clients that reconnect with the library's backoff."""
+    def client(self, session: aiohttp.ClientSession, i: int) -> ChatClient:
+        person, device = self.people[i], self.devices[i]
+        rest = RestClient(self.base, session=session)
+        rest.access_token, rest.user_id = person.token, person.user_id
 
-    def __init__(self, base: str, clients: int, storm: Storm) -> None:
-        self.url, self.storm = f"{base}/ws", storm
-        self.up = [asyncio.Event() for _ in range(clients)]
-        self.tasks: list[asyncio.Task[None]] = []
-        self.sent = 0
+        async def token() -> str:
+            return person.token
+
+        transport = SocketIoTransport(
+            self.base, token, transports=("websocket",), encoding="msgpack"
+        )
+        return ChatClient(transport, rest, keys=device.keys, device_id=device.id)
 
     async def open(self, session: aiohttp.ClientSession) -> None:
-        self.tasks = [asyncio.create_task(self._client(i, session)) for i in range(len(self.up))]
+        self.chats = [self.client(session, i) for i in range(len(self.people))]
+        gate = asyncio.Semaphore(25)
+
+        async def start(i: int, chat: ChatClient) -> None:
+            if i:
+                chat.follow(self.threads[(i - 1) // self.group])
+                self.tasks.append(asyncio.create_task(self.read(i - 1, chat)))
+            async with gate:
+                await chat.start()
+
+        await asyncio.gather(*(start(i, c) for i, c in enumerate(self.chats)))
+
+    async def read(self, i: int, chat: ChatClient) -> None:
+        thread = i // self.group
+        while True:
+            got = await chat.next_message()
+            ok = got.plaintext == body(thread, got.seq) and got.error is None
+            self.wrong += got.seq != self.last[i] + 1 or not ok
+            self.last[i] = max(self.last[i], got.seq)
+            if self.last[i] >= self.final:
+                if not self.armed and all(last >= 1 for last in self.last):
+                    self.first_round.set()
+                self.mark(self.caught, i)
+
+    def transport(self, i: int) -> SocketIoTransport:
+        transport = self.chats[i + 1]._transport  # the library's own reconnects, watched
+        assert isinstance(transport, SocketIoTransport)
+        return transport
+
+    def connected(self, i: int) -> bool:
+        return self.transport(i).connected.is_set()
+
+    async def wait_connected(self, i: int) -> None:
+        await self.transport(i).connected.wait()
+
+    async def send(self, seqs: range) -> None:
+        """Seqs ``seqs`` to every thread: in order within one, threads side by side."""
+        clients = len(self.people) - 1
+
+        async def thread(t: int) -> None:
+            last = min((t + 1) * self.group, clients)
+            keys = [self.devices[0], *self.devices[1 + t * self.group : 1 + last]]
+            for seq in seqs:
+                msg = f"storm-{t:06d}-{seq:08d}"
+                sealed = envelope(self.devices[0], keys, self.threads[t], body(t, seq), msg)
+                await self.chats[0].send_envelope(from_msgpack(sealed, max_bytes=len(sealed)))
+                self.sent += 1
+
+        await asyncio.gather(*(thread(t) for t in range(len(self.threads))))
+
+    async def sender_dropped(self) -> None:
+        transport = self.chats[0]._transport
+        assert isinstance(transport, SocketIoTransport)
+        while transport.connected.is_set():  # noqa: ASYNC110 - no event for "dropped"
+            await asyncio.sleep(0.01)
+
+    async def close(self) -> None:
+        await super().close()
+        await asyncio.gather(*(chat.close() for chat in self.chats), return_exceptions=True)
+
+
+class Bare(Fleet):
+    """aiohttp WebSocket clients that reconnect with the library's backoff."""
+
+    def __init__(self, base: str, clients: int) -> None:
+        super().__init__(clients)
+        self.url = f"{base}/ws"
+        self.up = [asyncio.Event() for _ in range(clients)]
+
+    async def open(self, session: aiohttp.ClientSession) -> None:
+        self.tasks = [asyncio.create_task(self.client(i, session)) for i in range(len(self.up))]
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in self.up)), 120)
 
-    async def _client(self, i: int, session: aiohttp.ClientSession) -> None:
-        backoff = Backoff()
-        first = True
+    async def client(self, i: int, session: aiohttp.ClientSession) -> None:
+        backoff, first = Backoff(), True
         while True:
             if not first:  # as SocketIoTransport: wait first, then try again
                 await asyncio.sleep(backoff.delay())
             first = False
-            try:
+            with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
                 async with session.ws_connect(self.url) as ws:
                     await ws.send_str("hello")
                     answer = await ws.receive(timeout=10)
-                    if answer.type is not aiohttp.WSMsgType.TEXT or answer.data != "ready":
-                        continue
-                    backoff.reset()
-                    self.up[i].set()
-                    self.storm.mark_back(i)
-                    async for _ in ws:
-                        pass
-            except (aiohttp.ClientError, OSError, TimeoutError):
-                pass
+                    if answer.type is aiohttp.WSMsgType.TEXT and answer.data == "ready":
+                        backoff.reset()
+                        self.up[i].set()
+                        async for _ in ws:
+                            pass
             self.up[i].clear()
 
-    async def send(self, seqs: range) -> None:
-        return None  # the reference has nothing to catch up on
+    def connected(self, i: int) -> bool:
+        return self.up[i].is_set()
 
-    def connected(self, client: int) -> bool:
-        return self.up[client].is_set()
-
-    async def sender_dropped(self) -> None:
-        return None  # no sender
-
-    async def wait_connected(self, client: int) -> None:
-        await self.up[client].wait()
-
-    async def close(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+    async def wait_connected(self, i: int) -> None:
+        await self.up[i].wait()
 
 
-Fleet = TeleconsultFleet | ReferenceFleet
+async def bench_target(lab: Lab, name: str, args: argparse.Namespace) -> Row:
+    await lab.quiet()
+    tc = name.startswith("teleconsult")
 
+    def start(port: int | None = None) -> ServerProcess:
+        return lab.teleconsult(name, port=port) if tc else lab.reference(name, port=port)
 
-# --- one run --------------------------------------------------------------------------
-
-
-async def all_dropped(fleet: Fleet, clients: int, within: float = 10.0) -> int:
-    """Wait until every client has noticed the server is gone; how many have not."""
-    deadline = time.monotonic() + within
-    while True:
-        still = sum(1 for i in range(clients) if fleet.connected(i))
-        if not still or time.monotonic() >= deadline:
-            return still
-        await asyncio.sleep(0.01)
-
-
-async def progress(storm: Storm, label: str, since: float) -> None:
-    cpu, wall = time.process_time(), time.perf_counter()
-    while True:
-        await asyncio.sleep(1.0)
-        now_cpu, now = time.process_time(), time.perf_counter()
-        back = sum(1 for t in storm.back if t is not None)
-        caught = sum(1 for t in storm.caught if t is not None)
-        rt.say(
-            f"[{label}] t={now - since:5.1f}s after the restart: back {back}/{storm.clients}  "
-            f"caught up {caught}/{storm.clients}  gen cpu {(now_cpu - cpu) / (now - wall):4.0%}"
-        )
-        cpu, wall = now_cpu, now
-
-
-@dataclass
-class Timeline:
-    killed: float = 0.0
-    restarted: float = 0.0
-    ready: float = 0.0
-    finished: float = 0.0
-    timed_out: bool = False
-    not_dropped: int = 0
-    notes: list[str] = field(default_factory=list)
-
-
-def _seconds(times: list[float | None], since: float) -> list[float]:
-    return sorted(t - since for t in times if t is not None)
-
-
-def outcome(
-    target: str,
-    round_no: int,
-    storm: Storm,
-    line: Timeline,
-    cpu: rt.Cpu,
-    stored: int | None,
-    expected: int | None,
-) -> rt.Outcome:
-    reference = target == "reference"
-    back = Latency()
-    caught = Latency()
-    for value in _seconds(storm.back, line.restarted):
-        back.record(value)
-    for value in _seconds(storm.back if reference else storm.caught, line.restarted):
-        caught.record(value)
-    b, c = summarize(back.total), summarize(caught.total)
-    done = c["max"] / 1e3 if c["max"] is not None and c["count"] == storm.clients else None
-    found = rt.Outcome(
-        target=target,
-        round=round_no,
-        figure=done if done is not None else float("nan"),
-        fields={
-            "clients": storm.clients,
-            "down_s": line.restarted - line.killed,
-            "ready_s": line.ready - line.restarted,
-            "back_p50_s": _s(b["p50"]),
-            "back_p99_s": _s(b["p99"]),
-            "back_max_s": _s(b["max"]),
-            "caught_p50_s": None if reference else _s(c["p50"]),
-            "caught_p99_s": None if reference else _s(c["p99"]),
-            "caught_max_s": None if reference else _s(c["max"]),
-            "all_done_s": done,
-            "back": b["count"],
-            "caught_up": None if reference else c["count"],
-            "lost": None if reference else storm.lost,
-            "wrong": None if reference else storm.wrong,
-            "messages_stored": stored,
-            "messages_expected": expected,
-        },
-        cpu=cpu,
-        notes=list(line.notes),
-    )
-    found.judge()
-    if line.timed_out:
-        found.invalid.append("not every client was back (and caught up) within the bound")
-    if line.not_dropped:
-        found.invalid.append(f"{line.not_dropped} clients never noticed the server had gone")
-    if not reference and storm.lost:
-        found.invalid.append(f"{storm.lost} messages lost (not delivered within the bound)")
-    if not reference and storm.wrong:
-        found.invalid.append(f"{storm.wrong} deliveries out of order, twice or wrong")
-    if stored is not None and stored != expected:
-        found.invalid.append(f"the server stored {stored} messages, {expected} were sent")
-    return found
-
-
-def _s(ms: float | int | None) -> float | None:
-    return None if ms is None else ms / 1e3
-
-
-async def bench_target(
-    target: str,
-    round_no: int,
-    db: rt.Database,
-    args: argparse.Namespace,
-    cores: tuple[int, int] | None,
-) -> rt.Outcome:
-    label = target if args.rounds == 1 else f"{target} #{round_no}"
-    port = _free_port()
-    base = f"http://{HOST}:{port}"
-    life = int(args.downtime + args.bound + 900)
-    storm = Storm(args.clients)
-    world: World | None = None
-    if target != "reference":
-        rt.say(f"[{label}] preparing {args.clients} patients, their devices and threads")
-        world = await prepare_world(db, args.clients, args.group, f"r{round_no}{target}")
-    monitor = await asyncpg.connect(db.dsn)
-    servers: list[ServerProcess] = []
-    fleet: Fleet | None = None
-    with tempfile.TemporaryDirectory(prefix="bench-storm-") as data_dir:
-
-        def start() -> ServerProcess:
-            if world is not None:
-                redis = target.endswith("redis")
-                env = rt.teleconsult_env(db, port, Path(data_dir), redis=redis)
-                server = rt.start_teleconsult(target, env, cores, life)
-            else:
-                server = rt.start_reference(target, REFERENCE_MODULE, port, cores, life)
-            servers.append(server)
-            return server
-
-        try:
-            server = start()
-            await rt.ready_at(base, server)
-            connector = aiohttp.TCPConnector(limit=0)
-            timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=30)
-            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-                if world is not None:
-                    fleet = TeleconsultFleet(base, world, args.group, storm)
-                else:
-                    fleet = ReferenceFleet(base, args.clients, storm)
-                rt.say(f"[{label}] connecting {args.clients} clients")
-                began = time.perf_counter()
-                await fleet.open(session)
-                rt.say(f"[{label}] connected in {time.perf_counter() - began:.1f} s")
-                if world is not None:
-                    await fleet.send(range(1, 2))
-                    await asyncio.wait_for(storm.first_round.wait(), 120)
-                    rt.say(f"[{label}] a first message reached every client")
-                line, cpu, profile = await storm_phase(
-                    fleet, storm, server, start, base, args, db, monitor, label
-                )
-                expected = stored = None
-                if world is not None:
-                    expected = len(world.threads) * storm.final
-                    stored = await monitor.fetchval(
-                        "SELECT count(*) FROM messages WHERE thread_id = ANY($1::uuid[])",
-                        world.threads,
-                    )
-                found = outcome(target, round_no, storm, line, cpu, stored, expected)
-                found.profile = profile
-                for server in servers:  # first, so that leaving clients cost nothing
-                    server.stop()
-                await fleet.close()
-                return found
-        finally:
-            for server in servers:
-                server.stop()
-            if fleet is not None:
-                await fleet.close()
-            await monitor.close()
-
-
-async def storm_phase(
-    fleet: Fleet,
-    storm: Storm,
-    server: ServerProcess,
-    start: Callable[[], ServerProcess],
-    base: str,
-    args: argparse.Namespace,
-    db: rt.Database,
-    monitor: asyncpg.Connection,
-    label: str,
-) -> tuple[Timeline, rt.Cpu, dict[str, Any] | None]:
-    """Send, kill, send while down, restart, and time everyone's return."""
-    line = Timeline()
-    storm.final = 1 + args.before + args.during
-    await fleet.send(range(2, 2 + args.before))
-    storm.armed = True
-    line.killed = time.perf_counter()
-    server.proc.send_signal(SIGNALS[args.signal])
-    await asyncio.to_thread(server.proc.wait, 30)
-    line.not_dropped = await all_dropped(fleet, storm.clients)
-    # Sent once the doctor's client knows the server is gone: a send already in
-    # flight at the crash waits out the client's call timeout (README, "in flight").
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(fleet.sender_dropped(), 10)
-    sending = (
-        f"; sending {args.during} more per thread" if isinstance(fleet, TeleconsultFleet) else ""
-    )
-    rt.say(f"[{label}] server stopped ({args.signal}){sending}")
-    during = asyncio.create_task(fleet.send(range(2 + args.before, storm.final + 1)))
-    watchers = [asyncio.create_task(_watch(fleet, storm, i)) for i in range(storm.clients)]
-    await asyncio.sleep(max(0.0, args.downtime - (time.perf_counter() - line.killed)))
+    fleet: Fleet
     server = start()
-    line.restarted = time.perf_counter()
-    meter = rt.Meter(server.pid, monitor, db.name)
-    await meter.start()
-    ticker = asyncio.create_task(progress(storm, label, line.restarted))
-    spy: Profile | None = None
+    servers = [server]
+    row = Row(name)
     try:
-        line.ready = await rt.ready_at(base, server)
-        rt.say(f"[{label}] ready again {line.ready - line.restarted:.2f} s after the restart")
-        if args.profile is not None:
-            path = args.profile / f"storm-{label.replace(' #', '-')}.txt"
-            spy = Profile(server.pid, args.profile_seconds, path)
-        waits: list[Awaitable[Any]] = [storm.all_back.wait(), during]
-        if isinstance(fleet, TeleconsultFleet):
-            waits.append(storm.all_caught.wait())
-        try:
-            await asyncio.wait_for(asyncio.gather(*waits), args.bound)
-        except TimeoutError:
-            line.timed_out = True
-        line.finished = time.perf_counter()
-        cpu = await meter.stop()
-        profile = await spy.finish() if spy is not None else None
+        await server.wait_http("/readyz")
+        if tc:
+            say(f"[{name}] preparing {args.clients} patients, their devices and threads")
+            [doctor] = await lab.people(Role.DOCTOR, 1)
+            patients = await lab.people(Role.PATIENT, args.clients)
+            devices = await lab.devices([doctor, *patients])
+            threads = []
+            for first in range(0, args.clients, args.group):
+                members = [
+                    (doctor, Role.DOCTOR),
+                    *((p, Role.PATIENT) for p in patients[first : first + args.group]),
+                ]
+                threads.append(await lab.thread(ThreadKind.CARE_TEAM, members, creator=doctor))
+            fleet = Teleconsult(server.base, [doctor, *patients], devices, threads, args.group)
+        else:
+            fleet = Bare(server.base, args.clients)
+        connector = aiohttp.TCPConnector(limit=0)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=30)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            say(f"[{name}] connecting {args.clients} clients")
+            await fleet.open(session)
+            if tc:
+                await fleet.send(range(1, 2))
+                await asyncio.wait_for(fleet.first_round.wait(), 120)
+            fleet.final = 1 + args.before + args.during
+            await fleet.send(range(2, 2 + args.before))
+            fleet.armed = True
+            killed = time.perf_counter()
+            server.kill()
+            for _ in range(1000):  # up to 10 s for every client to notice
+                if not any(fleet.connected(i) for i in range(args.clients)):
+                    break
+                await asyncio.sleep(0.01)
+            not_dropped = sum(fleet.connected(i) for i in range(args.clients))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(fleet.sender_dropped(), 10)
+            during = asyncio.create_task(fleet.send(range(2 + args.before, fleet.final + 1)))
+            watch = [asyncio.create_task(watch_back(fleet, i)) for i in range(args.clients)]
+            await asyncio.sleep(max(0.0, args.downtime - (time.perf_counter() - killed)))
+            server = start(server.port)
+            servers.append(server)
+            restarted = time.perf_counter()
+            meter = lab.meter(server)
+            await meter.start()
+
+            def line() -> str:
+                back = sum(t is not None for t in fleet.back)
+                return f"back {back} caught {sum(t is not None for t in fleet.caught)}"
+
+            try:
+                async with Progress(name, line, meter):
+                    ready = await server.wait_http("/readyz", poll=0.02)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            asyncio.gather(fleet.done.wait(), during), args.bound
+                        )
+                    row.cpu = await meter.stop()
+            finally:
+                for task in (during, *watch):
+                    task.cancel()
+                await asyncio.gather(during, *watch, return_exceptions=True)
+            stored = None
+            if isinstance(fleet, Teleconsult):
+                async with lab.connect() as conn:
+                    sql = "SELECT count(*) FROM messages WHERE thread_id = ANY($1::uuid[])"
+                    stored = await conn.fetchval(sql, fleet.threads)
+            for s in servers:  # first, so that leaving clients cost nothing
+                s.stop()
+            await fleet.close()
     finally:
-        for task in (ticker, during, *watchers):
-            task.cancel()
-        await asyncio.gather(ticker, during, *watchers, return_exceptions=True)
-    return line, cpu, profile
+        for s in servers:
+            s.stop()
+    back, caught = Recorder(), Recorder()
+    for times, rec in ((fleet.back, back), (fleet.caught, caught)):
+        for t in times:
+            if t is None:
+                rec.missing += 1
+            else:
+                rec.record(t - restarted)
+    done = (caught if tc else back).max
+    row.fields.update(
+        clients=args.clients,
+        ready_s=ready - restarted,
+        back_p50=back.p(50),
+        back_max=back.max,
+        caught_p50=caught.p(50) if tc else None,
+        caught_max=caught.max if tc else None,
+        all_done_s=done,
+        server_ms=row.per_unit_us("server", args.clients) / 1e3,
+        stored=stored,
+    )
+    row.check(f"every client noticed the crash ({not_dropped} did not)", not not_dropped)
+    row.check(f"every client back within {args.bound:g} s ({back.missing} not)", not back.missing)
+    if tc:
+        lost = sum(max(0, fleet.final - last) for last in fleet.last)
+        row.check(f"every client caught up ({lost} messages missing)", not lost)
+        row.check(f"nothing wrong, twice or out of order ({fleet.wrong})", not fleet.wrong)
+        row.check(f"the server stored every message ({stored}/{fleet.sent})", stored == fleet.sent)
+    return row.judge()
 
 
-async def _watch(fleet: Fleet, storm: Storm, client: int) -> None:
-    await fleet.wait_connected(client)
-    storm.mark_back(client)
-
-
-# --- the invocation -------------------------------------------------------------------
-
-COLUMNS = (
-    rt.Column("clients", "clients", ">7d"),
-    rt.Column("down s", "down_s", ">6.2f"),
-    rt.Column("ready s", "ready_s", ">7.2f"),
-    rt.Column("back p50", "back_p50_s", ">8.2f"),
-    rt.Column("back p99", "back_p99_s", ">8.2f"),
-    rt.Column("back max", "back_max_s", ">8.2f"),
-    rt.Column("caught p50", "caught_p50_s", ">10.2f"),
-    rt.Column("caught p99", "caught_p99_s", ">10.2f"),
-    rt.Column("all done s", "all_done_s", ">10.2f"),
-    rt.Column("lost", "lost", ">5d"),
-    rt.Column("wrong", "wrong", ">5d"),
-)
+async def watch_back(fleet: Fleet, i: int) -> None:
+    await fleet.wait_connected(i)
+    fleet.mark(fleet.back, i)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    async def nothing(db: rt.Database, host: dict[str, Any]) -> None:
-        return None
-
-    async def one(
-        target: str, round_no: int, db: rt.Database, _: None, cores: tuple[int, int] | None
-    ) -> rt.Outcome:
-        return await bench_target(target, round_no, db, args, cores)
-
-    host, outcomes = await rt.run_targets("storm", args, nothing, one)
-    return rt.summary(
-        "reconnect storm: time until every client is back and caught up after a restart",
-        "bench.reconnect_storm",
-        args,
-        host,
-        outcomes,
-        COLUMNS,
-        figure="seconds from the restart until all are back (and caught up)",
-        lower_is_better=True,
-        postscript=back_only_ratios(outcomes),
-    )
-
-
-def back_only_ratios(outcomes: list[rt.Outcome]) -> str:
-    """The same ratio on 'back' alone: reconnected, before catching up."""
-    refs = {o.round: o for o in outcomes if o.target == "reference"}
-    lines = ["ratio on the last client back only (reconnected, not yet caught up):"]
-    for o in outcomes:
-        ref = refs.get(o.round)
-        mine, theirs = o.fields.get("back_max_s"), ref.fields.get("back_max_s") if ref else None
-        if ref is None or o is ref or not mine or not theirs:
-            continue
-        label = o.target if len(refs) == 1 else f"{o.target} #{o.round}"
-        lines.append(f"  {label}: x{mine / theirs:.2f}")
-    return "\n".join(lines)
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.reconnect_storm",
-        description="Reconnect storm: teleconsult restarted under N clients, against bare aiohttp.",
-    )
-    parser.add_argument("--clients", type=int, default=500, help="clients that must come back")
-    parser.add_argument(
-        "--group",
-        type=int,
-        default=50,
-        help=f"patients per care-team thread (1-{MAX_RECIPIENTS - 1}: everyone holds a key)",
-    )
-    parser.add_argument("--before", type=int, default=2, help="messages per thread just before")
-    parser.add_argument("--during", type=int, default=2, help="messages per thread while down")
-    parser.add_argument("--downtime", type=float, default=2.0, help="seconds from kill to restart")
-    parser.add_argument("--signal", choices=sorted(SIGNALS), default="kill", help="how to stop")
-    parser.add_argument("--bound", type=positive, default=120.0, help="give up after S seconds")
-    rt.add_common_options(parser, TARGETS, ["teleconsult", "reference"])
-    parser.add_argument(
-        "--profile-seconds", type=positive, default=15.0, help="py-spy from the restart's ready"
-    )
-    args = parser.parse_args(argv)
-    if not 1 <= args.group < MAX_RECIPIENTS or min(args.clients, args.rounds) < 1:
-        parser.error(f"--group must be 1..{MAX_RECIPIENTS - 1}; --clients, --rounds >= 1")
-    if min(args.before, args.during) < 0 or args.downtime < 0:
-        parser.error("--before, --during and --downtime must be >= 0")
-    return args
+    async with open_lab("storm", args) as lab:
+        rows = [await bench_target(lab, name, args) for name in args.targets]
+        found, done = report.ratios(
+            rows, "all_done_s", ["ws-ref"], higher_is_better=False, what="until all are done"
+        )
+        more, back = report.ratios(
+            rows, "back_max", ["ws-ref"], higher_is_better=False, what="until the last is back"
+        )
+        head = f"{args.clients} clients, server down {args.downtime:g} s (SIGKILL)"
+        back = back.replace("ratios, same run:\n", "")
+        text = [head, report.table(rows, COLUMNS), done, back, report.cpu_table(rows)]
+        doc = "\n".join(t for t in text if t)
+        return report.document("reconnect_storm", args, lab.facts, rows, doc, ratios=found + more)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    p = report.parser("bench.reconnect_storm", __doc__, TARGETS, ("teleconsult", "ws-ref"))
+    p.add_argument("--clients", type=int, default=500, help="clients that must come back")
+    p.add_argument(
+        "--group", type=int, default=50, help=f"patients per thread (< {MAX_RECIPIENTS})"
+    )
+    p.add_argument("--before", type=int, default=2, help="messages per thread just before")
+    p.add_argument("--during", type=int, default=2, help="messages per thread while down")
+    p.add_argument("--downtime", type=float, default=2.0, help="seconds from kill to restart")
+    p.add_argument("--bound", type=report.positive, default=120.0, help="give up after S s")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.clients, args.group, args.before, args.during, args.downtime = 4, 2, 1, 1, 0.5
+    if not 1 <= args.group < MAX_RECIPIENTS:
+        p.error(f"--group must be 1..{MAX_RECIPIENTS - 1}: every member holds a key")
     # Hundreds of clients losing their server at once: engine.io would log each one.
     for name in ("engineio.client", "socketio.client"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    return rt.finish(lambda: run(args), args)
+    return report.main(lambda: run(args), args)
 
 
 if __name__ == "__main__":

@@ -181,10 +181,14 @@ class SioConnection:
             self.on_event(str(payload[0]), payload[1] if len(payload) > 1 else None, attachments)
 
 
-def client_session() -> aiohttp.ClientSession:
-    """One HTTP session for many WebSocket connections: no pool limit, no cookies."""
+def client_session(source: str | None = None) -> aiohttp.ClientSession:
+    """One HTTP session for many WebSocket connections: no pool limit, no cookies.
+
+    ``source``, a local address such as 127.0.0.2, gives another ~28,000 ephemeral
+    ports towards one server port."""
+    local = (source, 0) if source else None
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, force_close=True),
+        connector=aiohttp.TCPConnector(limit=0, force_close=True, local_addr=local),
         cookie_jar=aiohttp.DummyCookieJar(),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
     )
