@@ -7,8 +7,12 @@ infrastructure failure: logged, never shown to a client.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
+from typing import Final
 
 
 class ErrorCode(StrEnum):
@@ -175,3 +179,166 @@ class Unavailable(ClientError):
     status = 503
     default_code = ErrorCode.UNAVAILABLE
     title = "Service unavailable"
+
+
+# -- what each code means, for the docs (docs/protocol.md, "Error codes") ---------------
+
+
+@dataclass(frozen=True)
+class CodeMeaning:
+    """What a client learns from one code.
+
+    ``statuses`` are the HTTP statuses it comes with, the usual one first (an ack's
+    ``status`` is the same number). ``retry`` says whether sending the very same
+    request again, later, can succeed.
+    """
+
+    statuses: tuple[int, ...]
+    meaning: str
+    retry: bool = False
+
+
+ERROR_MEANINGS: Final[Mapping[ErrorCode, CodeMeaning]] = {
+    ErrorCode.VALIDATION_FAILED: CodeMeaning(
+        (400,), "a field is missing, unknown, of the wrong type or out of range; the fields name it"
+    ),
+    ErrorCode.MALFORMED_JSON: CodeMeaning(
+        (400,), "the body (or an MQTT request) is not valid JSON"
+    ),
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: CodeMeaning(
+        (415,), "the request body is not `application/json`"
+    ),
+    ErrorCode.PAYLOAD_TOO_LARGE: CodeMeaning(
+        (413, 400), "a body, an envelope or a signaling message (400) is over its size limit"
+    ),
+    ErrorCode.METHOD_NOT_ALLOWED: CodeMeaning(
+        (405,), "the path exists, not with this method; `Allow` lists them"
+    ),
+    ErrorCode.UNAUTHENTICATED: CodeMeaning(
+        (401,), "no access token was sent, or its account no longer exists"
+    ),
+    ErrorCode.TOKEN_EXPIRED: CodeMeaning(
+        (401,), "the access token has expired: refresh, then repeat the request"
+    ),
+    ErrorCode.TOKEN_INVALID: CodeMeaning(
+        (401,), "the access token is not valid, or its session has ended: sign in again"
+    ),
+    ErrorCode.INVALID_CREDENTIALS: CodeMeaning(
+        (401, 400), "wrong e-mail or password (400: wrong current password when changing it)"
+    ),
+    ErrorCode.ACCOUNT_DISABLED: CodeMeaning((401,), "the clinic has disabled this account"),
+    ErrorCode.REFRESH_INVALID: CodeMeaning(
+        (401,), "the refresh token is unknown, expired or logged out: sign in"
+    ),
+    ErrorCode.REFRESH_REUSED: CodeMeaning(
+        (401,), "a used refresh token came back: the session is revoked, sign in"
+    ),
+    ErrorCode.FORBIDDEN: CodeMeaning((403,), "the caller's role may not do this"),
+    ErrorCode.NOT_FOUND: CodeMeaning(
+        (404,), "no such object or path, or not one the caller may see"
+    ),
+    ErrorCode.CONFLICT: CodeMeaning((409,), "conflicts with the object's current state"),
+    ErrorCode.EMAIL_TAKEN: CodeMeaning((409,), "that e-mail address is already registered"),
+    ErrorCode.LAST_ADMIN: CodeMeaning(
+        (409,), "a clinic's last active admin cannot be demoted or disabled"
+    ),
+    ErrorCode.SELF_LOCKOUT: CodeMeaning((409,), "an admin cannot demote or disable themselves"),
+    ErrorCode.SLOT_TAKEN: CodeMeaning(
+        (409,), "the doctor or the patient already has an appointment then"
+    ),
+    ErrorCode.OUTSIDE_AVAILABILITY: CodeMeaning((422,), "the doctor does not work at that time"),
+    ErrorCode.SERVICE_NOT_OFFERED: CodeMeaning(
+        (422,), "the doctor does not offer that kind of consultation"
+    ),
+    ErrorCode.IN_THE_PAST: CodeMeaning((422,), "that time has already passed"),
+    ErrorCode.INVALID_TRANSITION: CodeMeaning(
+        (409,), "the appointment's status does not allow this change"
+    ),
+    ErrorCode.STALE_VERSION: CodeMeaning(
+        (409,), "the appointment changed meanwhile: reload it, then decide"
+    ),
+    ErrorCode.INVALID_ENVELOPE: CodeMeaning(
+        (400,), "the envelope is malformed, breaks a field rule or names another thread"
+    ),
+    ErrorCode.BAD_SIGNATURE: CodeMeaning(
+        (400,), "the envelope's signature does not verify with the device's key"
+    ),
+    ErrorCode.UNSUPPORTED_VERSION: CodeMeaning(
+        (400,), "the envelope's `v` is not a version this server speaks"
+    ),
+    ErrorCode.DEVICE_NOT_USABLE: CodeMeaning(
+        (403,), "the sending device is not a current device of the caller"
+    ),
+    ErrorCode.DEVICE_KEY_IN_USE: CodeMeaning(
+        (409,), "that Ed25519 key is registered to another device"
+    ),
+    ErrorCode.CLIENT_MSG_ID_REUSED: CodeMeaning(
+        (409,), "that client message id was used for another envelope"
+    ),
+    ErrorCode.NOT_A_RECIPIENT: CodeMeaning(
+        (400,), "keys are sealed for devices that are not the thread's"
+    ),
+    ErrorCode.INVALID_CURSOR: CodeMeaning((400,), "the `cursor` is not one this server issued"),
+    ErrorCode.OUTSIDE_JOIN_WINDOW: CodeMeaning((403,), "the consultation room is not open now"),
+    ErrorCode.SFU_REQUIRED: CodeMeaning((409,), "the peer-to-peer call is full"),
+    ErrorCode.NOT_IN_ROOM: CodeMeaning((409, 400), "join the consultation room first"),
+    ErrorCode.NOT_ADMITTED: CodeMeaning((403,), "the doctor has not admitted this patient yet"),
+    ErrorCode.INVALID_SDP: CodeMeaning((400,), "the SDP offer cannot be answered"),
+    ErrorCode.NO_CONSULTATION: CodeMeaning(
+        (422,), "the appointment has no video or audio consultation"
+    ),
+    ErrorCode.RATE_LIMITED: CodeMeaning(
+        (429,), "too many requests: wait `Retry-After` seconds", retry=True
+    ),
+    ErrorCode.INTERNAL: CodeMeaning((500,), "the server failed (and logged it)", retry=True),
+    ErrorCode.UNAVAILABLE: CodeMeaning(
+        (503,), "a dependency is down or the server is stopping", retry=True
+    ),
+}
+
+ERROR_TABLE_BEGIN = "<!-- error codes: generated by `python -m teleconsult.core.errors` -->"
+ERROR_TABLE_END = "<!-- end of error codes -->"
+
+
+def error_code_table() -> str:
+    """The markdown table of every code, in the order of :class:`ErrorCode`."""
+    rows = ["| code | HTTP status | meaning | same request again? |", "| --- | --- | --- | --- |"]
+    for code in ErrorCode:
+        m = ERROR_MEANINGS[code]
+        status = ", ".join(str(s) for s in m.statuses)
+        rows.append(f"| `{code}` | {status} | {m.meaning} | {'yes' if m.retry else 'no'} |")
+    return "\n".join(rows) + "\n"
+
+
+def with_error_code_table(document: str) -> str:
+    """``document`` with the text between the table's markers replaced by the table."""
+    head, begin, rest = document.partition(ERROR_TABLE_BEGIN + "\n")
+    _, end, tail = rest.partition(ERROR_TABLE_END)
+    if not begin or not end:
+        raise ValueError(
+            f"the document lacks the markers {ERROR_TABLE_BEGIN} ... {ERROR_TABLE_END}"
+        )
+    return head + begin + error_code_table() + end + tail
+
+
+def _main(argv: list[str]) -> int:
+    """No argument: print the table. ``--write DOC``: put it in DOC. ``--check DOC``: 1 if stale."""
+    if not argv:
+        print(error_code_table(), end="")
+        return 0
+    if len(argv) != 2 or argv[0] not in ("--write", "--check"):
+        print("usage: python -m teleconsult.core.errors [--write|--check] docs/protocol.md")
+        return 2
+    path = Path(argv[1])
+    text = path.read_text(encoding="utf-8")
+    fresh = with_error_code_table(text)
+    if argv[0] == "--check":
+        if fresh != text:
+            print(f"{path}: the error code table is stale; run with --write")
+        return int(fresh != text)
+    path.write_text(fresh, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -1,7 +1,7 @@
 """The chat envelope, version 1: its fields, canonical bytes and two wire encodings.
 
 Pure code over values: no I/O and no plaintext. The server validates and
-verifies envelopes with it; the client library (``messaging.client.crypto``)
+verifies envelopes with it; the client library (``teleconsult.client.crypto``)
 builds and opens them. docs/protocol.md is the specification this module
 implements; change both together, and change the bytes of
 :func:`signing_bytes` or :func:`associated_data` only with a new version.
@@ -56,7 +56,13 @@ _JSON_KEY_FIELDS: Final = frozenset({"device_id", "sealed_key"})
 
 
 class EnvelopeErrorCode(StrEnum):
-    """Stable machine codes; clients branch on them, so never rename one."""
+    """Stable codes of :class:`EnvelopeError`; library users branch on them, so never rename one.
+
+    They never travel: the server answers a refused envelope with an
+    :class:`~teleconsult.core.errors.ErrorCode` (``messaging.service.envelope_problem``:
+    ``invalid_envelope``, ``unsupported_version``, ``bad_signature`` or
+    ``payload_too_large``), as docs/protocol.md ("A refused envelope") lists.
+    """
 
     MALFORMED = "malformed"
     UNSUPPORTED_VERSION = "unsupported_version"
@@ -65,7 +71,7 @@ class EnvelopeErrorCode(StrEnum):
     TOO_MANY_RECIPIENTS = "too_many_recipients"
     DUPLICATE_RECIPIENT = "duplicate_recipient"
     BAD_SIGNATURE = "bad_signature"
-    # Raised only on clients, by messaging.client.crypto.open_envelope.
+    # Raised only on clients, by teleconsult.client.crypto.open_envelope.
     NOT_A_RECIPIENT = "not_a_recipient"
     DECRYPT_FAILED = "decrypt_failed"
 
