@@ -9,7 +9,6 @@ import time
 from typing import Any
 from uuid import UUID, uuid4
 
-import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -17,7 +16,6 @@ from teleconsult.client.chat import ChatClient
 from teleconsult.client.crypto import seal
 from teleconsult.core.identity import Role
 from teleconsult.core.tokens import TokenService
-from teleconsult.messaging import sio as chat_sio
 from teleconsult.server.app import POOL, SETTINGS
 from tests.chatkit import connect, next_event, people, receive, socketio_transport
 from tests.conftest import StartServer
@@ -123,13 +121,10 @@ async def test_after_the_session_ends_connects_are_refused(
 
 @pytest.mark.parametrize("ending", sorted(ENDINGS))
 async def test_an_open_connection_is_closed_soon_after_its_session_ends(
-    client: TestClient[Any, Any],
-    tenant: Tenant,
-    app_pool: asyncpg.Pool,
-    monkeypatch: pytest.MonkeyPatch,
-    ending: str,
+    start_server: StartServer, ending: str
 ) -> None:
-    monkeypatch.setattr(chat_sio, "AUTH_RECHECK_SECONDS", 0.2)
+    client = await start_server(CHAT_AUTH_RECHECK_SECONDS="0.2")
+    tenant = await make_tenant(client.app[POOL], client)
     base = _base(client)
     patient = tenant[Role.PATIENT]
     async with asyncio.timeout(30), people(base, tenant[Role.DOCTOR]) as (doctor,):
@@ -150,9 +145,10 @@ async def test_an_open_connection_is_closed_soon_after_its_session_ends(
 
 
 async def test_a_connection_whose_token_expires_is_closed_unless_it_sends_a_fresh_one(
-    client: TestClient[Any, Any], tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+    start_server: StartServer,
 ) -> None:
-    monkeypatch.setattr(chat_sio, "AUTH_RECHECK_SECONDS", 0.2)
+    client = await start_server(CHAT_AUTH_RECHECK_SECONDS="0.2")
+    tenant = await make_tenant(client.app[POOL], client)
     base = _base(client)
     patient = tenant[Role.PATIENT]
     tokens = _tokens(client)

@@ -121,9 +121,24 @@ async def test_every_acknowledged_message_arrives_exactly_once_in_order_across_s
                 stored = await pool.fetchval(
                     "SELECT count(*) FROM messages WHERE thread_id = $1", thread
                 )
+                # Each stored message has exactly one audit event (chained or still in
+                # the intake), and no audit event names a message that was not stored.
+                audited = await pool.fetch(
+                    """
+                    SELECT (detail->>'seq')::bigint AS seq, count(*) AS n FROM (
+                        SELECT detail FROM audit_log
+                        WHERE action = 'message.send' AND object_id = $1
+                        UNION ALL
+                        SELECT detail FROM audit_intake
+                        WHERE action = 'message.send' AND object_id = $1
+                    ) events GROUP BY 1 ORDER BY 1
+                    """,
+                    str(thread),
+                )
             finally:
                 await pool.close()
             assert stored == total
+            assert [(r["seq"], r["n"]) for r in audited] == [(s, 1) for s in range(1, total + 1)]
         finally:
             await _close(doctor, patient)
 

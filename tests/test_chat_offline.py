@@ -32,7 +32,7 @@ from teleconsult.accounts import store as accounts
 from teleconsult.core.db import create_pool
 from teleconsult.core.identity import Role
 from teleconsult.core.settings import load_settings
-from teleconsult.messaging import store
+from teleconsult.messaging import message_store, store
 from teleconsult.messaging.offline import THREAD_NEWS, OfflineNotifier
 from teleconsult.messaging.records import StoredMessage, Thread, ThreadKind
 from teleconsult.notifications import store as outbox_store
@@ -178,7 +178,7 @@ class Ward:
         """Store a message as the chat service does; the StoredMessage its sinks get."""
         thread_id = (thread or self.thread).id
         msg_id = client_msg_id or secrets.token_urlsafe(12)
-        result = await store.append_message(
+        result = await message_store.append_message(
             self.pool,
             thread_id=thread_id,
             client_msg_id=msg_id,

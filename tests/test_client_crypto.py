@@ -296,13 +296,13 @@ def test_public_bundle_holds_the_public_keys_only() -> None:
     keys = DeviceKeys.generate()
     bundle = keys.public_bundle()
     secret = keys.private_bytes()
-    assert bundle.encryption_key == bytes(nacl.public.PrivateKey(secret[:32]).public_key)
-    assert bundle.signing_key == bytes(nacl.signing.SigningKey(secret[32:]).verify_key)
+    assert bundle.x25519_public == bytes(nacl.public.PrivateKey(secret[:32]).public_key)
+    assert bundle.ed25519_public == bytes(nacl.signing.SigningKey(secret[32:]).verify_key)
     wire = bundle.to_json()
-    assert set(wire) == {"encryption_key", "signing_key"}
-    assert decode_b64url(wire["encryption_key"], field="e") == bundle.encryption_key
-    assert decode_b64url(wire["signing_key"], field="s") == bundle.signing_key
-    assert secret[:32] not in bundle.encryption_key + bundle.signing_key
-    assert secret[32:] not in bundle.encryption_key + bundle.signing_key
+    assert set(wire) == {"x25519_public", "ed25519_public"}
+    assert decode_b64url(wire["x25519_public"], field="e") == bundle.x25519_public
+    assert decode_b64url(wire["ed25519_public"], field="s") == bundle.ed25519_public
+    assert secret[:32] not in bundle.x25519_public + bundle.ed25519_public
+    assert secret[32:] not in bundle.x25519_public + bundle.ed25519_public
     assert secret.hex()[:16] not in repr(keys)
-    nacl.signing.VerifyKey(bundle.signing_key)  # a usable Ed25519 key
+    nacl.signing.VerifyKey(bundle.ed25519_public)  # a usable Ed25519 key

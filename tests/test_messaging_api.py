@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 from teleconsult.client.crypto import DeviceKeys, new_client_msg_id, open_envelope, seal
 from teleconsult.core.identity import Role
 from teleconsult.messaging.envelope import Envelope, encode_b64url, from_json, to_json
+from tests.auditkit import chained
 from tests.world import Account, Tenant, assert_problem
 
 CANARY = "CANARY-7c1e-chest-pain-since-tuesday"
@@ -123,6 +124,7 @@ async def test_a_message_reaches_the_other_side_encrypted_and_in_order(
         "SELECT envelope FROM messages WHERE thread_id = $1", UUID(thread_id)
     )
     assert stored and all(CANARY.encode() not in bytes(r["envelope"]) for r in stored)
+    await chained(app_pool)
     audit = await app_pool.fetchval(
         "SELECT count(*) FROM audit_log WHERE detail::text LIKE '%' || $1 || '%'", CANARY
     )

@@ -17,7 +17,7 @@ from nacl.signing import SigningKey
 from teleconsult.accounts import store as accounts
 from teleconsult.core.db import create_pool
 from teleconsult.core.identity import Role
-from teleconsult.messaging import store
+from teleconsult.messaging import message_store, store
 from teleconsult.messaging.records import (
     AppendResult,
     AppointmentHasThread,
@@ -77,7 +77,7 @@ class Ward:
         conn: store.Conn | None = None,
     ) -> AppendResult:
         user = sender or self.doctor
-        return await store.append_message(
+        return await message_store.append_message(
             conn or self.pool,
             thread_id=self.thread.id,
             client_msg_id=client_msg_id or client_id(),
@@ -192,7 +192,7 @@ async def test_a_client_message_id_replayed_with_other_bytes_is_refused(ward: Wa
         await ward.send("replayed", b"tampered")
 
     assert caught.value.seq == 1
-    page, _ = await store.messages_after(ward.pool, ward.thread.id, 0, 10)
+    page, _ = await message_store.messages_after(ward.pool, ward.thread.id, 0, 10)
     assert [message.envelope for message in page] == [b"original"]
     assert await ward.last_seq() == 1
 
@@ -229,7 +229,7 @@ async def test_envelopes_come_back_byte_for_byte(ward: Ward) -> None:
     envelope = bytes(range(256)) * 4
     await ward.send("opaque", envelope)
 
-    page, _ = await store.messages_after(ward.pool, ward.thread.id, 0, 1)
+    page, _ = await message_store.messages_after(ward.pool, ward.thread.id, 0, 1)
 
     assert page[0].envelope == envelope
     assert page[0].client_msg_id == "opaque"
@@ -256,7 +256,7 @@ async def test_a_revoked_device_cannot_send(ward: Ward) -> None:
 
 async def test_a_member_cannot_send_from_another_users_device(ward: Ward) -> None:
     with pytest.raises(DeviceNotUsable):
-        await store.append_message(
+        await message_store.append_message(
             ward.pool,
             thread_id=ward.thread.id,
             client_msg_id=client_id(),
@@ -273,7 +273,7 @@ async def test_a_page_short_of_the_newest_message_is_not_complete(ward: Ward) ->
     for _ in range(5):
         await ward.send()
 
-    page, complete = await store.messages_after(ward.pool, ward.thread.id, 0, 4)
+    page, complete = await message_store.messages_after(ward.pool, ward.thread.id, 0, 4)
 
     assert [message.seq for message in page] == [1, 2, 3, 4]
     assert not complete
@@ -283,7 +283,7 @@ async def test_a_page_ending_exactly_at_the_newest_message_is_complete(ward: War
     for _ in range(5):
         await ward.send()
 
-    page, complete = await store.messages_after(ward.pool, ward.thread.id, 2, 3)
+    page, complete = await message_store.messages_after(ward.pool, ward.thread.id, 2, 3)
 
     assert [message.seq for message in page] == [3, 4, 5]
     assert complete
@@ -293,7 +293,7 @@ async def test_after_the_last_seq_the_page_is_empty_and_complete(ward: Ward) -> 
     for _ in range(3):
         await ward.send()
 
-    assert await store.messages_after(ward.pool, ward.thread.id, 3, 10) == ([], True)
+    assert await message_store.messages_after(ward.pool, ward.thread.id, 3, 10) == ([], True)
 
 
 # --- receipts ---------------------------------------------------------------------------

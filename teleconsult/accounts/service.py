@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Collection
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -19,6 +20,7 @@ from teleconsult.accounts.records import ClinicRecord, IssuedTokens, UserRecord
 from teleconsult.audit import AuditEvent, AuditTrail, Outcome
 from teleconsult.core.errors import (
     BadRequest,
+    ClientError,
     Conflict,
     ErrorCode,
     FieldError,
@@ -26,7 +28,7 @@ from teleconsult.core.errors import (
     RateLimited,
     Unauthenticated,
 )
-from teleconsult.core.identity import Principal, Role
+from teleconsult.core.identity import Grant, Principal, Role
 from teleconsult.core.passwords import PasswordHasher
 from teleconsult.core.policy import Scope, ensure_in_scope
 from teleconsult.core.ratelimit import RateLimiter
@@ -71,16 +73,52 @@ class AccountService:
     async def authenticate(self, token: str) -> Principal:
         """Resolve an access token to a principal; the session must still be live."""
         claims = self._tokens.verify_access(token)
-        row = await store.load_principal_row(self._pool, claims.user_id, claims.session_id)
+        return await self._principal_of_claims(claims.user_id, claims.session_id)
+
+    async def grant(self, token: str) -> Grant:
+        """For the real-time transports: the principal and when the token expires."""
+        claims = self._tokens.verify_access(token)
+        principal = await self._principal_of_claims(claims.user_id, claims.session_id)
+        return Grant(principal, float(claims.expires_at))
+
+    async def recheck(
+        self, principals: Collection[Principal]
+    ) -> dict[UUID, Principal | ClientError]:
+        """Each login session's principal as of now, or why it may no longer act (one query)."""
+        wanted = {p.session_id: p for p in principals}
+        rows = await store.load_principal_rows(self._pool, list(wanted))
+        verdicts: dict[UUID, Principal | ClientError] = {
+            sid: Unauthenticated("session has ended", code=ErrorCode.TOKEN_INVALID)
+            for sid in wanted
+        }
+        for row in rows:
+            asked = wanted[row["session_id"]]
+            if row["user_id"] != asked.user_id or row["revoked_at"] is not None:
+                continue
+            if row["status"] != "active":
+                verdicts[asked.session_id] = Unauthenticated(
+                    "account is disabled", code=ErrorCode.ACCOUNT_DISABLED
+                )
+                continue
+            verdicts[asked.session_id] = Principal(
+                user_id=asked.user_id,
+                clinic_id=row["clinic_id"],
+                role=Role(row["role"]),
+                session_id=asked.session_id,
+            )
+        return verdicts
+
+    async def _principal_of_claims(self, user_id: UUID, session_id: UUID) -> Principal:
+        row = await store.load_principal_row(self._pool, user_id, session_id)
         if row is None or row["revoked_at"] is not None:
             raise Unauthenticated("session has ended", code=ErrorCode.TOKEN_INVALID)
         if row["status"] != "active":
             raise Unauthenticated("account is disabled", code=ErrorCode.ACCOUNT_DISABLED)
         return Principal(
-            user_id=claims.user_id,
+            user_id=user_id,
             clinic_id=row["clinic_id"],
             role=Role(row["role"]),
-            session_id=claims.session_id,
+            session_id=session_id,
         )
 
     async def principal_of_user(self, user_id: UUID) -> Principal:
@@ -469,13 +507,14 @@ class AccountService:
         )
 
     async def get_user(self, principal: Principal, user_id: UUID) -> UserRecord:
-        user = await store.get_user(self._pool, user_id)
-        ensure_in_scope(principal, Scope(user.clinic_id, user.id) if user else None, "user")
-        assert user is not None
-        if user.role is Role.PATIENT:
-            await self._audit.record(
-                self._actor_event(principal, "patient.read", user, None, via="users")
-            )
+        async with self._pool.acquire() as conn:
+            user = await store.get_user(conn, user_id)
+            ensure_in_scope(principal, Scope(user.clinic_id, user.id) if user else None, "user")
+            assert user is not None
+            if user.role is Role.PATIENT:
+                await self._audit.record(
+                    self._actor_event(principal, "patient.read", user, None, via="users"), conn
+                )
         return user
 
     async def update_user(

@@ -270,3 +270,17 @@ async def load_principal_row(conn: Conn, user_id: UUID, session_id: UUID) -> asy
         session_id,
     )
     return row
+
+
+async def load_principal_rows(conn: Conn, session_ids: list[UUID]) -> list[asyncpg.Record]:
+    """``load_principal_row`` for many login sessions at once (one query)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """
+        SELECT s.id AS session_id, s.user_id, u.clinic_id, u.role::text AS role, u.status,
+               s.revoked_at
+        FROM auth_sessions s JOIN users u ON u.id = s.user_id
+        WHERE s.id = ANY($1::uuid[])
+        """,
+        session_ids,
+    )
+    return rows

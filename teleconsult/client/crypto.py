@@ -57,13 +57,14 @@ def new_client_msg_id() -> str:
 class PublicBundle:
     """What a device registers with the server: its two public keys, nothing else."""
 
-    encryption_key: bytes  # X25519, 32 bytes: others seal message keys to it
-    signing_key: bytes  # Ed25519, 32 bytes: the server and others verify its envelopes
+    x25519_public: bytes  # 32 bytes: others seal message keys to it
+    ed25519_public: bytes  # 32 bytes: the server and others verify its envelopes
 
     def to_json(self) -> dict[str, str]:
+        """The body of ``POST /api/v1/devices`` (without the optional ``label``)."""
         return {
-            "encryption_key": encode_b64url(self.encryption_key),
-            "signing_key": encode_b64url(self.signing_key),
+            "x25519_public": encode_b64url(self.x25519_public),
+            "ed25519_public": encode_b64url(self.ed25519_public),
         }
 
 

@@ -9,7 +9,7 @@ from uuid import UUID
 import aiohttp
 
 from teleconsult.client.crypto import DeviceKeys
-from teleconsult.messaging.envelope import decode_b64url, encode_b64url
+from teleconsult.messaging.envelope import decode_b64url
 
 
 class ApiError(Exception):
@@ -75,10 +75,7 @@ class RestClient:
         self.user_id = UUID(tokens["user"]["id"])
 
     async def register_device(self, keys: DeviceKeys, label: str | None = None) -> UUID:
-        body: dict[str, Any] = {
-            "x25519_public": encode_b64url(keys.encryption_public_key),
-            "ed25519_public": encode_b64url(keys.signing_public_key),
-        }
+        body: dict[str, Any] = dict(keys.public_bundle().to_json())
         if label:
             body["label"] = label
         return UUID((await self.call("POST", "/api/v1/devices", body))["id"])

@@ -50,6 +50,11 @@ class Subscription(Protocol):
 
 
 class Bus(Protocol):
+    @property
+    def shared(self) -> bool:
+        """Whether other server processes see what this bus carries (Redis) or not."""
+        ...
+
     async def start(self) -> None: ...
     async def close(self) -> None: ...
     async def publish(self, channel: str, message: bytes) -> None: ...
@@ -163,6 +168,10 @@ class InProcessBus:
     def dropped_messages(self) -> int:
         """Messages dropped because a subscriber's queue was full, since creation."""
         return self._dropped
+
+    @property
+    def shared(self) -> bool:
+        return False
 
     async def start(self) -> None:
         self._check_open()
@@ -289,6 +298,10 @@ class RedisBus:
         self._listener: asyncio.Task[None] | None = None
         self._dropped = 0
         self._closed = False
+
+    @property
+    def shared(self) -> bool:
+        return True
 
     @property
     def dropped_messages(self) -> int:

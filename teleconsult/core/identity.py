@@ -35,3 +35,11 @@ class Principal:
     @property
     def is_staff(self) -> bool:
         return self.role in STAFF_ROLES
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a valid access token proves: who, and until when (epoch seconds)."""
+
+    principal: Principal
+    expires_at: float

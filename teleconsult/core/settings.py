@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from nacl.signing import SigningKey
+
 from teleconsult.core.errors import ConfigError
 
 # OWASP Password Storage Cheat Sheet: argon2id with at least 19 MiB, t=2, p=1.
@@ -206,6 +208,17 @@ class ChatSettings:
     ping_interval: int = 25
     ping_timeout: int = 20
     offline_hook: bool = True
+    max_envelope_bytes: int = 64 * 1024
+    max_queued_bytes: int = 2 * 1024 * 1024
+    # How often every live connection's login session is re-checked (one query for all).
+    auth_recheck_seconds: float = 30.0
+    # How long a thread's members and devices may be served from memory (see directory.py).
+    directory_ttl: float = 30.0
+    # Group commit: sends stored together in one round trip, and batches at once.
+    append_batch: int = 64
+    append_inflight: int = 2
+    # Presence news goes to co-members of threads up to this size (bigger ones ask).
+    presence_news_max_members: int = 50
 
 
 @dataclass(frozen=True)
@@ -242,6 +255,27 @@ class TurnSettings:
 
 
 @dataclass(frozen=True)
+class AuditSettings:
+    """The audit sequencer and its signed checkpoints (docs/architecture.md, Audit trail).
+
+    ``signing_key`` is the 32-byte Ed25519 seed that signs checkpoints
+    (``AUDIT_SIGNING_KEY``, 64 hex characters, or ``AUDIT_SIGNING_KEY_FILE``);
+    the database never holds it. Unset, one is generated at first run into
+    ``<data_dir>/audit-signing.key`` with its public key in ``audit-signing.pub``
+    (``public_key_file``). Checkpoints are also appended to ``checkpoint_file``.
+    The sequencer chains up to ``batch_size`` rows per transaction and polls the
+    intake every ``interval`` seconds when idle.
+    """
+
+    signing_key: bytes = field(repr=False, default=b"")
+    public_key: bytes = b""
+    public_key_file: Path | None = None
+    checkpoint_file: Path | None = None
+    batch_size: int = 1000
+    interval: float = 0.05
+
+
+@dataclass(frozen=True)
 class RtcSettings:
     """The server's own WebRTC peer (docs/rtc.md): pre-call network tests.
 
@@ -275,6 +309,7 @@ class Settings:
     turn: TurnSettings = field(default_factory=TurnSettings)
     signal: SignalSettings = field(default_factory=SignalSettings)
     rtc: RtcSettings = field(default_factory=RtcSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
     def service_urls(self) -> dict[str, str]:
         """The external services these settings point at, by variable name."""
@@ -349,6 +384,64 @@ def _turn_uri(uri: str) -> str:
             "TURN_URIS", f"{uri!r} is not turn|turns|stun|stuns:host[:port][?transport=udp|tcp]"
         )
     return uri
+
+
+def _signing_seed(variable: str, text: str) -> bytes:
+    try:
+        seed = bytes.fromhex(text.strip())
+    except ValueError:
+        seed = b""
+    if len(seed) != 32:
+        raise ConfigError(variable, "expected 64 hex characters (a 32-byte Ed25519 seed)")
+    return seed
+
+
+def _dev_signing_key(data_dir: Path) -> tuple[bytes, Path]:
+    """The generated audit signing key in ``<data_dir>``, created (0600) on first use,
+    with its public key beside it; return the seed and the public key's path."""
+    path = data_dir / "audit-signing.key"
+    public = data_dir / "audit-signing.pub"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(secrets.token_bytes(32).hex() + "\n")
+        try:
+            os.link(tmp, path)  # never replaces a key another process made meanwhile
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    seed = _signing_seed("AUDIT_SIGNING_KEY", path.read_text(encoding="ascii"))
+    public_hex = SigningKey(seed).verify_key.encode().hex() + "\n"
+    if not public.exists() or public.read_text(encoding="ascii") != public_hex:
+        tmp = public.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(public_hex, encoding="ascii")
+        os.replace(tmp, public)
+    return seed, public
+
+
+def _audit(e: _Env, data_dir: Path) -> AuditSettings:
+    raw = e.get("AUDIT_SIGNING_KEY")
+    public_key_file: Path | None = None
+    if raw is None:
+        seed, public_key_file = _dev_signing_key(data_dir)
+    else:
+        seed = _signing_seed("AUDIT_SIGNING_KEY", raw)
+    checkpoint_file = e.get("AUDIT_CHECKPOINT_FILE")
+    return AuditSettings(
+        signing_key=seed,
+        public_key=SigningKey(seed).verify_key.encode(),
+        public_key_file=public_key_file,
+        checkpoint_file=(
+            data_dir / "audit-checkpoints.jsonl"
+            if checkpoint_file is None
+            else Path(checkpoint_file).resolve()
+        ),
+        batch_size=e.integer("AUDIT_BATCH_SIZE", 1000, minimum=1, maximum=10000),
+        interval=e.number("AUDIT_INTERVAL", 0.05, minimum=0.005),
+    )
 
 
 def _turn(e: _Env, data_dir: Path, public_url: str, jwt_secret: str) -> TurnSettings:
@@ -480,6 +573,17 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ping_interval=e.integer("CHAT_PING_INTERVAL", 25, minimum=1),
         ping_timeout=e.integer("CHAT_PING_TIMEOUT", 20, minimum=1),
         offline_hook=e.flag("CHAT_OFFLINE_HOOK", True),
+        max_envelope_bytes=e.integer(
+            "CHAT_MAX_ENVELOPE_BYTES", 64 * 1024, minimum=1024, maximum=1024 * 1024
+        ),
+        max_queued_bytes=e.integer("CHAT_MAX_QUEUED_BYTES", 2 * 1024 * 1024, minimum=64 * 1024),
+        auth_recheck_seconds=e.number("CHAT_AUTH_RECHECK_SECONDS", 30.0, minimum=0.1),
+        directory_ttl=e.number("CHAT_DIRECTORY_TTL", 30.0, minimum=0.0),
+        append_batch=e.integer("CHAT_APPEND_BATCH", 64, minimum=1, maximum=1000),
+        append_inflight=e.integer("CHAT_APPEND_INFLIGHT", 2, minimum=1, maximum=64),
+        presence_news_max_members=e.integer(
+            "CHAT_PRESENCE_NEWS_MAX_MEMBERS", 50, minimum=2, maximum=10_000
+        ),
     )
     signal = SignalSettings(
         max_p2p_peers=e.integer("SIGNAL_MAX_P2P_PEERS", 4, minimum=2, maximum=16),
@@ -493,6 +597,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     )
     public_url = e.url("PUBLIC_URL", ("http", "https")) or f"http://{http.host}:{http.port}"
     turn = _turn(e, data_dir, public_url, jwt_secret)
+    audit = _audit(e, data_dir)
     return Settings(
         data_dir=data_dir,
         http=http,
@@ -508,4 +613,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         turn=turn,
         signal=signal,
         rtc=rtc,
+        audit=audit,
     )

@@ -313,7 +313,9 @@ async def send_message(req: ApiRequest) -> SendResult:
     original sequence number (`duplicate: true`) and stores nothing new."""
     body = req.body(SendBody)
     try:
-        envelope = from_json(body.envelope)
+        envelope = from_json(
+            body.envelope, max_bytes=req.request.app[CHAT].settings.max_envelope_bytes
+        )
     except EnvelopeError as exc:
         raise envelope_problem(exc) from None
     result = await req.request.app[CHAT].send(req.principal, req.params["thread_id"], envelope)

@@ -20,6 +20,7 @@ from teleconsult.accounts import store as accounts
 from teleconsult.audit import AuditEvent, AuditTrail
 from teleconsult.core.errors import (
     BadRequest,
+    ClientError,
     Conflict,
     ErrorCode,
     FieldError,
@@ -29,7 +30,9 @@ from teleconsult.core.errors import (
 )
 from teleconsult.core.identity import Principal, Role
 from teleconsult.core.policy import Scope, ensure_in_scope
-from teleconsult.messaging import store
+from teleconsult.messaging import message_store, store
+from teleconsult.messaging.appender import Appender
+from teleconsult.messaging.directory import ThreadDirectory, ThreadInfo
 from teleconsult.messaging.envelope import (
     Envelope,
     EnvelopeError,
@@ -37,8 +40,10 @@ from teleconsult.messaging.envelope import (
     to_msgpack,
     verify_signature,
 )
+from teleconsult.messaging.message_store import Append, Page, PageRequest
 from teleconsult.messaging.records import (
     AppendResult,
+    AppointmentHasThread,
     ConflictingDuplicate,
     Device,
     DeviceKeyInUse,
@@ -65,6 +70,15 @@ class ThreadView:
     members: list[Member]
 
 
+@dataclass(frozen=True)
+class Sent:
+    """A stored (or already stored) message and whom to deliver it to."""
+
+    result: AppendResult
+    message: StoredMessage
+    members: frozenset[UUID]
+
+
 def envelope_problem(exc: EnvelopeError) -> BadRequest | PayloadTooLarge:
     """The client-facing form of an envelope the server refuses."""
     if exc.code is EnvelopeErrorCode.TOO_LARGE:
@@ -81,9 +95,22 @@ def envelope_problem(exc: EnvelopeError) -> BadRequest | PayloadTooLarge:
 class MessagingService:
     """Safe to call concurrently; the database orders messages per thread."""
 
-    def __init__(self, *, pool: asyncpg.Pool, audit: AuditTrail) -> None:
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        audit: AuditTrail,
+        directory: ThreadDirectory,
+        appender: Appender,
+    ) -> None:
         self._pool = pool
         self._audit = audit
+        self._directory = directory
+        self._appender = appender
+
+    @property
+    def directory(self) -> ThreadDirectory:
+        return self._directory
 
     # --- devices --------------------------------------------------------------------
 
@@ -91,7 +118,7 @@ class MessagingService:
         self, principal: Principal, *, x25519: bytes, ed25519: bytes, label: str | None
     ) -> Device:
         try:
-            return await store.register_device(
+            device = await store.register_device(
                 self._pool,
                 user_id=principal.user_id,
                 x25519_public=x25519,
@@ -104,6 +131,8 @@ class MessagingService:
             raise Conflict(
                 "that signing key belongs to another device", code=ErrorCode.DEVICE_KEY_IN_USE
             ) from None
+        await self._directory.forget_user(principal.user_id)
+        return device
 
     async def my_devices(self, principal: Principal) -> list[Device]:
         return await store.list_devices(self._pool, [principal.user_id])
@@ -111,6 +140,7 @@ class MessagingService:
     async def revoke_device(self, principal: Principal, device_id: UUID) -> None:
         if not await store.revoke_device(self._pool, principal.user_id, device_id):
             raise NotFound("device not found")
+        await self._directory.forget_user(principal.user_id)
 
     # --- threads --------------------------------------------------------------------
 
@@ -121,17 +151,14 @@ class MessagingService:
     async def member_ids(self, thread_id: UUID) -> list[UUID]:
         return await store.member_ids(self._pool, thread_id)
 
-    async def co_member_ids(self, user_id: UUID) -> list[UUID]:
-        return await store.co_member_ids(self._pool, user_id)
+    async def co_member_ids(self, user_id: UUID, *, max_thread_size: int) -> list[UUID]:
+        return await store.co_member_ids(self._pool, user_id, max_thread_size=max_thread_size)
 
     async def _member_thread(self, principal: Principal, thread_id: UUID) -> Thread:
         """The thread when the caller is a current member of it; NotFound otherwise."""
-        thread = await store.get_thread(self._pool, thread_id)
-        member = thread is not None and await store.is_member(
-            self._pool, thread_id, principal.user_id
-        )
+        thread = await store.member_thread(self._pool, thread_id, principal.user_id)
         # Membership is the scope: a member is in it whatever their role.
-        scope = Scope(thread.clinic_id, principal.user_id) if thread and member else None
+        scope = Scope(thread.clinic_id, principal.user_id) if thread else None
         ensure_in_scope(principal, scope, "thread")
         assert thread is not None
         return thread
@@ -150,16 +177,17 @@ class MessagingService:
             assert user is not None
             members.append((user_id, user.role.value))
         try:
-            thread = await store.create_thread(
-                self._pool,
-                clinic_id=principal.clinic_id,
-                kind=kind,
-                created_by=principal.user_id,
-                members=members,
-            )
+            async with self._pool.acquire() as conn, conn.transaction():
+                thread = await store.create_thread(
+                    conn,
+                    clinic_id=principal.clinic_id,
+                    kind=kind,
+                    created_by=principal.user_id,
+                    members=members,
+                )
+                await self._audit.record(self._event(principal, "thread.create", thread.id), conn)
         except (InvalidMembers, NotInClinic) as exc:
             raise BadRequest(str(exc), fields=[FieldError("body.member_ids", str(exc))]) from None
-        await self._audit.record(self._event(principal, "thread.create", thread.id))
         return thread
 
     async def thread_for_appointment(self, principal: Principal, appointment_id: UUID) -> Thread:
@@ -178,20 +206,21 @@ class MessagingService:
             return existing
         members = [(appointment.doctor_id, "doctor"), (appointment.patient_id, "patient")]
         try:
-            thread = await store.create_thread(
-                self._pool,
-                clinic_id=appointment.clinic_id,
-                kind=ThreadKind.DIRECT,
-                created_by=principal.user_id,
-                members=members,
-                appointment_id=appointment_id,
-            )
-        except Exception as exc:  # a concurrent first use created it
+            async with self._pool.acquire() as conn, conn.transaction():
+                thread = await store.create_thread(
+                    conn,
+                    clinic_id=appointment.clinic_id,
+                    kind=ThreadKind.DIRECT,
+                    created_by=principal.user_id,
+                    members=members,
+                    appointment_id=appointment_id,
+                )
+                await self._audit.record(self._event(principal, "thread.create", thread.id), conn)
+        except AppointmentHasThread:  # a concurrent first use created it
             found = await store.thread_for_appointment(self._pool, appointment_id)
             if found is None:
-                raise exc
+                raise
             return found
-        await self._audit.record(self._event(principal, "thread.create", thread.id))
         return thread
 
     async def my_threads(self, principal: Principal) -> list[Thread]:
@@ -208,73 +237,110 @@ class MessagingService:
 
     # --- messages -------------------------------------------------------------------
 
-    async def send(self, principal: Principal, thread_id: UUID, env: Envelope) -> AppendResult:
-        """Store an envelope after every check; idempotent on its client message id."""
-        await self._member_thread(principal, thread_id)
+    async def send(self, principal: Principal, thread_id: UUID, env: Envelope) -> Sent:
+        """Store an envelope after every check; idempotent on its client message id.
+
+        With the thread in the directory, the checks cost no query and the store is
+        one statement (shared with concurrent sends: see Appender). A refusal is
+        confirmed against the database before it is given.
+        """
+        info = await self._directory.thread(thread_id)
+        if info is None or principal.user_id not in info.members:
+            info = await self._directory.fresh(thread_id)
+            if info is None or principal.user_id not in info.members:
+                raise NotFound("thread not found")
         if env.thread_id != thread_id:
             raise BadRequest(
                 "the envelope names another thread",
                 code=ErrorCode.INVALID_ENVELOPE,
                 fields=[FieldError("body.envelope.thread_id", "does not match the path")],
             )
-        device = await store.get_device(self._pool, env.sender_device_id)
-        if device is None or device.user_id != principal.user_id or device.revoked_at is not None:
-            raise Forbidden(
-                "the sending device is not a current device of yours",
-                code=ErrorCode.DEVICE_NOT_USABLE,
-            )
+        device = info.devices.get(env.sender_device_id)
+        if device is None or device.user_id != principal.user_id:
+            info = await self._confirmed(info)
+            device = info.devices.get(env.sender_device_id)
+            if device is None or device.user_id != principal.user_id:
+                raise Forbidden(
+                    "the sending device is not a current device of yours",
+                    code=ErrorCode.DEVICE_NOT_USABLE,
+                )
         try:
             verify_signature(env, device.ed25519_public)
         except EnvelopeError as exc:
             raise envelope_problem(exc) from None
-        allowed = {d.id for d in await store.thread_devices(self._pool, thread_id)}
-        strangers = [str(r) for r in env.recipient_ids if r not in allowed]
+        strangers = [r for r in env.recipient_ids if r not in info.devices]
         if strangers:
-            raise BadRequest(
-                "keys are sealed for devices outside the thread",
-                code=ErrorCode.NOT_A_RECIPIENT,
-                fields=[FieldError("body.envelope.keys", ", ".join(strangers[:5]))],
-            )
-        try:
-            result = await store.append_message(
-                self._pool,
+            info = await self._confirmed(info)
+            strangers = [r for r in env.recipient_ids if r not in info.devices]
+            if strangers:
+                raise BadRequest(
+                    "keys are sealed for devices outside the thread",
+                    code=ErrorCode.NOT_A_RECIPIENT,
+                    fields=[
+                        FieldError("body.envelope.keys", ", ".join(str(s) for s in strangers[:5]))
+                    ],
+                )
+        envelope = to_msgpack(env)
+        outcome = await self._appender.append(
+            Append(
                 thread_id=thread_id,
                 client_msg_id=env.client_msg_id,
                 sender_user_id=principal.user_id,
-                sender_device_id=device.id,
-                envelope=to_msgpack(env),
+                sender_device_id=env.sender_device_id,
+                envelope=envelope,
+                actor_role=principal.role.value,
             )
-        except ConflictingDuplicate:
-            raise Conflict(
-                "that client message id was used for a different message",
-                code=ErrorCode.CLIENT_MSG_ID_REUSED,
-            ) from None
-        except NotAMember:
-            raise NotFound("thread not found") from None
-        except DeviceNotUsable:
-            raise Forbidden(
-                "the sending device is not usable", code=ErrorCode.DEVICE_NOT_USABLE
-            ) from None
-        except ThreadNotFound:
-            raise NotFound("thread not found") from None
-        if not result.duplicate:
-            await self._audit.record(
-                self._event(principal, "message.send", thread_id, seq=result.seq)
+        )
+        result = _appended(outcome)
+        message = StoredMessage(
+            thread_id=thread_id,
+            seq=result.seq,
+            client_msg_id=env.client_msg_id,
+            sender_user_id=principal.user_id,
+            sender_device_id=env.sender_device_id,
+            envelope=envelope,
+            created_at=result.created_at,
+        )
+        return Sent(result, message, info.members)
+
+    async def _confirmed(self, info: ThreadInfo) -> ThreadInfo:
+        """The thread as the database has it now (the cached entry may be old)."""
+        fresh = await self._directory.fresh(info.thread_id)
+        if fresh is None:
+            raise NotFound("thread not found")
+        return fresh
+
+    async def members(self, thread_id: UUID) -> frozenset[UUID]:
+        """Whom live events of the thread go to (the directory's view)."""
+        info = await self._directory.thread(thread_id)
+        return frozenset() if info is None else info.members
+
+    async def read(
+        self, principal: Principal, requests: Sequence[PageRequest]
+    ) -> list[Page | ClientError]:
+        """The next page of each thread (oldest first), audited, in one round trip.
+
+        A thread the caller is not a current member of gets NotFound in its place.
+        """
+        capped = [PageRequest(r.thread_id, r.after_seq, min(r.limit, MAX_PAGE)) for r in requests]
+        async with self._pool.acquire() as conn:
+            pages = await message_store.read_pages(
+                conn,
+                capped,
+                reader=principal.user_id,
+                reader_role=principal.role.value,
+                clinic_id=principal.clinic_id,
             )
-        return result
+        return [NotFound("thread not found") if p is None else p for p in pages]
 
     async def history(
         self, principal: Principal, thread_id: UUID, *, after: int, limit: int
     ) -> tuple[list[StoredMessage], bool]:
         """Messages after ``after``, oldest first, and whether that reached the newest."""
-        await self._member_thread(principal, thread_id)
-        page, complete = await store.messages_after(
-            self._pool, thread_id, after, min(limit, MAX_PAGE)
-        )
-        await self._audit.record(
-            self._event(principal, "message.read", thread_id, after=after, results=len(page))
-        )
-        return page, complete
+        (page,) = await self.read(principal, [PageRequest(thread_id, after, limit)])
+        if isinstance(page, ClientError):
+            raise page
+        return page.messages, page.complete
 
     async def mark(
         self,
@@ -284,7 +350,7 @@ class MessagingService:
         delivered_seq: int | None,
         read_seq: int | None,
     ) -> Receipt:
-        await self._member_thread(principal, thread_id)
+        """Move the caller's markers forward (one statement, membership checked in it)."""
         try:
             return await store.update_receipt(
                 self._pool,
@@ -293,9 +359,25 @@ class MessagingService:
                 delivered_seq=delivered_seq,
                 read_seq=read_seq,
             )
-        except NotAMember:
+        except (NotAMember, ThreadNotFound):
             raise NotFound("thread not found") from None
 
     @staticmethod
     def _event(principal: Principal, action: str, thread_id: UUID, **detail: int) -> AuditEvent:
         return AuditEvent.by(principal, action, "thread", thread_id, detail=detail)
+
+
+def _appended(outcome: message_store.Outcome) -> AppendResult:
+    """The append's result, or its refusal as the client-facing error."""
+    if isinstance(outcome, AppendResult):
+        return outcome
+    if isinstance(outcome, ConflictingDuplicate):
+        raise Conflict(
+            "that client message id was used for a different message",
+            code=ErrorCode.CLIENT_MSG_ID_REUSED,
+        )
+    if isinstance(outcome, DeviceNotUsable):
+        raise Forbidden("the sending device is not usable", code=ErrorCode.DEVICE_NOT_USABLE)
+    if isinstance(outcome, NotAMember | ThreadNotFound):
+        raise NotFound("thread not found")
+    raise outcome

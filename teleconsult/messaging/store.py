@@ -1,42 +1,28 @@
-"""SQL for messaging: devices, threads and members, ordered messages, receipts.
-
-Each thread's messages are numbered 1, 2, 3, ... without gaps. ``append_message``
-increments ``threads.last_seq`` and inserts the message in one transaction: the
-row lock on the thread serialises the senders of one thread, and a send that
-does not insert (a duplicate, a refused sender) rolls back and gives its number
-back. Messages are never updated or deleted here.
+"""SQL for messaging: devices, threads and members, receipts (messages: message_store.py).
 
 The functions take a pool or a connection. On a connection already inside a
-transaction, the multi-statement writes run in a savepoint of it; that
-transaction must be READ COMMITTED (PostgreSQL's default), because a send
-re-reads what a concurrent twin committed while it waited for the thread's lock.
+transaction, the multi-statement writes run in a savepoint of it.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import fields
 from typing import TypeAlias
 from uuid import UUID
 
 import asyncpg
 
 from teleconsult.messaging.records import (
-    AppendResult,
     AppointmentHasThread,
-    ConflictingDuplicate,
     Device,
     DeviceKeyInUse,
-    DeviceNotUsable,
     InvalidDeviceKey,
     InvalidMembers,
     Member,
     NotAMember,
     NotInClinic,
     Receipt,
-    StoredMessage,
     Thread,
     ThreadKind,
     ThreadNotFound,
@@ -45,10 +31,6 @@ from teleconsult.messaging.records import (
 Conn: TypeAlias = "asyncpg.Connection | asyncpg.Pool"
 
 KEY_BYTES = 32  # X25519 and Ed25519 public keys alike
-
-
-class _NotAppended(Exception):
-    """Rolls back a send that inserted nothing, so its seq is given back."""
 
 
 _CLINIC_FKEYS = {
@@ -259,6 +241,20 @@ async def get_thread(conn: Conn, thread_id: UUID) -> Thread | None:
     return _thread(row) if row else None
 
 
+async def member_thread(conn: Conn, thread_id: UUID, user_id: UUID) -> Thread | None:
+    """The thread, when the user is a current member of it (one query)."""
+    row = await conn.fetchrow(
+        f"""
+        SELECT {_THREAD_COLUMNS} FROM threads t
+        WHERE t.id = $1 AND EXISTS (SELECT 1 FROM thread_members
+                                    WHERE thread_id = $1 AND user_id = $2 AND left_at IS NULL)
+        """,
+        thread_id,
+        user_id,
+    )
+    return _thread(row) if row else None
+
+
 async def thread_for_appointment(conn: Conn, appointment_id: UUID) -> Thread | None:
     row = await conn.fetchrow(
         f"SELECT {_THREAD_COLUMNS} FROM threads t WHERE t.appointment_id = $1", appointment_id
@@ -336,7 +332,7 @@ async def member_ids(conn: Conn, thread_id: UUID) -> list[UUID]:
     return [row["user_id"] for row in rows]
 
 
-async def co_member_ids(conn: Conn, user_id: UUID, *, max_thread_size: int = 50) -> list[UUID]:
+async def co_member_ids(conn: Conn, user_id: UUID, *, max_thread_size: int) -> list[UUID]:
     """Everyone who shares a current thread of at most ``max_thread_size`` members
     with the user, the user excluded: whom presence news goes to. Bigger threads
     are left out (one connect in a 1,000-member group would push to every
@@ -365,139 +361,6 @@ async def is_member(conn: Conn, thread_id: UUID, user_id: UUID) -> bool:
         user_id,
     )
     return bool(found)
-
-
-# --- messages -------------------------------------------------------------------------
-
-# The UPDATE takes the thread's row lock, so a twin sent concurrently has
-# committed by the time the INSERT runs, and ON CONFLICT sees it.
-_APPEND = """
-WITH t AS (
-    UPDATE threads SET last_seq = last_seq + 1
-    WHERE id = $1
-      AND EXISTS (SELECT 1 FROM thread_members
-                  WHERE thread_id = $1 AND user_id = $3 AND left_at IS NULL)
-      AND EXISTS (SELECT 1 FROM devices WHERE id = $4 AND user_id = $3 AND revoked_at IS NULL)
-    RETURNING id, last_seq
-)
-INSERT INTO messages (thread_id, seq, client_msg_id, sender_user_id, sender_device_id, envelope)
-SELECT id, last_seq, $2, $3, $4, $5 FROM t
-ON CONFLICT (thread_id, client_msg_id) DO NOTHING
-RETURNING seq, created_at
-"""
-
-_STORED = """
-SELECT seq, created_at, sender_user_id, sender_device_id, sha256(envelope) AS digest
-FROM messages WHERE thread_id = $1 AND client_msg_id = $2
-"""
-
-_REFUSAL = """
-SELECT
-    EXISTS (SELECT 1 FROM threads WHERE id = $1) AS thread,
-    EXISTS (SELECT 1 FROM thread_members
-            WHERE thread_id = $1 AND user_id = $2 AND left_at IS NULL) AS member,
-    EXISTS (SELECT 1 FROM devices WHERE id = $3 AND user_id = $2 AND revoked_at IS NULL) AS device
-"""
-_APPEND_ATTEMPTS = 3
-_MESSAGE_FIELDS = [field.name for field in fields(StoredMessage)]
-
-
-async def append_message(
-    conn: Conn,
-    *,
-    thread_id: UUID,
-    client_msg_id: str,
-    sender_user_id: UUID,
-    sender_device_id: UUID,
-    envelope: bytes,
-) -> AppendResult:
-    """Store a message under the thread's next seq; committed when this returns.
-
-    A client message id the thread already has returns the stored seq with
-    ``duplicate=True`` and stores nothing, even for a sender who has left since;
-    with another sender, device or envelope it raises :class:`ConflictingDuplicate`.
-    Otherwise the sender must be a current member (:class:`NotAMember`) sending
-    from a current device of theirs (:class:`DeviceNotUsable`).
-    """
-    async with _connection(conn) as connection:
-        for _ in range(_APPEND_ATTEMPTS):
-            try:
-                async with connection.transaction():
-                    row = await connection.fetchrow(
-                        _APPEND,
-                        thread_id,
-                        client_msg_id,
-                        sender_user_id,
-                        sender_device_id,
-                        envelope,
-                    )
-                    if row is None:
-                        raise _NotAppended
-                    return AppendResult(
-                        seq=row["seq"], duplicate=False, created_at=row["created_at"]
-                    )
-            except _NotAppended:
-                pass
-            stored = await connection.fetchrow(_STORED, thread_id, client_msg_id)
-            if stored is not None:
-                same = (
-                    stored["sender_user_id"] == sender_user_id
-                    and stored["sender_device_id"] == sender_device_id
-                    and stored["digest"] == hashlib.sha256(envelope).digest()
-                )
-                if not same:
-                    raise ConflictingDuplicate(thread_id, client_msg_id, stored["seq"])
-                return AppendResult(
-                    seq=stored["seq"], duplicate=True, created_at=stored["created_at"]
-                )
-            refusal = await connection.fetchrow(
-                _REFUSAL, thread_id, sender_user_id, sender_device_id
-            )
-            assert refusal is not None
-            if not refusal["thread"]:
-                raise ThreadNotFound(thread_id)
-            if not refusal["member"]:
-                raise NotAMember(f"user {sender_user_id} is not a member of thread {thread_id}")
-            if not refusal["device"]:
-                raise DeviceNotUsable(f"device {sender_device_id} cannot send for this user")
-            # Membership or the device changed between the attempt and the check: try again.
-    raise NotAMember(f"membership of thread {thread_id} keeps changing; try again")
-
-
-async def messages_after(
-    conn: Conn, thread_id: UUID, after_seq: int, limit: int
-) -> tuple[list[StoredMessage], bool]:
-    """Up to ``limit`` messages with seq > ``after_seq``, in order, and whether the
-    page reaches the thread's newest message (``complete``).
-
-    One statement, so the page and last_seq come from the same snapshot.
-    """
-    if limit < 1:
-        raise ValueError("limit must be at least 1")
-    rows = await conn.fetch(
-        """
-        SELECT t.last_seq, m.thread_id, m.seq, m.client_msg_id, m.sender_user_id,
-               m.sender_device_id, m.envelope, m.created_at
-        FROM threads t
-        LEFT JOIN LATERAL (
-            SELECT * FROM messages WHERE thread_id = t.id AND seq > $2 ORDER BY seq LIMIT $3
-        ) m ON true
-        WHERE t.id = $1
-        ORDER BY m.seq
-        """,
-        thread_id,
-        after_seq,
-        limit,
-    )
-    if not rows:
-        raise ThreadNotFound(thread_id)
-    page = [
-        StoredMessage(**{name: row[name] for name in _MESSAGE_FIELDS})
-        for row in rows
-        if row["seq"] is not None
-    ]
-    reached = page[-1].seq if page else after_seq
-    return page, reached >= rows[0]["last_seq"]
 
 
 # --- receipts -------------------------------------------------------------------------

@@ -86,6 +86,11 @@ def for_encoding(data: Mapping[str, Any], encoding: Encoding) -> dict[str, Any]:
     return out
 
 
+def push_payload(_event: str, data: Mapping[str, Any], encoding: Encoding) -> dict[str, Any]:
+    """A pushed event's data for a client of ``encoding`` (the hub's adapter)."""
+    return for_encoding(data, encoding)
+
+
 def ack_for_encoding(event: str, ack: dict[str, Any], encoding: Encoding) -> dict[str, Any]:
     """``ack`` with the envelopes of resumed messages in the client's encoding."""
     if event != "resume" or encoding != "json" or not ack.get("ok"):

@@ -1,15 +1,30 @@
-"""Live delivery to the real-time sessions of this process, fed through the bus.
+"""Live delivery to this process's connections of one namespace, fed through the bus.
 
-Every user with a live session here has one bus subscription,
-``tc.user.<user id>``. Publishing an event to a set of users sends one bus
-message per user, so a message reaches the user's sessions on whichever
-process they are connected to, and membership is decided at send time by the
-sender's process (no per-thread subscriptions to keep in step).
+Connections are bound to addresses (``/chat``: a user id; ``/signal``: a room peer
+id). ``publish`` delivers an event to every connection bound to any of the given
+addresses, on any server process:
 
-Live delivery is best effort: the bus may drop (it is at most once) and a
-session that cannot keep up is closed. What makes chat reliable is that every
-message carries its thread's sequence number and clients resume from the
-last one they hold (docs/protocol.md).
+- here, at once, without touching the bus;
+- elsewhere, through ONE bus frame per event on the namespace's channel, carrying
+  the addresses. Every other process decodes it once and delivers to its own
+  connections. A process holds one bus subscription per namespace, whatever the
+  number of users.
+
+Each event is encoded once per encoding (JSON or msgpack clients) and the same
+engine.io packets are queued for every recipient (``seam``); nothing per recipient
+runs as a task. Back-pressure: a connection whose engine.io backlog passes
+``max_events`` events, or ``max_bytes`` bytes (encoded) handed over since its
+backlog was last seen empty, is a slow consumer. What it had not read is
+dropped, it is told ``bye {"reason": "slow_consumer"}`` ahead of anything else,
+and it is disconnected; it resumes by seq when it comes back.
+
+Live delivery is best effort (the bus is at most once, slow consumers are cut);
+what makes chat reliable is the per-thread seq and resume (docs/protocol.md).
+
+Concurrency: call from the event loop only. ``publish`` returns at once; local
+delivery runs right after the caller's current step (so a request's ack is queued
+before the pushes it causes), and both local delivery and the bus sender keep the
+order of ``publish`` calls.
 """
 
 from __future__ import annotations
@@ -17,164 +32,251 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
-from uuid import UUID
+import secrets
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import msgpack
+import socketio
 
 from teleconsult.core.bus import Bus, Subscription
 from teleconsult.core.errors import InfrastructureError
-from teleconsult.realtime.presence import Presence
+from teleconsult.realtime import seam
+from teleconsult.realtime.connection import Connection
+from teleconsult.realtime.server import Encoding
 
 logger = logging.getLogger(__name__)
 
 SLOW_CONSUMER = "slow_consumer"
+# A pushed event's data in the client's encoding (e.g. an envelope as JSON).
+Adapter = Callable[[str, Mapping[str, Any], Encoding], Any]
+# Called when a connection is to be closed for falling behind.
+Closer = Callable[[Connection, str], Any]
+
+_MAX_PENDING_FRAMES = 10_000  # frames waiting for the bus before the oldest are dropped
 
 
-class Session(Protocol):
-    """One live connection of one user, whatever carries it."""
-
-    @property
-    def id(self) -> str: ...
-
-    @property
-    def user_id(self) -> UUID: ...
-
-    def push(self, event: str, data: Mapping[str, Any]) -> bool:
-        """Queue an event for the client; False when the client is too far behind."""
-        ...
-
-    async def close(self, reason: str) -> None: ...
+def _plain(_event: str, data: Mapping[str, Any], _encoding: Encoding) -> Any:
+    return data
 
 
-@dataclass
-class _UserSessions:
-    sessions: dict[str, Session] = field(default_factory=dict)
-    subscription: Subscription | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+class _Encoded:
+    """One event's engine.io packets per encoding, and their size, built on first use."""
 
+    __slots__ = ("_adapt", "_data", "_event", "_hub", "_packets")
 
-def channel(user_id: UUID) -> str:
-    return f"tc.user.{user_id}"
+    def __init__(self, hub: Hub, event: str, data: Mapping[str, Any]) -> None:
+        self._hub, self._event, self._data = hub, event, data
+        self._adapt = hub.adapt
+        self._packets: dict[Encoding, tuple[seam.Packets, int]] = {}
+
+    def packets(self, encoding: Encoding) -> tuple[seam.Packets, int]:
+        found = self._packets.get(encoding)
+        if found is None:
+            payload = self._adapt(self._event, self._data, encoding)
+            packets = seam.event_packets(
+                self._hub.server, self._hub.namespace, self._event, payload
+            )
+            found = (packets, seam.size(packets))
+            self._packets[encoding] = found
+        return found
 
 
 class Hub:
-    def __init__(self, bus: Bus, presence: Presence, *, heartbeat: float) -> None:
+    def __init__(
+        self,
+        server: socketio.AsyncServer,
+        bus: Bus,
+        *,
+        namespace: str,
+        channel: str,
+        max_events: int,
+        max_bytes: int,
+        adapt: Adapter = _plain,
+    ) -> None:
+        self.server = server
+        self.namespace = namespace
+        self.adapt = adapt
         self._bus = bus
-        self._presence = presence
-        self._heartbeat = heartbeat
-        self._users: dict[UUID, _UserSessions] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._beat: asyncio.Task[None] | None = None
+        self._channel = channel
+        self._max_events = max_events
+        self._max_bytes = max_bytes
+        self._origin = secrets.token_bytes(8)
+        self._bound: dict[str, dict[str, Connection]] = {}
+        self._closer: Closer | None = None
+        self._subscription: Subscription | None = None
+        self._outbound: deque[bytes] = deque()
+        self._wake = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.slow_consumers = 0
+        self.publish_failures = 0
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def on_slow_consumer(self, closer: Closer) -> None:
+        self._closer = closer
 
     async def start(self) -> None:
-        self._beat = asyncio.create_task(self._keep_present(), name="hub-presence")
+        if self._bus.shared:
+            self._subscription = await self._bus.subscribe(self._channel, self._receive)
+            self._sender = asyncio.create_task(
+                self._send_frames(), name=f"hub-sender{self._channel}"
+            )
 
     async def close(self) -> None:
-        if self._beat is not None:
-            self._beat.cancel()
+        if self._sender is not None:
+            self._sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._beat
+                await self._sender
+        if self._subscription is not None:
+            await self._subscription.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for user in list(self._users.values()):
-            if user.subscription is not None:
-                await user.subscription.close()
-        self._users.clear()
+        self._bound.clear()
 
-    def session_count(self) -> int:
-        return sum(len(u.sessions) for u in self._users.values())
+    # --- addresses --------------------------------------------------------------------
 
-    def local_users(self) -> set[UUID]:
-        return {uid for uid, u in self._users.items() if u.sessions}
+    def bind(self, address: str, conn: Connection) -> None:
+        self._bound.setdefault(address, {})[conn.sid] = conn
 
-    async def attach(self, session: Session) -> bool:
-        """Start delivering to ``session``; True when its user just came online."""
-        while True:
-            user = self._users.setdefault(session.user_id, _UserSessions())
-            async with user.lock:
-                if self._users.get(session.user_id) is not user:
-                    continue  # the last session detached while we waited: start afresh
-                if user.subscription is None:
-                    user.subscription = await self._bus.subscribe(
-                        channel(session.user_id), self._handler(session.user_id)
-                    )
-                user.sessions[session.id] = session
-                break
-        try:
-            return await self._presence.connected(session.user_id, session.id)
-        except InfrastructureError:
-            await self.detach(session)  # the caller refuses the session: deliver nothing to it
-            raise
+    def unbind(self, address: str, conn: Connection) -> bool:
+        """Stop delivering ``address`` to ``conn``; True when nothing here is bound to it."""
+        bound = self._bound.get(address)
+        if bound is None:
+            return True
+        if bound.get(conn.sid) is conn:
+            del bound[conn.sid]
+        if not bound:
+            del self._bound[address]
+            return True
+        return False
 
-    async def detach(self, session: Session) -> bool:
-        """Stop delivering to ``session``; True when its user has no session left anywhere."""
-        user = self._users.get(session.user_id)
-        if user is not None:
-            async with user.lock:
-                user.sessions.pop(session.id, None)
-                if not user.sessions:
-                    if user.subscription is not None:
-                        await user.subscription.close()
-                        user.subscription = None
-                    if self._users.get(session.user_id) is user:
-                        del self._users[session.user_id]
-        try:
-            return await self._presence.disconnected(session.user_id, session.id)
-        except InfrastructureError:
-            logger.warning("presence could not record a disconnect", exc_info=True)
-            return False
+    def local(self, address: str) -> list[Connection]:
+        return list(self._bound.get(address, {}).values())
 
-    async def publish(
+    def addresses(self) -> list[str]:
+        return list(self._bound)
+
+    def connection_count(self) -> int:
+        return sum(len(b) for b in self._bound.values())
+
+    # --- publishing -------------------------------------------------------------------
+
+    def publish(
         self,
-        user_ids: Iterable[UUID],
+        addresses: Iterable[str],
         event: str,
         data: Mapping[str, Any],
         *,
-        skip_session: str | None = None,
+        skip: str | None = None,
     ) -> None:
-        """Send ``event`` to every live session of these users, on any process."""
-        frame = msgpack.packb({"e": event, "d": data, "s": skip_session}, use_bin_type=True)
-        for user_id in dict.fromkeys(user_ids):
-            await self._bus.publish(channel(user_id), frame)
+        """Deliver to every connection bound to these addresses, here and on other processes.
 
-    async def online(self, user_ids: Iterable[UUID]) -> set[UUID]:
-        return await self._presence.online(user_ids)
+        Never blocks and never raises for the bus: frames for other processes wait
+        in order for the sender task (bounded; the oldest are dropped past the bound).
+        """
+        targets = list(dict.fromkeys(addresses))
+        # Off the caller's path (its ack goes first), in call order (call_soon is FIFO).
+        asyncio.get_running_loop().call_soon(self._deliver, targets, event, data, skip)
+        if self._sender is not None:
+            frame = msgpack.packb(
+                {"o": self._origin, "a": targets, "e": event, "d": dict(data), "s": skip},
+                use_bin_type=True,
+            )
+            if len(self._outbound) >= _MAX_PENDING_FRAMES:
+                self._outbound.popleft()
+                self.publish_failures += 1
+            self._outbound.append(frame)
+            self._wake.set()
 
-    def _handler(self, user_id: UUID) -> Any:
-        async def deliver(frame: bytes) -> None:
+    async def _send_frames(self) -> None:
+        failing = False
+        while True:
+            while not self._outbound:
+                self._wake.clear()
+                await self._wake.wait()
+            frame = self._outbound[0]
             try:
-                decoded = msgpack.unpackb(frame, raw=False)
-                event, data, skip = decoded["e"], decoded["d"], decoded["s"]
-            except (ValueError, KeyError, TypeError, msgpack.ExtraData):
-                logger.error("dropped an undecodable bus frame")
-                return
-            user = self._users.get(user_id)
-            if user is None:
-                return
-            for session in list(user.sessions.values()):
-                if session.id == skip:
+                await self._bus.publish(self._channel, frame)
+            except InfrastructureError as exc:
+                if not failing:
+                    logger.warning("bus publish on %s failed (%s); retrying", self._channel, exc)
+                failing = True
+                self.publish_failures += 1
+                await asyncio.sleep(0.2)
+                continue
+            if failing:
+                logger.info("bus publish on %s works again", self._channel)
+                failing = False
+            if self._outbound and self._outbound[0] is frame:
+                self._outbound.popleft()
+
+    async def _receive(self, frame: bytes) -> None:
+        try:
+            decoded = msgpack.unpackb(frame, raw=False)
+            if decoded["o"] == self._origin:
+                return  # delivered here when it was published
+            addresses, event, data, skip = decoded["a"], decoded["e"], decoded["d"], decoded["s"]
+        except (ValueError, KeyError, TypeError, msgpack.ExtraData):
+            logger.error("dropped an undecodable bus frame on %s", self._channel)
+            return
+        self._deliver(addresses, event, data, skip)
+
+    # --- delivery ---------------------------------------------------------------------
+
+    def _deliver(
+        self, addresses: Iterable[str], event: str, data: Mapping[str, Any], skip: str | None
+    ) -> None:
+        encoded: _Encoded | None = None
+        for address in addresses:
+            bound = self._bound.get(address)
+            if not bound:
+                continue
+            for conn in list(bound.values()):
+                if conn.sid == skip or conn.closing:
                     continue
-                if not session.push(event, data):
-                    self.slow_consumers += 1
-                    self._spawn(session.close(SLOW_CONSUMER))
+                if encoded is None:
+                    encoded = _Encoded(self, event, data)
+                self._push(conn, *encoded.packets(conn.encoding))
 
-        return deliver
+    def _push(self, conn: Connection, packets: seam.Packets, size: int) -> None:
+        backlog = seam.backlog(self.server, conn.eio)
+        if backlog is None:
+            return  # gone; its disconnect handler unbinds it
+        if backlog == 0:
+            conn.queued_bytes = 0
+        if backlog >= self._max_events * len(packets) or conn.queued_bytes + size > self._max_bytes:
+            self.slow_consumers += 1
+            self._cut(conn)
+            return
+        seam.queue(self.server, conn.eio, packets)
+        conn.queued_bytes += size
 
-    def _spawn(self, coro: Any) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(coro)
+    def _cut(self, conn: Connection) -> None:
+        if conn.closing or self._closer is None:
+            return
+        logger.info("closing a slow consumer", extra={"sid": conn.sid})
+        task = asyncio.ensure_future(self._closer(conn, SLOW_CONSUMER))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _keep_present(self) -> None:
-        while True:
-            await asyncio.sleep(self._heartbeat)
-            entries = [(uid, sid) for uid, u in self._users.items() for sid in u.sessions]
-            try:
-                await self._presence.refresh(entries)
-            except InfrastructureError:
-                logger.warning("presence refresh failed", exc_info=True)
+    def tell(
+        self, conn: Connection, event: str, data: Mapping[str, Any], *, first: bool = False
+    ) -> None:
+        """Queue one event for one connection, after what waits for it or, ``first``,
+        instead of it.
+
+        ``first`` is for a connection cut for falling behind: what it had not read
+        is dropped (on its whole engine.io session, other namespaces included: it
+        resumes by seq) and it learns why at once.
+        """
+        packets = seam.event_packets(
+            self.server, self.namespace, event, self.adapt(event, data, conn.encoding)
+        )
+        if first:
+            seam.cut_in_line(self.server, conn.eio, packets)
+        else:
+            seam.queue(self.server, conn.eio, packets)

@@ -10,6 +10,8 @@ from teleconsult.core.errors import RateLimited
 class TokenBucket:
     """Per-connection event budget: ``rate`` per second, bursts up to ``burst``."""
 
+    __slots__ = ("_at", "_burst", "_rate", "_tokens")
+
     def __init__(self, rate: float, burst: int) -> None:
         self._rate = rate
         self._burst = float(burst)

@@ -28,11 +28,12 @@ from teleconsult.api.registry import (
     Operation,
     mount,
 )
-from teleconsult.audit import AuditTrail
+from teleconsult.audit import AuditSequencer, AuditTrail, CheckpointSigner
 from teleconsult.audit import routes as audit_routes
 from teleconsult.core import db
 from teleconsult.core.bus import Bus, create_bus
 from teleconsult.core.embedded_pg import EmbeddedPostgres
+from teleconsult.core.errors import ConfigError
 from teleconsult.core.logging import request_id_middleware
 from teleconsult.core.metrics import EventLoopLagMonitor, Metrics
 from teleconsult.core.migrations import migrate
@@ -43,15 +44,21 @@ from teleconsult.core.settings import Settings
 from teleconsult.core.tokens import TokenService
 from teleconsult.fhir import routes as fhir_routes
 from teleconsult.messaging import routes as messaging_routes
+from teleconsult.messaging import wire
+from teleconsult.messaging.appender import Appender
 from teleconsult.messaging.chat import ChatService
-from teleconsult.messaging.mqtt_bridge import MQTT_BRIDGE, mqtt_transport
+from teleconsult.messaging.directory import ThreadDirectory
+from teleconsult.messaging.mqtt_bridge import MqttBridge, mqtt_transport
+from teleconsult.messaging.namespace import NAMESPACE as CHAT_NAMESPACE
+from teleconsult.messaging.namespace import ChatNamespace
 from teleconsult.messaging.offline import OfflineNotifier
+from teleconsult.messaging.routes import CHAT
 from teleconsult.messaging.service import MessagingService
-from teleconsult.messaging.sio import CHAT, CHAT_ACCOUNTS, ChatNamespace
 from teleconsult.notifications.worker import BackgroundWorker
+from teleconsult.realtime.guard import SessionGuard
 from teleconsult.realtime.hub import Hub
 from teleconsult.realtime.presence import create_presence
-from teleconsult.realtime.server import attach_socketio
+from teleconsult.realtime.server import attach_socketio, outside_realtime
 from teleconsult.records import routes as patients_routes
 from teleconsult.records.service import PatientService
 from teleconsult.rtc import routes as rtc_routes
@@ -62,7 +69,7 @@ from teleconsult.scheduling import routes as scheduling_routes
 from teleconsult.scheduling.availability import AvailabilityService
 from teleconsult.scheduling.feeds import CalendarFeedService
 from teleconsult.scheduling.service import SchedulingService
-from teleconsult.signaling.namespace import SIGNALING, SignalNamespace
+from teleconsult.signaling.namespace import SIGNALING, SignalNamespace, signal_hub
 from teleconsult.signaling.rooms import create_rooms
 from teleconsult.signaling.service import SignalingService
 from teleconsult.turn import routes as turn_routes
@@ -76,8 +83,14 @@ POOL = web.AppKey("pool", asyncpg.Pool)
 BUS = web.AppKey("bus", Bus)
 LIMITER = web.AppKey("rate_limiter", RateLimiter)
 AUDIT = web.AppKey("audit", AuditTrail)
+AUDIT_SEQUENCER = web.AppKey("audit_sequencer", AuditSequencer)
+DATABASE_DSN = web.AppKey("database_dsn", str)
 SIGNAL_NAMESPACE = web.AppKey("signal_namespace", SignalNamespace)
 REALTIME = web.AppKey("realtime", socketio.AsyncServer)
+GUARD = web.AppKey("session_guard", SessionGuard)
+DIRECTORY = web.AppKey("thread_directory", ThreadDirectory)
+CHAT_NAMESPACE_KEY = web.AppKey("chat_namespace", ChatNamespace)
+MQTT_BRIDGE = web.AppKey("mqtt_bridge", MqttBridge)
 
 
 def all_operations() -> list[Operation]:
@@ -110,6 +123,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
             async with pool.acquire() as conn:
                 await migrate(conn)
             app[POOL] = pool
+            app[DATABASE_DSN] = dsn
             yield
         finally:
             await pool.close()
@@ -166,7 +180,15 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[scheduling_routes.SCHEDULING] = SchedulingService(
         pool=pool, audit=audit, calendars=calendars, settings=settings.scheduling
     )
-    app[messaging_routes.MESSAGING] = MessagingService(pool=pool, audit=audit)
+    directory = ThreadDirectory(pool, app[BUS], ttl=settings.chat.directory_ttl)
+    await directory.start()
+    appender = Appender(
+        pool, max_batch=settings.chat.append_batch, max_inflight=settings.chat.append_inflight
+    )
+    app[DIRECTORY] = directory
+    app[messaging_routes.MESSAGING] = MessagingService(
+        pool=pool, audit=audit, directory=directory, appender=appender
+    )
     app[turn_routes.TURN] = TurnService(settings.turn, limiter=app[LIMITER])
     app[feed_routes.FEEDS] = CalendarFeedService(
         pool=pool, audit=audit, calendars=calendars, public_url=settings.public_url
@@ -187,13 +209,20 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
 
         probes["broker"] = broker_ok
     app[ops.PROBES] = probes
-    yield
+    try:
+        yield
+    finally:
+        await appender.close()
+        await directory.close()
 
 
 def create_app(settings: Settings) -> web.Application:
     metrics = Metrics()
     app = web.Application(
-        middlewares=[request_id_middleware, metrics.middleware, problem_middleware],
+        middlewares=[
+            outside_realtime(m)
+            for m in (request_id_middleware, metrics.middleware, problem_middleware)
+        ],
         client_max_size=settings.http.max_body_bytes,
     )
     app[SETTINGS] = settings
@@ -209,15 +238,12 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/metrics", metrics.handler, name="metrics")
 
     realtime = attach_socketio(app, settings.chat)
-    realtime.register_namespace(ChatNamespace(app))
     app[REALTIME] = realtime
     app.on_shutdown.append(_close_realtime)
-    signal_namespace = SignalNamespace(app, settings.chat)
-    realtime.register_namespace(signal_namespace)
-    app[SIGNAL_NAMESPACE] = signal_namespace
 
     _add_resources(app)
     app.cleanup_ctx.append(_rtc)
+    app.cleanup_ctx.append(_guard)
     app.cleanup_ctx.append(_chat)
     app.cleanup_ctx.append(_signaling)
     app.cleanup_ctx.append(_mqtt)
@@ -226,24 +252,52 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
+async def _guard(app: web.Application) -> AsyncIterator[None]:
+    """One re-check of every live connection's login session per period, for all namespaces."""
+    guard = SessionGuard(
+        app[accounts_routes.ACCOUNTS], period=app[SETTINGS].chat.auth_recheck_seconds
+    )
+    await guard.start()
+    app[GUARD] = guard
+    try:
+        yield
+    finally:
+        await guard.close()
+
+
 async def _chat(app: web.Application) -> AsyncIterator[None]:
-    """Live chat: presence, the hub that feeds this process's connections, the service."""
+    """Live chat: presence, the hub that feeds this process's connections, the service,
+    and the /chat namespace (registered once its services exist)."""
     settings = app[SETTINGS]
     presence = create_presence(settings.redis.url, ttl=settings.chat.presence_ttl)
-    hub = Hub(app[BUS], presence, heartbeat=settings.chat.presence_ttl / 3)
+    hub = Hub(
+        app[REALTIME],
+        app[BUS],
+        namespace=CHAT_NAMESPACE,
+        channel="tc.chat",
+        max_events=settings.chat.max_queued_events,
+        max_bytes=settings.chat.max_queued_bytes,
+        adapt=wire.push_payload,
+    )
     await hub.start()
-    app[CHAT] = ChatService(
+    chat = ChatService(
         messaging=app[messaging_routes.MESSAGING],
         hub=hub,
+        presence=presence,
         limiter=app[LIMITER],
         settings=settings.chat,
     )
     if settings.chat.offline_hook:
-        app[CHAT].add_sink(OfflineNotifier(app[POOL], hub).sink)
-    app[CHAT_ACCOUNTS] = app[accounts_routes.ACCOUNTS]
+        chat.add_sink(OfflineNotifier(app[POOL], presence).sink)
+    await chat.start()
+    app[CHAT] = chat
+    namespace = ChatNamespace(chat=chat, guard=app[GUARD], settings=settings.chat)
+    app[REALTIME].register_namespace(namespace)
+    app[CHAT_NAMESPACE_KEY] = namespace
     try:
         yield
     finally:
+        await chat.close()
         await hub.close()
         await presence.close()
 
@@ -283,9 +337,12 @@ async def _close_realtime(app: web.Application) -> None:
 
 
 async def _signaling(app: web.Application) -> AsyncIterator[None]:
-    """Consultation rooms: the shared room registry and the /signal namespace's timers."""
+    """Consultation rooms: the shared room registry, the hub that feeds this process's
+    /signal sockets, the service, and the /signal namespace (registered once its
+    services exist) with its one sweep task."""
     settings = app[SETTINGS]
-    rooms = create_rooms(settings.redis.url)
+    # A peer no process vouched for in three heartbeats belonged to a process that died.
+    rooms = create_rooms(settings.redis.url, silence=3 * settings.signal.heartbeat_seconds)
     turn = app[turn_routes.TURN]
 
     def ice_servers(user_id: UUID) -> tuple[list[dict[str, Any]], float | None]:
@@ -293,20 +350,28 @@ async def _signaling(app: web.Application) -> AsyncIterator[None]:
         credentials = turn.for_user(user_id)
         return credentials.ice_servers(), float(turn.refresh_at(credentials))
 
-    app[SIGNALING] = SignalingService(
+    hub = signal_hub(app[REALTIME], app[BUS], settings.chat)
+    await hub.start()
+    service = SignalingService(
         pool=app[POOL],
         rooms=rooms,
-        bus=app[BUS],
+        outbox=hub,
         settings=settings.signal,
         ice=ice_servers,
         network=app[rtc_routes.NETWORK_TESTS].latest_for,
     )
-    namespace = app[SIGNAL_NAMESPACE]
+    app[SIGNALING] = service
+    namespace = SignalNamespace(
+        signaling=service, guard=app[GUARD], hub=hub, settings=settings.chat
+    )
+    app[REALTIME].register_namespace(namespace)
+    app[SIGNAL_NAMESPACE] = namespace
     await namespace.start()
     try:
         yield
     finally:
         await namespace.stop()
+        await hub.close()
         await rooms.close()
 
 
@@ -339,7 +404,27 @@ async def _notifications(app: web.Application) -> AsyncIterator[None]:
 
 
 def _add_resources(app: web.Application) -> None:
-    app.cleanup_ctx.extend([_database, _bus, _limiter, _services])
+    app.cleanup_ctx.extend([_database, _audit, _bus, _limiter, _services])
+
+
+async def _audit(app: web.Application) -> AsyncIterator[None]:
+    """This process's audit sequencer: chains the intake while it holds the cluster's lock."""
+    settings = app[SETTINGS].audit
+    if not settings.signing_key:
+        raise ConfigError("AUDIT_SIGNING_KEY", "no audit signing key configured")
+    sequencer = AuditSequencer(
+        app[DATABASE_DSN],
+        signer=CheckpointSigner(settings.signing_key),
+        checkpoint_file=settings.checkpoint_file,
+        batch_size=settings.batch_size,
+        interval=settings.interval,
+    )
+    await sequencer.start()
+    app[AUDIT_SEQUENCER] = sequencer
+    try:
+        yield
+    finally:
+        await sequencer.close()
 
 
 def create_service_app(settings: Settings) -> web.Application:
