@@ -22,14 +22,15 @@ NS = "/chat"
 class Raw:
     """A bare python-socketio client: any event, any payload, acks as they come."""
 
-    def __init__(self) -> None:
+    def __init__(self, namespace: str = NS) -> None:
+        self.namespace = namespace
         self.sio = socketio.AsyncClient(reconnection=False, handle_sigint=False)
         self.pushed: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.refusals: list[Any] = []
         self.gone = asyncio.Event()
-        self.sio.on("*", self._pushed, namespace=NS)
-        self.sio.on("connect_error", self._refused, namespace=NS)
-        self.sio.on("disconnect", self._disconnected, namespace=NS)
+        self.sio.on("*", self._pushed, namespace=namespace)
+        self.sio.on("connect_error", self._refused, namespace=namespace)
+        self.sio.on("disconnect", self._disconnected, namespace=namespace)
 
     async def _pushed(self, event: str, data: Any = None) -> None:
         self.pushed.put_nowait((event, data))
@@ -42,17 +43,18 @@ class Raw:
 
     async def connect(self, base: str, auth: Any, *, transport: str = "websocket") -> None:
         await self.sio.connect(
-            base, auth=auth, transports=[transport], namespaces=[NS], wait_timeout=10
+            base, auth=auth, transports=[transport], namespaces=[self.namespace], wait_timeout=10
         )
 
-    async def call(self, event: str, data: Any) -> Any:
-        return await self.sio.call(event, data, namespace=NS, timeout=10)
+    async def call(self, event: str, data: Any = None) -> Any:
+        return await self.sio.call(event, data, namespace=self.namespace, timeout=10)
 
-    async def next_event(self, name: str) -> Any:
-        while True:
-            event, data = await self.pushed.get()
-            if event == name:
-                return data
+    async def next_event(self, name: str, *, within: float | None = None) -> Any:
+        async with asyncio.timeout(within):
+            while True:
+                event, data = await self.pushed.get()
+                if event == name:
+                    return data
 
 
 @contextlib.asynccontextmanager

@@ -3,7 +3,6 @@ bare /signal client for the tests of connections that end."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -17,6 +16,7 @@ import socketio
 from teleconsult.core.identity import Role
 from teleconsult.scheduling import store as scheduling
 from teleconsult.scheduling.records import AppointmentStatus, ServiceKind
+from tests.rawsio import Raw
 from tests.world import Tenant
 
 NS = "/signal"
@@ -69,49 +69,12 @@ async def open_room(
     return consultation.room_id
 
 
-class RawSignal:
-    """A bare python-socketio client of /signal: any event, acks as they come, what the
-    server pushes, and whether the server hung up."""
-
-    def __init__(self) -> None:
-        self.sio = socketio.AsyncClient(reconnection=False, handle_sigint=False)
-        self.pushed: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        self.refusals: list[Any] = []
-        self.gone = asyncio.Event()
-        self.sio.on("*", self._pushed, namespace=NS)
-        self.sio.on("connect_error", self._refused, namespace=NS)
-        self.sio.on("disconnect", self._disconnected, namespace=NS)
-
-    async def _pushed(self, event: str, data: Any = None) -> None:
-        self.pushed.put_nowait((event, data))
-
-    async def _refused(self, data: Any = None) -> None:
-        self.refusals.append(data)
-
-    async def _disconnected(self, *_: Any) -> None:
-        self.gone.set()
-
-    async def connect(self, base: str, token: str) -> None:
-        await self.sio.connect(
-            base, auth={"token": token}, transports=["websocket"], namespaces=[NS], wait_timeout=10
-        )
-
-    async def call(self, event: str, data: Any = None) -> Any:
-        return await self.sio.call(event, data, namespace=NS, timeout=10)
-
-    async def next_event(self, name: str, *, within: float = 10.0) -> Any:
-        async with asyncio.timeout(within):
-            while True:
-                event, data = await self.pushed.get()
-                if event == name:
-                    return data
-
-
 @contextlib.asynccontextmanager
-async def raw_signal(base: str, token: str) -> AsyncIterator[RawSignal]:
-    client = RawSignal()
+async def raw_signal(base: str, token: str) -> AsyncIterator[Raw]:
+    """A bare python-socketio client of /signal (tests/rawsio.py)."""
+    client = Raw(NS)
     try:
-        await client.connect(base, token)
+        await client.connect(base, {"token": token})
         yield client
     finally:
         await client.sio.disconnect()
@@ -119,10 +82,10 @@ async def raw_signal(base: str, token: str) -> AsyncIterator[RawSignal]:
 
 async def signal_refusal(base: str, token: str) -> Any:
     """What the server sends with its refusal of a /signal connect with ``token``."""
-    client = RawSignal()
+    client = Raw(NS)
     try:
         with pytest.raises(socketio.exceptions.ConnectionError):
-            await client.connect(base, token)
+            await client.connect(base, {"token": token})
     finally:
         await client.sio.disconnect()
     assert len(client.refusals) == 1, client.refusals

@@ -20,7 +20,7 @@ from teleconsult.server.app import POOL, SETTINGS
 from tests.chatkit import connect, next_event, people, receive, socketio_transport
 from tests.conftest import StartServer
 from tests.rawsio import NS, HandSpoken, raw, refusal, refused
-from tests.world import Account, Tenant, make_tenant
+from tests.world import SESSION_ENDINGS, Tenant, make_tenant
 
 
 def _base(client: TestClient[Any, Any]) -> str:
@@ -89,37 +89,18 @@ async def test_connects_without_a_valid_token_are_refused_with_a_code(
             )
 
 
-async def _log_out(client: TestClient[Any, Any], tenant: Tenant, who: Account) -> str:
-    resp = await client.post("/api/v1/auth/logout", headers=who.headers)
-    assert resp.status == 204, await resp.text()
-    return "token_invalid"
-
-
-async def _disable(client: TestClient[Any, Any], tenant: Tenant, who: Account) -> str:
-    resp = await client.patch(
-        f"/api/v1/users/{who.user_id}",
-        json={"status": "disabled"},
-        headers=tenant[Role.ADMIN].headers,
-    )
-    assert resp.status == 200, await resp.text()
-    return "token_invalid"
-
-
-ENDINGS = {"logout": _log_out, "disabled_account": _disable}
-
-
-@pytest.mark.parametrize("ending", sorted(ENDINGS))
+@pytest.mark.parametrize("ending", sorted(SESSION_ENDINGS))
 async def test_after_the_session_ends_connects_are_refused(
     client: TestClient[Any, Any], tenant: Tenant, ending: str
 ) -> None:
     patient = tenant[Role.PATIENT]
-    code = await ENDINGS[ending](client, tenant, patient)
+    code = await SESSION_ENDINGS[ending](client, tenant, patient)
     async with asyncio.timeout(30):
         got = await refusal(_base(client), {"token": patient.access_token})
     assert got["data"]["code"] == code, got
 
 
-@pytest.mark.parametrize("ending", sorted(ENDINGS))
+@pytest.mark.parametrize("ending", sorted(SESSION_ENDINGS))
 async def test_an_open_connection_is_closed_soon_after_its_session_ends(
     start_server: StartServer, ending: str
 ) -> None:
@@ -133,7 +114,7 @@ async def test_an_open_connection_is_closed_soon_after_its_session_ends(
         async with raw(base, patient.access_token) as sock:
             ack = await sock.call("presence", {"thread_id": str(thread)})
             assert ack["ok"] and str(patient.user_id) in ack["online"], ack
-            code = await ENDINGS[ending](client, tenant, patient)
+            code = await SESSION_ENDINGS[ending](client, tenant, patient)
             # The connection only listens: the server still notices, says why, and closes.
             bye = await sock.next_event("bye")
             assert bye == {"reason": code}

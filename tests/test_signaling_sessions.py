@@ -15,7 +15,7 @@ from teleconsult.core.tokens import TokenService
 from teleconsult.server.app import POOL, SETTINGS
 from tests.conftest import StartServer
 from tests.signalkit import open_room, raw_signal, signal_refusal
-from tests.world import Account, Tenant, make_tenant
+from tests.world import SESSION_ENDINGS, Account, make_tenant
 
 
 def _base(client: TestClient[Any, Any]) -> str:
@@ -32,26 +32,7 @@ def _expiring(client: TestClient[Any, Any], who: Account, seconds: float) -> str
     )
 
 
-async def _log_out(client: TestClient[Any, Any], tenant: Tenant, who: Account) -> str:
-    resp = await client.post("/api/v1/auth/logout", headers=who.headers)
-    assert resp.status == 204, await resp.text()
-    return "token_invalid"
-
-
-async def _disable(client: TestClient[Any, Any], tenant: Tenant, who: Account) -> str:
-    resp = await client.patch(
-        f"/api/v1/users/{who.user_id}",
-        json={"status": "disabled"},
-        headers=tenant[Role.ADMIN].headers,
-    )
-    assert resp.status == 200, await resp.text()
-    return "token_invalid"
-
-
-ENDINGS = {"logout": _log_out, "disabled_account": _disable}
-
-
-@pytest.mark.parametrize("ending", sorted(ENDINGS))
+@pytest.mark.parametrize("ending", sorted(SESSION_ENDINGS))
 async def test_a_socket_in_a_call_is_closed_soon_after_its_session_ends(
     start_server: StartServer, ending: str
 ) -> None:
@@ -70,7 +51,7 @@ async def test_a_socket_in_a_call_is_closed_soon_after_its_session_ends(
             assert joined["ok"], joined
             await doctor.call("admit", {"peer_id": joined["peer_id"]})
             await sock.next_event("admitted")
-            code = await ENDINGS[ending](client, tenant, patient)
+            code = await SESSION_ENDINGS[ending](client, tenant, patient)
             # The socket only listens: the server still notices, says why, and closes.
             assert await sock.next_event("bye") == {"reason": code}
             await sock.gone.wait()

@@ -106,3 +106,25 @@ async def assert_problem(resp: Any, status: int, code: str) -> dict[str, Any]:
     assert body["code"] == code, body
     assert body["status"] == status
     return body
+
+
+async def log_out(client: TestClient[Any, Any], tenant: Tenant, who: Account) -> str:
+    """End ``who``'s session by logging out; the reason live connections are told."""
+    resp = await client.post("/api/v1/auth/logout", headers=who.headers)
+    assert resp.status == 204, await resp.text()
+    return "token_invalid"
+
+
+async def disable(client: TestClient[Any, Any], tenant: Tenant, who: Account) -> str:
+    """End ``who``'s session by disabling the account (as the clinic's admin)."""
+    resp = await client.patch(
+        f"/api/v1/users/{who.user_id}",
+        json={"status": "disabled"},
+        headers=tenant[Role.ADMIN].headers,
+    )
+    assert resp.status == 200, await resp.text()
+    return "token_invalid"
+
+
+# The ways a session ends, for tests that check open connections notice.
+SESSION_ENDINGS = {"logout": log_out, "disabled_account": disable}

@@ -37,12 +37,11 @@ from teleconsult.core.errors import (
     Unauthenticated,
 )
 from teleconsult.core.settings import ChatSettings
-from teleconsult.realtime import acks, seam
+from teleconsult.realtime import acks
 from teleconsult.realtime.connection import Connection
 from teleconsult.realtime.guard import SessionGuard
-from teleconsult.realtime.hub import SLOW_CONSUMER, Hub
-from teleconsult.realtime.limits import TokenBucket, rate_limited
-from teleconsult.realtime.server import connect_auth, refusal
+from teleconsult.realtime.hub import Hub
+from teleconsult.realtime.namespace import LiveNamespace
 from teleconsult.signaling import wire as sw
 from teleconsult.signaling.service import SignalingService
 
@@ -83,7 +82,7 @@ class _Binding:
         self.ice_at = ice_at
 
 
-class SignalNamespace(socketio.AsyncNamespace):
+class SignalNamespace(LiveNamespace):
     def __init__(
         self,
         *,
@@ -92,19 +91,10 @@ class SignalNamespace(socketio.AsyncNamespace):
         hub: Hub,
         settings: ChatSettings,
     ) -> None:
-        super().__init__(NAMESPACE)
+        super().__init__(NAMESPACE, guard=guard, hub=hub, settings=settings)
         self._signaling = signaling
-        self._guard = guard
-        self._hub = hub
-        self._settings = settings
-        self._connections: dict[str, Connection] = {}
         self._bindings: dict[str, _Binding] = {}
         self._sweeper: asyncio.Task[None] | None = None
-        guard.on_close(NAMESPACE, self.close)
-        hub.on_slow_consumer(self.close)
-
-    def connection_count(self) -> int:
-        return len(self._connections)
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -170,33 +160,7 @@ class SignalNamespace(socketio.AsyncNamespace):
 
     # --- connection -------------------------------------------------------------------
 
-    async def on_connect(self, sid: str, environ: Any, auth: Any = None) -> None:
-        try:
-            token, encoding = connect_auth(auth)
-            grant = await self._guard.authority.grant(token)
-        except ClientError as exc:
-            raise refusal(acks.error_ack(exc)["error"]) from None
-        eio = seam.eio_sid(self.server, sid, NAMESPACE)
-        if eio is None:  # the client went away while we checked its token
-            raise refusal(acks.error_ack(Unauthenticated("not connected"))["error"])
-        s = self._settings
-        conn = Connection(
-            sid=sid,
-            eio=eio,
-            namespace=NAMESPACE,
-            grant=grant,
-            encoding=encoding,
-            bucket=TokenBucket(s.events_per_second, s.event_burst),
-        )
-        self._connections[sid] = conn
-        self._guard.track(conn)
-
-    async def on_disconnect(self, sid: str, reason: Any = None) -> None:
-        conn = self._connections.pop(sid, None)
-        if conn is None:
-            return
-        conn.closing = True
-        self._guard.forget(conn)
+    async def closed(self, conn: Connection) -> None:
         binding = self._unbind(conn)
         if binding is None:
             return
@@ -205,38 +169,9 @@ class SignalNamespace(socketio.AsyncNamespace):
         except Exception:
             logger.warning("could not record a dropped peer", exc_info=True)
 
-    async def close(self, conn: Connection, reason: str) -> None:
-        """Say why, ahead of anything the client has not read yet, then disconnect."""
-        conn.closing = True
-        self._hub.tell(conn, "bye", {"reason": reason}, first=reason == SLOW_CONSUMER)
-        await self.server.disconnect(conn.sid, namespace=NAMESPACE)
-
     # --- events -----------------------------------------------------------------------
 
-    async def trigger_event(self, event: str, *args: Any) -> Any:
-        sid = args[0]
-        # The server's own connect and disconnect come while the sid is pending; a
-        # client may also emit events with those names, which must not reach here.
-        if event in ("connect", "disconnect") and not self.server.manager.is_connected(
-            sid, NAMESPACE
-        ):
-            return await super().trigger_event(event, *args)
-        data = args[1] if len(args) > 1 else None
-        conn = self._connections.get(sid)
-        if conn is None or conn.closing:
-            return acks.error_ack(Unauthenticated("not connected"))
-        wait = conn.bucket.take()
-        if wait:
-            return acks.error_ack(rate_limited(wait))
-        if event == "auth":
-            return await self._reauth(conn, data)
-        if conn.expired():
-            return acks.error_ack(
-                Unauthenticated(
-                    "the access token expired; send auth with a fresh one",
-                    code=ErrorCode.TOKEN_EXPIRED,
-                )
-            )
+    async def answer(self, conn: Connection, event: str, data: Any) -> Any:
         try:
             return acks.ok(**await self._handle(conn, event, data))
         except ClientError as exc:
@@ -244,18 +179,6 @@ class SignalNamespace(socketio.AsyncNamespace):
         except Exception:
             logger.exception("signal event %s failed", event)
             return acks.internal_error_ack()
-
-    async def _reauth(self, conn: Connection, data: Any) -> dict[str, Any]:
-        """A fresh access token for a long-lived connection (after a refresh)."""
-        try:
-            token, _ = connect_auth(data, encoding=conn.encoding)
-            grant = await self._guard.authority.grant(token)
-            if grant.principal.user_id != conn.user_id:
-                raise Unauthenticated("the token is for another user")
-        except ClientError as exc:
-            return acks.error_ack(exc)
-        conn.renew(grant)
-        return acks.ok()
 
     async def _handle(self, conn: Connection, event: str, data: Any) -> dict[str, Any]:
         service = self._signaling
