@@ -19,7 +19,7 @@ STAFF_ROLES = frozenset({Role.DOCTOR, Role.NURSE, Role.RECEPTIONIST, Role.ADMIN}
 CLINICAL_ROLES = frozenset({Role.DOCTOR, Role.NURSE})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Principal:
     """An authenticated user, as loaded from the database on each request.
 
@@ -37,7 +37,7 @@ class Principal:
         return self.role in STAFF_ROLES
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Grant:
     """What a valid access token proves: who, and until when (epoch seconds)."""
 

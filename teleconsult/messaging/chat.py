@@ -183,9 +183,9 @@ class ChatService:
     async def _keep_present(self) -> None:
         while True:
             await asyncio.sleep(self._settings.presence_ttl / 3)
-            entries = [
+            entries = (
                 (c.user_id, c.sid) for a in self._hub.addresses() for c in self._hub.local(a)
-            ]
+            )
             try:
                 await self._presence.refresh(entries)
             except InfrastructureError:

@@ -57,10 +57,6 @@ class Connection:
     def user_id(self) -> UUID:
         return self.principal.user_id
 
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.namespace, self.sid)
-
     def expired(self, now: float | None = None) -> bool:
         return self.expires_at <= (time.time() if now is None else now)
 

@@ -2,11 +2,11 @@
 
 A connection proves its user once, at connect (or with ``auth`` and a fresh token).
 After that the :class:`SessionGuard` re-checks all of this process's connections
-together every ``period`` seconds with ONE call to the :class:`Authority` (one
-query), and closes those whose login session ended, whose account was disabled,
-or whose access token expired; a role change is picked up in place. Between
-sweeps an event on a connection whose token has expired is refused with
-``token_expired`` by the namespace (no query).
+together every ``period`` seconds with one call to the :class:`Authority` (one
+query per ``SWEEP_SLICE`` connections), and closes those whose login session
+ended, whose account was disabled, or whose access token expired; a role
+change is picked up in place. Between sweeps an event on a connection whose
+token has expired is refused with ``token_expired`` by the namespace (no query).
 
 Not safe for concurrent ``sweep`` calls; the guard's own task is the only caller
 apart from tests.
@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 NO_SESSION = UUID(int=0)
 
 Closer = Callable[[Connection, str], Awaitable[None]]
+# Connections re-checked per query of a sweep.
+SWEEP_SLICE = 2000
 
 
 class Authority(Protocol):
@@ -52,7 +54,7 @@ class SessionGuard:
     def __init__(self, authority: Authority, *, period: float) -> None:
         self._authority = authority
         self._period = period
-        self._connections: dict[tuple[str, str], Connection] = {}
+        self._connections: set[Connection] = set()
         self._closers: dict[str, Closer] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -65,16 +67,15 @@ class SessionGuard:
         self._closers[namespace] = closer
 
     def track(self, conn: Connection) -> None:
-        self._connections[conn.key] = conn
+        self._connections.add(conn)
 
     def forget(self, conn: Connection) -> None:
-        if self._connections.get(conn.key) is conn:
-            del self._connections[conn.key]
+        self._connections.discard(conn)
 
     def count(self, namespace: str | None = None) -> int:
         if namespace is None:
             return len(self._connections)
-        return sum(1 for ns, _ in self._connections if ns == namespace)
+        return sum(1 for c in self._connections if c.namespace == namespace)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="realtime-session-guard")
@@ -105,7 +106,7 @@ class SessionGuard:
     async def sweep(self) -> int:
         """Re-check every connection once; how many were closed."""
         now = time.time()
-        connections = [c for c in self._connections.values() if not c.closing]
+        connections = [c for c in self._connections if not c.closing]
         ending: list[tuple[Connection, str]] = []
         checked: list[Connection] = []
         for conn in connections:
@@ -113,12 +114,15 @@ class SessionGuard:
                 ending.append((conn, str(ErrorCode.TOKEN_EXPIRED)))
             elif conn.principal.session_id != NO_SESSION:
                 checked.append(conn)
-        if checked:
-            verdicts = await self._authority.recheck({c.principal for c in checked})
-            for conn in checked:
+        # In slices, so a sweep of many thousand connections holds few rows at once.
+        for start in range(0, len(checked), SWEEP_SLICE):
+            part = checked[start : start + SWEEP_SLICE]
+            verdicts = await self._authority.recheck({c.principal for c in part})
+            for conn in part:
                 verdict = verdicts.get(conn.principal.session_id)
                 if isinstance(verdict, Principal):
-                    conn.principal = verdict
+                    if verdict != conn.principal:  # a role change; else keep the object
+                        conn.principal = verdict
                 else:
                     code = verdict.code if verdict is not None else ErrorCode.TOKEN_INVALID
                     ending.append((conn, str(code)))
@@ -145,7 +149,7 @@ class SessionGuard:
         """Close at once every connection of a login session or of a user, on this process."""
         matching = [
             c
-            for c in list(self._connections.values())
+            for c in list(self._connections)
             if (session_id is not None and c.principal.session_id == session_id)
             or (user_id is not None and c.user_id == user_id)
         ]

@@ -103,7 +103,8 @@ class Hub:
         self._max_events = max_events
         self._max_bytes = max_bytes
         self._origin = secrets.token_bytes(8)
-        self._bound: dict[str, dict[str, Connection]] = {}
+        # An address's connections: most addresses have one, kept without a dict.
+        self._bound: dict[str, Connection | dict[str, Connection]] = {}
         self._closer: Closer | None = None
         self._subscription: Subscription | None = None
         self._outbound: deque[bytes] = deque()
@@ -140,28 +141,44 @@ class Hub:
     # --- addresses --------------------------------------------------------------------
 
     def bind(self, address: str, conn: Connection) -> None:
-        self._bound.setdefault(address, {})[conn.sid] = conn
+        bound = self._bound.get(address)
+        if bound is None or bound is conn:
+            self._bound[address] = conn
+        elif isinstance(bound, Connection):
+            self._bound[address] = {bound.sid: bound, conn.sid: conn}
+        else:
+            bound[conn.sid] = conn
 
     def unbind(self, address: str, conn: Connection) -> bool:
         """Stop delivering ``address`` to ``conn``; True when nothing here is bound to it."""
         bound = self._bound.get(address)
         if bound is None:
             return True
+        if isinstance(bound, Connection):
+            if bound is not conn:
+                return False
+            del self._bound[address]
+            return True
         if bound.get(conn.sid) is conn:
             del bound[conn.sid]
-        if not bound:
+        if len(bound) == 1:
+            self._bound[address] = next(iter(bound.values()))
+        elif not bound:
             del self._bound[address]
             return True
         return False
 
     def local(self, address: str) -> list[Connection]:
-        return list(self._bound.get(address, {}).values())
+        bound = self._bound.get(address)
+        if bound is None:
+            return []
+        return [bound] if isinstance(bound, Connection) else list(bound.values())
 
     def addresses(self) -> list[str]:
         return list(self._bound)
 
     def connection_count(self) -> int:
-        return sum(len(b) for b in self._bound.values())
+        return sum(1 if isinstance(b, Connection) else len(b) for b in self._bound.values())
 
     # --- publishing -------------------------------------------------------------------
 
@@ -233,9 +250,9 @@ class Hub:
         encoded: _Encoded | None = None
         for address in addresses:
             bound = self._bound.get(address)
-            if not bound:
+            if bound is None:
                 continue
-            for conn in list(bound.values()):
+            for conn in (bound,) if isinstance(bound, Connection) else list(bound.values()):
                 if conn.sid == skip or conn.closing:
                     continue
                 if encoded is None:

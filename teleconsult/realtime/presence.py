@@ -36,36 +36,53 @@ class Presence(Protocol):
 
 
 class LocalPresence:
+    """In this process only. A user's entries are kept as one ``(conn_id, until)``
+    pair while there is one (most users), as a dict beyond that."""
+
     def __init__(self, *, ttl: float) -> None:
         self._ttl = ttl
-        self._entries: dict[UUID, dict[str, float]] = {}
+        self._entries: dict[UUID, tuple[str, float] | dict[str, float]] = {}
 
     def _live(self, user_id: UUID, now: float) -> dict[str, float]:
-        entries = self._entries.get(user_id, {})
-        for conn_id in [c for c, until in entries.items() if until <= now]:
-            del entries[conn_id]
-        return entries
+        found = self._entries.get(user_id)
+        if found is None:
+            return {}
+        entries = dict([found]) if isinstance(found, tuple) else found
+        return {c: until for c, until in entries.items() if until > now}
+
+    def _keep(self, user_id: UUID, entries: dict[str, float]) -> None:
+        if not entries:
+            self._entries.pop(user_id, None)
+        elif len(entries) == 1:
+            self._entries[user_id] = next(iter(entries.items()))
+        else:
+            self._entries[user_id] = entries
 
     async def connected(self, user_id: UUID, conn_id: str) -> bool:
         now = time.monotonic()
         entries = self._live(user_id, now)
         was_offline = not entries
         entries[conn_id] = now + self._ttl
-        self._entries[user_id] = entries
+        self._keep(user_id, entries)
         return was_offline
 
     async def disconnected(self, user_id: UUID, conn_id: str) -> bool:
         entries = self._live(user_id, time.monotonic())
         entries.pop(conn_id, None)
-        if not entries:
-            self._entries.pop(user_id, None)
-            return True
-        return False
+        self._keep(user_id, entries)
+        return not entries
 
     async def refresh(self, entries: Iterable[tuple[UUID, str]]) -> None:
-        until = time.monotonic() + self._ttl
+        now = time.monotonic()
+        until = now + self._ttl
         for user_id, conn_id in entries:
-            self._entries.setdefault(user_id, {})[conn_id] = until
+            found = self._entries.get(user_id)
+            if isinstance(found, tuple) and found[0] == conn_id:
+                self._entries[user_id] = (conn_id, until)  # the common case, no dict
+                continue
+            live = self._live(user_id, now)
+            live[conn_id] = until
+            self._keep(user_id, live)
 
     async def online(self, user_ids: Iterable[UUID]) -> set[UUID]:
         now = time.monotonic()
