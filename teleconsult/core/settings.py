@@ -229,6 +229,9 @@ class SignalSettings:
     grace_seconds: int = 30
     max_message_bytes: int = 64 * 1024
     heartbeat_seconds: int = 10
+    # Joins at once share their access reads and room-event writes (natural batching).
+    db_batch: int = 64
+    db_inflight: int = 2
 
 
 @dataclass(frozen=True)
@@ -590,6 +593,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         grace_seconds=e.integer("SIGNAL_GRACE_SECONDS", 30, minimum=1, maximum=600),
         max_message_bytes=e.integer("SIGNAL_MAX_MESSAGE_BYTES", 64 * 1024, minimum=4096),
         heartbeat_seconds=e.integer("SIGNAL_HEARTBEAT_SECONDS", 10, minimum=1, maximum=60),
+        db_batch=e.integer("SIGNAL_DB_BATCH", 64, minimum=1, maximum=1000),
+        db_inflight=e.integer("SIGNAL_DB_INFLIGHT", 2, minimum=1, maximum=64),
     )
     rtc = RtcSettings(
         max_concurrent_tests=e.integer("RTC_MAX_CONCURRENT_TESTS", 8, minimum=1, maximum=1000),

@@ -9,6 +9,7 @@ own. Every start, report and read is audited.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -17,6 +18,7 @@ from uuid import UUID, uuid4
 import asyncpg
 
 from teleconsult.audit import AuditEvent, AuditTrail
+from teleconsult.core.batching import Batcher
 from teleconsult.core.errors import Conflict, ErrorCode, NotFound, Unprocessable
 from teleconsult.core.identity import Principal, Role
 from teleconsult.core.policy import Scope, ensure_in_scope
@@ -53,6 +55,17 @@ class NetworkTestService:
         self._audit = audit
         self._runner = runner
         self._now = clock
+        # Patients knocking at once: their doctors' lookups share one statement.
+        self._latest: Batcher[tuple[UUID, UUID], NetworkTest | None] = Batcher(
+            self._latest_of_users, max_batch=64, max_inflight=2, name="rtc-latest"
+        )
+
+    async def close(self) -> None:
+        await self._latest.close()
+
+    async def _latest_of_users(self, asks: Sequence[tuple[UUID, UUID]]) -> list[NetworkTest | None]:
+        async with self._pool.acquire() as conn:
+            return await store.latest_of_users(conn, asks)
 
     @property
     def runner(self) -> NetworkTestRunner:
@@ -163,8 +176,8 @@ class NetworkTestService:
         No scope check and no audit row: the caller (signaling) has already
         admitted the doctor to the consultation and answers for the read.
         """
-        found = await store.latest_per_user(self._pool, appointment_id, user_id=user_id)
-        return summary(found[0]) if found else None
+        found = await self._latest.submit((appointment_id, user_id))
+        return None if found is None else summary(found)
 
     async def _appointment(self, principal: Principal, appointment_id: UUID) -> Appointment:
         appointment = await scheduling.get_appointment(self._pool, appointment_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TypeAlias
 from uuid import UUID
@@ -86,6 +87,27 @@ async def report_test(conn: Conn, test_id: UUID, client: dict[str, Any]) -> Netw
         client,
     )
     return _test(row) if row else None
+
+
+async def latest_of_users(
+    conn: Conn, asks: Sequence[tuple[UUID, UUID]]
+) -> list[NetworkTest | None]:
+    """The newest test of each (appointment id, user id), in one statement."""
+    rows = await conn.fetch(
+        f"""
+        SELECT DISTINCT ON (q.ord) q.ord, {", ".join("t." + c.strip() for c in _COLUMNS.split(","))}
+        FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS q(appointment_id, user_id, ord)
+        JOIN network_tests t ON t.appointment_id = q.appointment_id AND t.user_id = q.user_id
+        ORDER BY q.ord, t.started_at DESC, t.id
+        """,
+        [appointment for appointment, _ in asks],
+        [user for _, user in asks],
+    )
+    found = {
+        row["ord"]: NetworkTest(**{k: v for k, v in dict(row).items() if k != "ord"})
+        for row in rows
+    }
+    return [found.get(i) for i in range(1, len(asks) + 1)]
 
 
 async def latest_per_user(

@@ -308,12 +308,12 @@ async def _rtc(app: web.Application) -> AsyncIterator[None]:
     runner = NetworkTestRunner(
         max_concurrent=settings.max_concurrent_tests, max_seconds=settings.max_test_seconds
     )
-    app[rtc_routes.NETWORK_TESTS] = NetworkTestService(
-        pool=app[POOL], audit=app[AUDIT], runner=runner
-    )
+    tests = NetworkTestService(pool=app[POOL], audit=app[AUDIT], runner=runner)
+    app[rtc_routes.NETWORK_TESTS] = tests
     try:
         yield
     finally:
+        await tests.close()
         await runner.close()
 
 
@@ -371,6 +371,7 @@ async def _signaling(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await namespace.stop()
+        await service.close()
         await hub.close()
         await rooms.close()
 

@@ -40,6 +40,7 @@ from uuid import UUID
 import asyncpg
 
 from teleconsult.accounts import store as accounts
+from teleconsult.core.batching import Batcher
 from teleconsult.core.errors import Conflict, ErrorCode, Forbidden, NotFound
 from teleconsult.core.identity import Principal
 from teleconsult.core.settings import SignalSettings
@@ -54,6 +55,9 @@ from teleconsult.signaling.rooms import (
     new_peer_id,
 )
 from teleconsult.signaling.store import NewEvent
+
+# Room events to record: room id, events in order, whether to open the consultation.
+Record = tuple[str, Sequence[NewEvent], bool]
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +114,41 @@ class SignalingService:
         self._settings = settings
         self._ice: IceProvider = ice or (lambda _user: ([], None))
         self._network = network
+        # Joins, leaves and drops at once share their access reads and event writes.
+        batch, inflight = settings.db_batch, settings.db_inflight
+        self._access: Batcher[tuple[str, UUID], store.RoomAccess | None] = Batcher(
+            self._read_access, max_batch=batch, max_inflight=inflight, name="signal-access"
+        )
+        self._records: Batcher[Record, None] = Batcher(
+            self._write_records, max_batch=batch, max_inflight=inflight, name="signal-record"
+        )
+
+    async def close(self) -> None:
+        """Wait for the room events still being written."""
+        await self._records.close()
+        await self._access.close()
+
+    async def _read_access(self, asks: Sequence[tuple[str, UUID]]) -> list[store.RoomAccess | None]:
+        async with self._pool.acquire() as conn:
+            return await store.room_access_many(conn, asks)
+
+    async def _write_records(self, items: Sequence[Record]) -> list[None]:
+        async with self._pool.acquire() as conn:
+            try:
+                await store.record_many(conn, items)
+            except asyncpg.PostgresError:
+                # One bad item must not lose the others' events: one at a time.
+                if len(items) == 1:
+                    raise
+                for room_id, events, open_if in items:
+                    await store.record(conn, room_id, events, open_if=open_if)
+        return [None] * len(items)
+
+    async def _record(
+        self, room_id: str, events: Sequence[NewEvent], *, open_if: bool = False
+    ) -> None:
+        if events or open_if:
+            await self._records.submit((room_id, events, open_if))
 
     @property
     def settings(self) -> SignalSettings:
@@ -173,38 +212,37 @@ class SignalingService:
         Should recording fail after the room took the peer, the join fails and the
         peer, held by no socket, is dropped by the sweep once nobody vouches for it."""
         now = time.time()
-        async with self._pool.acquire() as conn:
-            access = await store.room_access(conn, room_id, principal.user_id)
-            if access is None:
-                raise NotFound("room not found")
-            role = self._role(principal, access)
-            candidate = Peer(
-                peer_id=new_peer_id(),
-                user_id=principal.user_id,
-                role=role,
-                status="admitted" if role == "doctor" else "waiting",
-                connected=True,
-                joined_at=now,
-                seen=now,
-                link=new_link(),
-            )
-            listen(candidate.peer_id)
-            entry = await self._rooms.enter(
-                room_id, candidate, rejoin=peer_id, max_peers=self._settings.max_p2p_peers
-            )
-            peer, others = entry.peer, list(entry.others)
-            if entry.outcome == "rejoined":
-                listen(peer.peer_id)
-            events = [_event("left", p) for p in entry.gone]
-            if entry.gone and not others:
-                events.append(NewEvent("ended"))
-            opens = False
-            if entry.outcome == "rejoined":
-                events.append(_event("reconnected", peer))
-            elif entry.outcome == "joined":
-                events.append(_event("joined" if peer.status == "admitted" else "waiting", peer))
-                opens = peer.status == "admitted" and bool(_admitted(others))
-            await store.record(conn, room_id, events, open_if=opens)
+        access = await self._access.submit((room_id, principal.user_id))
+        if access is None:
+            raise NotFound("room not found")
+        role = self._role(principal, access)
+        candidate = Peer(
+            peer_id=new_peer_id(),
+            user_id=principal.user_id,
+            role=role,
+            status="admitted" if role == "doctor" else "waiting",
+            connected=True,
+            joined_at=now,
+            seen=now,
+            link=new_link(),
+        )
+        listen(candidate.peer_id)
+        entry = await self._rooms.enter(
+            room_id, candidate, rejoin=peer_id, max_peers=self._settings.max_p2p_peers
+        )
+        peer, others = entry.peer, list(entry.others)
+        if entry.outcome == "rejoined":
+            listen(peer.peer_id)
+        events = [_event("left", p) for p in entry.gone]
+        if entry.gone and not others:
+            events.append(NewEvent("ended"))
+        opens = False
+        if entry.outcome == "rejoined":
+            events.append(_event("reconnected", peer))
+        elif entry.outcome == "joined":
+            events.append(_event("joined" if peer.status == "admitted" else "waiting", peer))
+            opens = peer.status == "admitted" and bool(_admitted(others))
+        await self._record(room_id, events, open_if=opens)
         self._tell_gone(entry.gone, others)
         if entry.outcome == "full":
             raise Conflict(
@@ -281,7 +319,7 @@ class SignalingService:
         events = [_event(kind, change.peer)]
         if not change.others:
             events.append(NewEvent("ended"))
-        await store.record(self._pool, room_id, events)
+        await self._record(room_id, events)
         self._tell_gone([change.peer], change.others)
 
     async def leave(self, room_id: str, peer_id: str, link: str) -> None:
@@ -321,7 +359,7 @@ class SignalingService:
             return
         peer, others = change.peer, change.others
         admitted = _admitted(others)
-        await store.record(self._pool, room_id, [_event("admitted", peer)], open_if=bool(admitted))
+        await self._record(room_id, [_event("admitted", peer)], open_if=bool(admitted))
         self.notify([peer], "admitted", self._answer(peer, others))
         for other in admitted:
             self.notify([other], "peer_joined", self._view(other, peer))
@@ -377,7 +415,7 @@ class SignalingService:
         change = await self._rooms.disconnect(room_id, peer_id, link=link, grace_until=until)
         if change is None:
             return
-        await store.record(self._pool, room_id, [_event("disconnected", change.peer)])
+        await self._record(room_id, [_event("disconnected", change.peer)])
         if change.peer.status == "admitted":
             self.notify(_admitted(change.others), "peer_disconnected", {"peer_id": peer_id})
 

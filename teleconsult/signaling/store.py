@@ -1,7 +1,9 @@
 """SQL for signaling: who may enter a room, invitations, and the room's record.
 
 A join reads the room's access and the caller's invitation in one statement and
-writes its events (and the consultation's opening) in one more.
+writes its events (and the consultation's opening) in one more; concurrent joins
+share those statements (``*_many``: one statement for many rooms, batched by the
+service).
 """
 
 from __future__ import annotations
@@ -48,23 +50,49 @@ class NewEvent(NamedTuple):
     peer_id: str | None = None
 
 
+_ACCESS = """
+SELECT $3::int AS ord, c.id AS consultation_id, a.id AS appointment_id, a.clinic_id, a.doctor_id,
+       a.patient_id, a.status::text AS appointment_status,
+       c.status AS consultation_status, c.join_opens_at, c.join_closes_at,
+       $2 NOT IN (a.doctor_id, a.patient_id) AND EXISTS (
+           SELECT 1 FROM consultation_invites i
+           WHERE i.consultation_id = c.id AND i.user_id = $2 AND i.revoked_at IS NULL
+       ) AS invited
+FROM consultations c JOIN appointments a ON a.id = c.appointment_id
+WHERE c.room_id = $1
+"""
+
+
+def _access(row: asyncpg.Record) -> RoomAccess:
+    values = dict(row)
+    del values["ord"]
+    return RoomAccess(**values)
+
+
 async def room_access(conn: Conn, room_id: str, user_id: UUID) -> RoomAccess | None:
-    row = await conn.fetchrow(
-        """
-        SELECT c.id AS consultation_id, a.id AS appointment_id, a.clinic_id, a.doctor_id,
-               a.patient_id, a.status::text AS appointment_status,
-               c.status AS consultation_status, c.join_opens_at, c.join_closes_at,
-               $2 NOT IN (a.doctor_id, a.patient_id) AND EXISTS (
-                   SELECT 1 FROM consultation_invites i
-                   WHERE i.consultation_id = c.id AND i.user_id = $2 AND i.revoked_at IS NULL
-               ) AS invited
-        FROM consultations c JOIN appointments a ON a.id = c.appointment_id
-        WHERE c.room_id = $1
-        """,
-        room_id,
-        user_id,
-    )
-    return RoomAccess(**dict(row)) if row else None
+    row = await conn.fetchrow(_ACCESS, room_id, user_id, 0)
+    return _access(row) if row else None
+
+
+_ACCESS_MANY = """
+SELECT q.ord, c.id AS consultation_id, a.id AS appointment_id, a.clinic_id, a.doctor_id,
+       a.patient_id, a.status::text AS appointment_status,
+       c.status AS consultation_status, c.join_opens_at, c.join_closes_at,
+       q.user_id NOT IN (a.doctor_id, a.patient_id) AND EXISTS (
+           SELECT 1 FROM consultation_invites i
+           WHERE i.consultation_id = c.id AND i.user_id = q.user_id AND i.revoked_at IS NULL
+       ) AS invited
+FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS q(room_id, user_id, ord)
+JOIN consultations c ON c.room_id = q.room_id
+JOIN appointments a ON a.id = c.appointment_id
+"""
+
+
+async def room_access_many(conn: Conn, asks: Sequence[tuple[str, UUID]]) -> list[RoomAccess | None]:
+    """``room_access`` for many (room id, user id) at once: one statement."""
+    rows = await conn.fetch(_ACCESS_MANY, [room for room, _ in asks], [user for _, user in asks])
+    found = {row["ord"]: _access(row) for row in rows}
+    return [found.get(i) for i in range(1, len(asks) + 1)]
 
 
 async def record(
@@ -72,32 +100,50 @@ async def record(
 ) -> None:
     """Append ``events`` in order; with ``open_if``, also open a scheduled consultation
     (``started_at``) and record ``started`` after them. One statement."""
-    if not events and not open_if:
+    if events or open_if:
+        await record_many(conn, [(room_id, events, open_if)])
+
+
+# Many rooms' events in one statement: item i is (room, open_if); each event names
+# its item. A 'started' event follows a room's own events (ids order them).
+_RECORD_MANY = """
+WITH items AS (
+    SELECT * FROM unnest($1::text[], $2::bool[]) WITH ORDINALITY AS it(room_id, open_if, item)
+), c AS (
+    SELECT it.item, it.open_if, co.id FROM items it JOIN consultations co ON co.room_id = it.room_id
+), opened AS (
+    UPDATE consultations SET status = 'open', started_at = coalesce(started_at, now())
+    WHERE id IN (SELECT id FROM c WHERE open_if) AND status = 'scheduled'
+    RETURNING id
+), ev AS (
+    SELECT * FROM unnest($3::bigint[], $4::text[], $5::uuid[], $6::text[], $7::text[])
+        WITH ORDINALITY AS e(item, kind, user_id, role, peer_id, n)
+)
+INSERT INTO consultation_events (consultation_id, kind, user_id, role, peer_id)
+SELECT consultation_id, kind, user_id, role, peer_id FROM (
+    SELECT c.id AS consultation_id, ev.kind, ev.user_id, ev.role, ev.peer_id, ev.n
+    FROM ev JOIN c ON c.item = ev.item
+    UNION ALL
+    SELECT opened.id, 'started', NULL, NULL, NULL, 9223372036854775807 FROM opened
+) AS rows
+ORDER BY n
+"""
+
+
+async def record_many(conn: Conn, items: Sequence[tuple[str, Sequence[NewEvent], bool]]) -> None:
+    """``record`` for many rooms at once: one statement, all or nothing."""
+    if not items:
         return
+    flat = [(i, e) for i, (_, events, _) in enumerate(items, start=1) for e in events]
     await conn.execute(
-        """
-        WITH c AS (SELECT id FROM consultations WHERE room_id = $1),
-        opened AS (
-            UPDATE consultations SET status = 'open', started_at = coalesce(started_at, now())
-            WHERE $6 AND id = (SELECT id FROM c) AND status = 'scheduled'
-            RETURNING id
-        )
-        INSERT INTO consultation_events (consultation_id, kind, user_id, role, peer_id)
-        SELECT consultation_id, kind, user_id, role, peer_id FROM (
-            SELECT c.id AS consultation_id, e.kind, e.user_id, e.role, e.peer_id, e.n
-            FROM c, unnest($2::text[], $3::uuid[], $4::text[], $5::text[])
-                 WITH ORDINALITY AS e(kind, user_id, role, peer_id, n)
-            UNION ALL
-            SELECT opened.id, 'started', NULL, NULL, NULL, 9223372036854775807 FROM opened
-        ) AS rows
-        ORDER BY n
-        """,
-        room_id,
-        [e.kind for e in events],
-        [e.user_id for e in events],
-        [e.role for e in events],
-        [e.peer_id for e in events],
-        open_if,
+        _RECORD_MANY,
+        [room for room, _, _ in items],
+        [open_if for _, _, open_if in items],
+        [i for i, _ in flat],
+        [e.kind for _, e in flat],
+        [e.user_id for _, e in flat],
+        [e.role for _, e in flat],
+        [e.peer_id for _, e in flat],
     )
 
 
