@@ -33,9 +33,17 @@ async def test_many_rooms_events_in_one_statement_keep_each_rooms_order(
             [
                 (two, [NewEvent("waiting", doctor, "doctor", "peer-two-22")], False),
                 (one, [NewEvent("joined", doctor, "doctor", "peer-one-11")], False),
-                ("no-such-room-xxxxxxxx", [NewEvent("joined", doctor, "doctor", "peer-nine-9")], True),
+                (
+                    "no-such-room-xxxxxxxx",
+                    [NewEvent("joined", doctor, "doctor", "peer-nine-9")],
+                    True,
+                ),
                 (one, [NewEvent("admitted", doctor, "patient", "peer-three-3")], True),
-                (two, [NewEvent("left", doctor, "doctor", "peer-two-22"), NewEvent("ended")], False),
+                (
+                    two,
+                    [NewEvent("left", doctor, "doctor", "peer-two-22"), NewEvent("ended")],
+                    False,
+                ),
             ],
         )
     assert await _kinds(app_pool, one) == ["joined", "admitted", "started"]
