@@ -35,10 +35,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import nacl.signing
 import paho.mqtt.client as paho
 
 from bench.harness import report
@@ -203,7 +205,7 @@ class Target:
             return sender, mqtt_wire.inbox_topic(peer), index.to_bytes(8, "big") + self.padding
         thread, sealed = self.pairs.envelope(sender, b"x" * self.args.body, index)
         data = {"thread_id": str(thread), "envelope": sealed}
-        payload = mqtt_wire.encode_request(msg_id(index), "send", data, "msgpack")
+        payload = signed_request(self.pairs, sender, msg_id(index), "send", data)
         return sender, mqtt_wire.request_topic(self.pairs.people[sender].user_id), payload
 
     def publish(self, sender: int, topic: str, payload: bytes) -> None:
@@ -241,7 +243,7 @@ class Target:
         """Device 0 sends; device 1 opens and verifies what its inbox got (after the bridge
         answers a probe: it subscribes once started)."""
         uid = self.pairs.people[0].user_id
-        probe = mqtt_wire.encode_request(msg_id(0), "resume", {"threads": {}}, "msgpack")
+        probe = signed_request(self.pairs, 0, msg_id(0), "resume", {"threads": {}})
         for _ in range(30):
             self.publish(0, mqtt_wire.request_topic(uid), probe)
             with contextlib.suppress(TimeoutError):
@@ -310,12 +312,23 @@ async def bench_target(
     return rows, row, fixed + tried + ([confirm] if confirm else [])
 
 
+def signed_request(pairs: Pairs, sender: int, request_id: str, event: str, data: Any) -> bytes:
+    """A request as a device sends it: its frame signed with the device's Ed25519 key."""
+    device = pairs.devices[sender]
+    frame = mqtt_wire.request_frame(
+        request_id, event, data, "msgpack", device=device.id, ts=int(time.time() * 1000)
+    )
+    key = nacl.signing.SigningKey(device.keys.private_bytes()[32:])
+    signature = key.sign(mqtt_wire.signing_bytes(pairs.people[sender].user_id, frame)).signature
+    return mqtt_wire.signed_request(frame, signature, "msgpack")
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     async with open_lab("mqtt", args) as lab:
         pairs = await lab.pairs(args.pairs)
         thread, sealed = pairs.envelope(0, b"x" * args.body, 0)
         data = {"thread_id": str(thread), "envelope": sealed}
-        sample = mqtt_wire.encode_request(msg_id(0), "send", data, "msgpack")
+        sample = signed_request(pairs, 0, msg_id(0), "send", data)
         fixed: list[Row] = []
         best: list[Row] = []
         steps: list[Step] = []

@@ -1,4 +1,5 @@
-"""The ``teleconsult`` command line: serve, migrate, audit verify, clinic create, loadtest."""
+"""The ``teleconsult`` command line: serve, migrate, audit verify, clinic create, loadtest,
+impair, soak."""
 
 from __future__ import annotations
 
@@ -6,28 +7,35 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import re
 import secrets
 import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 from aiohttp import web
 
 from teleconsult.accounts.bootstrap import ensure_first_clinic, read_credentials
 from teleconsult.accounts.routes import ACCOUNTS
+from teleconsult.api import headers
 from teleconsult.audit import format_report, parse_public_key, verify_database
+from teleconsult.core.db import DatabaseUrls
 from teleconsult.core.embedded_pg import EmbeddedPostgres
 from teleconsult.core.errors import ConfigError, TeleconsultError
 from teleconsult.core.logging import JsonAccessLogger, configure_logging
 from teleconsult.core.metrics import count_open_connections
-from teleconsult.core.migrations import migrate
+from teleconsult.core.migrations import migrate_database
 from teleconsult.core.settings import Settings, load_settings
 from teleconsult.loadtest import cli as loadtest
+from teleconsult.loadtest import impair, soak
 from teleconsult.server.app import METRICS, create_app, create_service_app
 
 logger = logging.getLogger("teleconsult")
+
+# The API's rules for a new account (api/models.py: Email, Password).
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+MIN_PASSWORD, MAX_PASSWORD = 10, 256
 
 
 def _say(text: str) -> None:
@@ -36,6 +44,7 @@ def _say(text: str) -> None:
 
 async def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM, then drain connections and stop cleanly."""
+    headers.hide_server_banner()
     app = create_app(settings)
     runner = web.AppRunner(
         app,
@@ -46,9 +55,10 @@ async def serve(settings: Settings) -> None:
     await runner.setup()
     try:
         app[METRICS].set_connection_counter(lambda: count_open_connections(runner))
-        credentials = await ensure_first_clinic(app[ACCOUNTS], settings.data_dir)
+        first = await ensure_first_clinic(app[ACCOUNTS], settings.data_dir)
         site = web.TCPSite(runner, settings.http.host, settings.http.port)
         await site.start()
+        metrics_runner = await _metrics_listener(app, settings)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -59,41 +69,77 @@ async def serve(settings: Settings) -> None:
         _say(f"  API docs: http://{shown}:{settings.http.port}/api/v1/openapi.json")
         if settings.database.url is None:
             _say(f"  database: embedded PostgreSQL in {settings.data_dir / 'pg'}")
-        if credentials is not None:
-            creds = read_credentials(credentials)
+        if metrics_runner is not None:
+            _say(
+                f"  metrics: http://{settings.http.metrics_host}:{settings.http.metrics_port}/metrics"
+            )
+        if first.credentials is not None and first.created:
+            creds = read_credentials(first.credentials)
             _say(
                 f"  sign in: POST /api/v1/auth/login with email {creds.get('email')} and "
-                f"password {creds.get('password')} (kept in {credentials}; delete the file "
-                "once you have changed the password)"
+                f"password {creds.get('password')} (kept in {first.credentials}; delete the "
+                "file once you have changed the password)"
+            )
+        elif first.credentials is not None:
+            # Shown once, on the first start; later starts only say where it is.
+            _say(
+                f"  the first admin's password is still in {first.credentials}; delete the "
+                "file once you have changed the password"
             )
         _say("  press Ctrl-C to stop")
-        await stop.wait()
+        try:
+            await stop.wait()
+        finally:
+            if metrics_runner is not None:
+                await metrics_runner.cleanup()
         _say("stopping: draining connections")
     finally:
         await runner.cleanup()
     _say("stopped")
 
 
+async def _metrics_listener(app: web.Application, settings: Settings) -> web.AppRunner | None:
+    """``/metrics`` on a listener of its own (METRICS_PORT), not on the public one."""
+    port = settings.http.metrics_port
+    if port is None:
+        return None
+    runner = web.AppRunner(
+        app[METRICS].app(settings.http.metrics_token), access_log=None, handle_signals=False
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.http.metrics_host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
 @contextlib.asynccontextmanager
-async def _database_dsn(settings: Settings) -> AsyncIterator[str]:
-    if settings.database.url is not None:
-        yield settings.database.url
+async def _database_urls(settings: Settings) -> AsyncIterator[DatabaseUrls]:
+    database = settings.database
+    if database.url is not None:
+        yield DatabaseUrls(database.url, database.owner_url, database.runtime_role)
         return
     embedded = EmbeddedPostgres(settings.data_dir)
-    dsn = await embedded.start()
+    urls = await embedded.start()
     try:
-        yield dsn
+        yield urls
     finally:
         await embedded.stop()
 
 
+@contextlib.asynccontextmanager
+async def _database_dsn(settings: Settings) -> AsyncIterator[str]:
+    """The runtime role's URL: enough for the worker and for `audit verify` (it reads)."""
+    async with _database_urls(settings) as urls:
+        yield urls.runtime
+
+
 async def run_migrate(settings: Settings) -> int:
-    async with _database_dsn(settings) as dsn:
-        conn = await asyncpg.connect(dsn)
-        try:
-            applied = await migrate(conn)
-        finally:
-            await conn.close()
+    """Migrate as DATABASE_OWNER_URL's role and grant the runtime role, when set."""
+    async with _database_urls(settings) as urls:
+        applied = await migrate_database(urls)
     _say(f"applied migrations: {applied}" if applied else "database is up to date")
     return 0
 
@@ -127,20 +173,46 @@ async def run_audit_verify(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-async def run_clinic_create(settings: Settings, args: argparse.Namespace) -> int:
+@contextlib.asynccontextmanager
+async def _service_app(settings: Settings) -> AsyncIterator[web.Application]:
+    """The services without HTTP, started and stopped as a server would.
+
+    Frozen first: aiohttp only sends the startup signal of a frozen application
+    (``app.startup()`` on a fresh one failed with "Cannot send non-frozen signal").
+    """
     app = create_service_app(settings)
+    app.freeze()
     await app.startup()
     try:
-        password = args.admin_password or secrets.token_urlsafe(15)
+        yield app
+    finally:
+        await app.shutdown()
+        await app.cleanup()
+
+
+def _check_new_admin(email: str, password: str | None) -> str | None:
+    """What is wrong with the admin's e-mail or password, as the API would say it."""
+    if not _EMAIL.fullmatch(email.strip()) or len(email.strip()) > 254:
+        return "--admin-email: not an e-mail address"
+    if password is not None and not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        return f"--admin-password: must be {MIN_PASSWORD} to {MAX_PASSWORD} characters"
+    return None
+
+
+async def run_clinic_create(settings: Settings, args: argparse.Namespace) -> int:
+    problem = _check_new_admin(args.admin_email, args.admin_password)
+    if problem is not None:
+        print(f"teleconsult: {problem}", file=sys.stderr)
+        return 2
+    password = args.admin_password or secrets.token_urlsafe(15)
+    async with _service_app(settings) as app:
         clinic, admin = await app[ACCOUNTS].create_clinic(
             name=args.name,
             timezone=args.timezone,
-            admin_email=args.admin_email,
+            admin_email=args.admin_email.strip(),
             admin_password=password,
             admin_name=args.admin_name,
         )
-    finally:
-        await app.cleanup()
     _say(f"clinic {clinic.id} created; admin {admin.email}")
     if not args.admin_password:
         _say(f"admin password: {password}")
@@ -196,6 +268,8 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--admin-name", default="Clinic Admin")
     create.add_argument("--admin-password", help="default: generated and printed")
     loadtest.add_parser(sub)
+    impair.add_parser(sub)
+    soak.add_parser(sub)
     return parser
 
 
@@ -203,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "loadtest":  # a client of some server: no server settings
         return loadtest.main(args)
+    if args.command == "impair":
+        return impair.main(args)
+    if args.command == "soak":  # starts servers of its own, with settings of its own
+        return soak.main(args)
     try:
         settings = load_settings()
     except ConfigError as exc:

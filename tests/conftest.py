@@ -20,6 +20,7 @@ from teleconsult.core.settings import (
 from teleconsult.server.app import POOL, create_app
 from tests.coturnkit import Coturn, find_turnserver, free_port_tcp_udp
 from tests.dbutil import create_database, create_database_sync, drop_database, drop_database_sync
+from tests.rtckit import host_networks
 from tests.world import Tenant, make_tenant
 
 
@@ -53,11 +54,14 @@ def settings_env(database_url: str, data_dir: Path, **extra: str) -> dict[str, s
         "LOG_FORMAT": "text",
         # Many test users sign in from 127.0.0.1; per-address limits get their own test.
         "LOGIN_MAX_PER_ADDRESS": "100000",
+        "REGISTER_MAX_PER_ADDRESS": "100000",
         # Tests that inspect the outbox must not race a sender; tests/test_outbox.py
         # and the in-server test turn it on.
         "NOTIFY_IN_SERVER": "false",
         # Port 1883 is the machine's Mosquitto; MQTT tests start their own brokers.
         "MQTT_EMBEDDED_PORT": "off",
+        # The network test's peers talk on this machine's (usually private) addresses.
+        "RTC_ALLOWED_PEER_NETWORKS": host_networks(),
     }
     env.update(extra)
     return env

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
+import asyncpg
+from aioice.ice import get_host_addresses
 from aiortc import (
     RTCConfiguration,
     RTCDataChannel,
@@ -25,6 +29,21 @@ from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
 from teleconsult.client.signal import SignalClient
+from teleconsult.core.identity import Role
+from teleconsult.scheduling import store as scheduling
+from tests.world import Tenant
+
+
+def host_addresses() -> list[str]:
+    """The addresses aiortc peers on this machine gather host candidates on (aioice's
+    own list: every interface but loopback). On a test machine they are usually
+    private, so the server's peer must be told it may contact them."""
+    return get_host_addresses(use_ipv4=True, use_ipv6=True)
+
+
+def host_networks(*more: str) -> str:
+    """``RTC_ALLOWED_PEER_NETWORKS`` for tests whose peers talk on this machine."""
+    return ",".join([*host_addresses(), *more])
 
 
 def configuration(ice_servers: list[dict[str, Any]], *, relay_only: bool) -> RTCConfiguration:
@@ -122,3 +141,37 @@ class CallPeer:
             with contextlib.suppress(Exception):
                 await self.pc.close()
             self.pc = None
+
+
+async def video_appointment(pool: asyncpg.Pool, tenant: Tenant, *, days: int = 1) -> UUID:
+    """A confirmed video appointment of the tenant's patient and doctor, with its room,
+    ``days`` from now."""
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=days)
+    end = start + timedelta(minutes=30)
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO doctor_profiles (user_id, clinic_id, consultation_minutes, "
+            "buffer_minutes, currency, services) "
+            "VALUES ($1, $2, 30, 10, 'KES', '{video,in_person}') ON CONFLICT DO NOTHING",
+            tenant[Role.DOCTOR].user_id,
+            tenant.clinic_id,
+        )
+        appointment_id: UUID = await conn.fetchval(
+            """
+            INSERT INTO appointments (clinic_id, doctor_id, patient_id, service, starts_at,
+                                      ends_at, status)
+            VALUES ($1, $2, $3, 'video', $4, $5, 'confirmed') RETURNING id
+            """,
+            tenant.clinic_id,
+            tenant[Role.DOCTOR].user_id,
+            tenant[Role.PATIENT].user_id,
+            start,
+            end,
+        )
+        await scheduling.insert_consultation(
+            conn,
+            appointment_id=appointment_id,
+            join_opens_at=start - timedelta(minutes=15),
+            join_closes_at=end + timedelta(minutes=30),
+        )
+    return appointment_id

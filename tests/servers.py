@@ -95,6 +95,14 @@ class ServerProcess:
             proc.wait()
         return proc.returncode
 
+    async def log_shows(self, text: str, *, within: float = 15.0) -> None:
+        """Wait until the server's log contains ``text``; fail after ``within`` seconds."""
+        for _ in range(int(within / 0.1)):
+            if text in self.log_text():
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{text!r} not in the log within {within} s:\n{self.log_tail()}")
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 

@@ -16,11 +16,12 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID, uuid4
 
 import aiomqtt
 import msgpack
+import nacl.signing
 import pytest
 from aiohttp.test_utils import TestClient
 from aiomqtt.exceptions import MqttConnectError
@@ -93,6 +94,8 @@ def mqtt_transport(who: Person, port: int, *, token: str | None = None) -> MqttT
         user_id=who.user_id,
         token=current_token,
         client_id=f"{who.user_id}-{who.device_id}",
+        device_id=who.device_id,
+        keys=who.keys,
     )
 
 
@@ -113,7 +116,33 @@ async def next_frame(client: aiomqtt.Client) -> tuple[str, Any]:
 
 
 def request(request_id: str, event: str, data: Any) -> bytes:
+    """An unsigned request: the bridge answers it only when it cannot be read."""
     return mqtt_wire.encode_request(request_id, event, data, "msgpack")
+
+
+def signed(
+    who: Person,
+    request_id: str,
+    event: str,
+    data: Any,
+    *,
+    encoding: Literal["msgpack", "json"] = "msgpack",
+    ts: int | None = None,
+    user: UUID | None = None,
+) -> bytes:
+    """A request signed by ``who``'s device, for ``user``'s topic (default: their own)."""
+    frame = mqtt_wire.request_frame(
+        request_id,
+        event,
+        data,
+        encoding,
+        device=who.device_id,
+        ts=int(time.time() * 1000) if ts is None else ts,
+    )
+    seed = who.keys.private_bytes()[32:]
+    message = mqtt_wire.signing_bytes(user or who.user_id, frame)
+    signature = nacl.signing.SigningKey(seed).sign(message).signature
+    return mqtt_wire.signed_request(frame, signature, encoding)
 
 
 async def history(reader: Person, thread: UUID) -> list[Any]:
@@ -142,6 +171,17 @@ def test_settings_choose_the_broker(tmp_path: Path) -> None:
         mqtt(MQTT_SHARED_GROUP="a/b")
     with pytest.raises(ConfigError, match="MQTT_EMBEDDED_PORT"):
         mqtt(MQTT_EMBEDDED_PORT="70000")
+    assert (mqtt().signed_requests, mqtt().signature_window, mqtt().provisioning) == (
+        True,
+        300,
+        "off",
+    )
+    assert mqtt(MQTT_REQUEST_SIGNATURES="off").signed_requests is False
+    assert mqtt(MQTT_URL="mqtt://b:1883", MQTT_PROVISIONING="dynsec").provisioning == "dynsec"
+    with pytest.raises(ConfigError, match="MQTT_PROVISIONING"):
+        mqtt(MQTT_PROVISIONING="dynsec")  # nothing to provision without MQTT_URL
+    with pytest.raises(ConfigError, match="MQTT_SIGNATURE_WINDOW"):
+        mqtt(MQTT_SIGNATURE_WINDOW="1")
 
 
 def test_topics_name_users_in_canonical_form() -> None:
@@ -151,6 +191,63 @@ def test_topics_name_users_in_canonical_form() -> None:
     assert mqtt_wire.user_of(f"tc/u/{str(user).upper()}/req", "req") is None
     assert mqtt_wire.user_of(f"tc/u/{user}/req/x", "req") is None
     assert mqtt_wire.request_filter("g") == "$share/g/tc/u/+/req"
+
+
+def test_a_connect_is_read_before_the_broker_sees_it() -> None:
+    from teleconsult.messaging import mqtt_connect as mc
+    from tests.mosquittokit import Will, connect_packet
+
+    def body(packet: bytes) -> bytes:
+        length = mc.remaining_length(packet[1:5])
+        assert length is not None
+        return packet[len(packet) - length :]
+
+    plain = mc.parse_connect(body(connect_packet("c1", username="u", password="p")))
+    assert (plain.client_id, plain.username, plain.password, plain.clean_session) == (
+        "c1",
+        "u",
+        "p",
+        True,
+    )
+    will = Will("tc/u/x/req", b"bye", retain=True)
+    found = mc.parse_connect(body(connect_packet("c2", will=will, clean=False)))
+    assert (found.will_topic, found.will_retain, found.clean_session) == ("tc/u/x/req", True, False)
+    with pytest.raises(mc.UnsupportedProtocol) as unsupported:
+        mc.parse_connect(body(connect_packet("c3", level=5)))
+    assert unsupported.value.level == 5
+    for broken in (b"", b"\x00\x04MQTT\x04\x01\x00\x3c\x00\x00", b"\x00\x04MQTT\x04\x02"):
+        with pytest.raises(mc.ConnectError):
+            mc.parse_connect(broken)
+    assert mc.remaining_length(b"\x80") is None  # more length bytes to come
+    with pytest.raises(mc.ConnectError):
+        mc.remaining_length(b"\xff\xff\xff\x7f")  # 256 MB
+    assert mc.connack(mc.UNACCEPTABLE_PROTOCOL_VERSION) == b"\x20\x02\x00\x01"
+
+
+def test_signed_requests_parse_in_both_encodings() -> None:
+    user, device = uuid4(), uuid4()
+    for encoding in ("msgpack", "json"):
+        frame = mqtt_wire.request_frame(
+            "r1", "resume", {"threads": {}}, encoding, device=device, ts=7
+        )
+        payload = mqtt_wire.signed_request(frame, b"s" * 64, encoding)
+        parsed = mqtt_wire.parse_request(payload, max_bytes=10_000)
+        assert (parsed.id, parsed.device, parsed.ts, parsed.encoding) == ("r1", device, 7, encoding)
+        assert (parsed.signed, parsed.signature) == (frame, b"s" * 64)
+        assert mqtt_wire.signing_bytes(user, frame).startswith(
+            b"teleconsult mqtt request v1\n" + str(user).encode() + b"\n"
+        )
+    short = mqtt_wire.signed_request(b"{}", b"s" * 63, "msgpack")
+    with pytest.raises(mqtt_wire.RequestRefused):
+        mqtt_wire.parse_request(short, max_bytes=10_000)
+    no_ts = msgpack.packb({"id": "r", "event": "resume", "data": {}, "device": str(device)})
+    with pytest.raises(mqtt_wire.RequestRefused) as refused_frame:
+        mqtt_wire.parse_request(
+            mqtt_wire.signed_request(no_ts, b"s" * 64, "msgpack"), max_bytes=999
+        )
+    assert refused_frame.value.request_id == "r"
+    unsigned = mqtt_wire.parse_request(request("u", "resume", {}), max_bytes=999)
+    assert unsigned.signed is None and unsigned.device is None
 
 
 async def test_broker_access_rules() -> None:
@@ -245,10 +342,19 @@ async def test_bad_mqtt_requests_get_error_acks_and_store_nothing(embedded: AppC
                 None,
                 "validation_failed",
             ),
-            (request("r1", "send", {"thread_id": 12, "envelope": "x"}), "r1", "validation_failed"),
-            (request("r2", "dance", {}), "r2", "validation_failed"),
             (
-                request("r3", "send", {"thread_id": str(theirs), "envelope": to_msgpack(envelope)}),
+                signed(patient, "r1", "send", {"thread_id": 12, "envelope": "x"}),
+                "r1",
+                "validation_failed",
+            ),
+            (signed(patient, "r2", "dance", {}), "r2", "validation_failed"),
+            (
+                signed(
+                    patient,
+                    "r3",
+                    "send",
+                    {"thread_id": str(theirs), "envelope": to_msgpack(envelope)},
+                ),
                 "r3",
                 "not_found",
             ),
@@ -264,7 +370,7 @@ async def test_bad_mqtt_requests_get_error_acks_and_store_nothing(embedded: AppC
             # The bridge is still there and answers a good request.
             await raw.publish(
                 mqtt_wire.request_topic(patient.user_id),
-                request("r4", "resume", {"threads": {str(ours): 0}}),
+                signed(patient, "r4", "resume", {"threads": {str(ours): 0}}),
                 qos=1,
             )
             _, frame = await next_frame(raw)
@@ -290,7 +396,7 @@ async def test_mqtt_requests_are_limited_per_user(
         async with raw_client(port, patient.user_id, patient.rest.access_token) as raw:
             await raw.subscribe(mqtt_wire.ack_topic(patient.user_id), qos=1)
             for i in range(3):
-                body = request(f"q{i}", "resume", {"threads": {}})
+                body = signed(patient, f"q{i}", "resume", {"threads": {}})
                 await raw.publish(mqtt_wire.request_topic(patient.user_id), body, qos=1)
             acks: dict[str, Any] = {}
             while len(acks) < 3:
@@ -327,7 +433,7 @@ async def test_envelope_of_another_users_device_is_refused(embedded: AppClient) 
         ) as raw:
             await raw.subscribe(mqtt_wire.ack_topic(patient.user_id), qos=1)
             await raw.publish(
-                mqtt_wire.request_topic(patient.user_id), request("f1", "send", data), qos=1
+                mqtt_wire.request_topic(patient.user_id), signed(patient, "f1", "send", data), qos=1
             )
             _, frame = await next_frame(raw)
         assert frame["ack"]["error"]["code"] == "device_not_usable", frame
@@ -384,7 +490,7 @@ async def test_embedded_broker_checks_tokens_and_topics(embedded: AppClient) -> 
             )
             await b.publish(
                 mqtt_wire.request_topic(bob.user_id),
-                request("bobs", "resume", {"threads": {}}),
+                signed(bob, "bobs", "resume", {"threads": {}}),
                 qos=1,
             )
             _, frame = await next_frame(b)
@@ -546,7 +652,7 @@ async def test_each_request_is_handled_once_by_two_bridges(
                     body = {"threads": {str(thread): 0}}
                     await raw.publish(
                         mqtt_wire.request_topic(patient.user_id),
-                        request(f"r{i}", "resume", body),
+                        signed(patient, f"r{i}", "resume", body),
                         qos=1,
                     )
                 answered: list[str] = []
@@ -661,8 +767,8 @@ async def test_bytes_of_one_message_over_mqtt(embedded: AppClient) -> None:
             recipients={d.id: d.x25519_public for d in devices},
             sent_at_ms=int(time.time() * 1000),
         )
-        frame = request(
-            "a" * 12, "send", {"thread_id": str(thread), "envelope": to_msgpack(envelope)}
+        frame = signed(
+            patient, "a" * 12, "send", {"thread_id": str(thread), "envelope": to_msgpack(envelope)}
         )
         async with (
             CountingProxy(port) as sender_link,

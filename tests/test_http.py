@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import base64
 import io
+import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import asyncpg
+import pytest
 from aiohttp.test_utils import TestClient
+from hypothesis import given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
+from teleconsult.api.pagination import decode_cursor, encode_cursor
+from teleconsult.api.registry import client_address
+from teleconsult.core.errors import BadRequest, ErrorCode, Unauthenticated
 from teleconsult.core.identity import Role
 from teleconsult.core.settings import load_settings
+from teleconsult.core.tokens import TokenService
 from teleconsult.server.app import create_app
 from tests.conftest import settings_env
 from tests.dbutil import MQTT_URL, REDIS_URL
@@ -184,3 +196,82 @@ async def test_readyz_reports_an_unreachable_broker(
     assert body["status"] == "not_ready"
     assert body["checks"]["broker"] is False
     assert body["checks"]["database"] is True
+
+
+# --- crafted input, without a server: cursors, tokens, the client's address ------------
+
+
+_TEXT = st.text(st.characters(codec="utf-8") | st.sampled_from(["\udcff", "\x00", "=", "."]))
+
+
+@hyp_settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        _TEXT,
+        st.binary().map(lambda raw: base64.urlsafe_b64encode(raw).decode()),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats() | _TEXT,
+            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+            max_leaves=6,
+        ).map(lambda value: _cursor_of(value)),
+        st.tuples(st.datetimes(timezones=st.timezones()), st.uuids()).map(
+            lambda pair: _cursor_of([pair[0].isoformat(), str(pair[1])])
+        ),
+    )
+)
+def test_decoding_any_cursor_is_a_pair_in_range_or_invalid_cursor(cursor: str) -> None:
+    try:
+        decoded = decode_cursor(cursor)
+    except BadRequest as exc:
+        assert exc.code is ErrorCode.INVALID_CURSOR
+        return
+    assert decoded is not None
+    when, _ = decoded
+    # Something asyncpg can send as timestamptz, whatever the offset it came with.
+    assert when.utcoffset() == timedelta(0)
+    assert 2000 <= when.year < 9000
+
+
+@hyp_settings(max_examples=50, deadline=None)
+@given(st.datetimes(timezones=st.just(UTC)), st.uuids())
+def test_an_issued_cursor_decodes_to_what_it_encoded(when: datetime, item: UUID) -> None:
+    if not 2000 <= when.year < 9000:
+        return
+    assert decode_cursor(encode_cursor(when, item)) == (when, item)
+
+
+def _cursor_of(value: object) -> str:
+    raw = json.dumps(value, allow_nan=True).encode("utf-8", "surrogatepass")
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@hyp_settings(max_examples=200, deadline=None)
+@given(_TEXT)
+def test_any_token_text_is_a_401_never_a_crash(token: str) -> None:
+    tokens = TokenService(secret="s" * 40, issuer="teleconsult", access_ttl=900)
+    with pytest.raises(Unauthenticated) as refused:
+        tokens.verify_access(token)
+    assert refused.value.code in (ErrorCode.TOKEN_INVALID, ErrorCode.TOKEN_EXPIRED)
+
+
+@pytest.mark.parametrize(
+    ("forwarded", "proxies", "expected"),
+    [
+        # The client wrote the left-most entries; each proxy appended one.
+        (["6.6.6.6, 203.0.113.7"], 1, "203.0.113.7"),
+        (["6.6.6.6, 203.0.113.7, 10.0.0.2"], 2, "203.0.113.7"),
+        (["6.6.6.6", "203.0.113.7"], 1, "203.0.113.7"),  # several headers are one list
+        (["2001:db8::1"], 1, "2001:db8::1"),
+        (["2001:DB8:0::1"], 1, "2001:db8::1"),  # normalised
+        (["203.0.113.7"], 2, "127.0.0.1"),  # fewer entries than proxies: not via them
+        (["not-an-address"], 1, "127.0.0.1"),
+        (["1.2.3.4:80"], 1, "127.0.0.1"),
+        (["6.6.6.6, "], 1, "127.0.0.1"),
+        ([], 1, "127.0.0.1"),
+        (["6.6.6.6"], None, "127.0.0.1"),  # TRUST_FORWARDED_FOR off
+    ],
+)
+def test_the_client_address_is_counted_from_the_right(
+    forwarded: list[str], proxies: int | None, expected: str
+) -> None:
+    assert client_address(forwarded, "127.0.0.1", trusted_proxies=proxies) == expected

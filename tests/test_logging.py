@@ -19,10 +19,12 @@ from teleconsult.core.logging import (
     ACCESS_LOGGER_NAME,
     NOISY_LOGGERS,
     REQUEST_ID_KEY,
+    ClientNoise,
     JsonAccessLogger,
     JsonFormatter,
     RequestIdFilter,
     configure_logging,
+    redact_query_strings,
     request_id_middleware,
 )
 from teleconsult.core.settings import LogSettings
@@ -276,3 +278,42 @@ async def test_records_logged_during_a_request_carry_its_id(
     (entry,) = await _lines(handler_log)
     assert entry["msg"] == "looking up item"
     assert entry["request_id"] == "trace-2"
+
+
+def _failed_record(logger: str, fail: Any) -> logging.LogRecord:
+    try:
+        fail()
+    except Exception:
+        return logging.LogRecord(
+            logger, logging.ERROR, __file__, 1, "handler error", None, sys.exc_info()
+        )
+    raise AssertionError("did not fail")
+
+
+def test_a_clients_malformed_frame_is_a_warning_without_its_traceback() -> None:
+    record = _failed_record("engineio.server", lambda: json.loads("[[[ token=abc"))
+    assert ClientNoise().filter(record)
+    assert (record.levelname, record.exc_info) == ("WARNING", None)
+    assert record.getMessage() == "refused malformed client input (JSONDecodeError)"
+
+
+def test_an_error_raised_in_our_own_handler_keeps_its_traceback() -> None:
+    def ours() -> None:  # raised here, not in a library's decoding code
+        raise ValueError("a bug")
+
+    record = _failed_record("engineio.server", ours)
+    assert ClientNoise().filter(record)
+    assert record.levelname == "ERROR" and record.exc_info is not None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("GET /socket.io/?EIO=4&token=abc HTTP/1.1", "GET /socket.io/?[redacted] HTTP/1.1"),
+        ("b'GET /api/v1/patients?q=Jane'", "b'GET /api/v1/patients?[redacted]'"),
+        ("http://h:1/x?a=1&b=2 and /y?z", "http://h:1/x?[redacted] and /y?[redacted]"),
+        ("is it? yes", "is it? yes"),
+    ],
+)
+def test_query_strings_are_redacted(text: str, expected: str) -> None:
+    assert redact_query_strings(text) == expected

@@ -237,3 +237,23 @@ async def test_lag_monitor_stops_cleanly() -> None:
     assert not monitor.running
     assert _sample(metrics, "teleconsult_event_loop_lag_seconds_count") == count
     await monitor.stop()  # idempotent
+
+
+async def test_with_a_token_only_its_bearer_may_scrape(aiohttp_client: AiohttpClient) -> None:
+    metrics = Metrics()
+    client = await aiohttp_client(metrics.app("a-token-of-sixteen-or-more"))
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic x"}):
+        resp = await client.get("/metrics", headers=headers)
+        assert resp.status == 401, headers
+        assert resp.headers["WWW-Authenticate"] == "Bearer"
+    resp = await client.get(
+        "/metrics", headers={"Authorization": "Bearer a-token-of-sixteen-or-more"}
+    )
+    assert resp.status == 200
+    assert "teleconsult_authz_refusals_total" in await resp.text()
+
+
+async def test_without_a_token_anyone_may_scrape(aiohttp_client: AiohttpClient) -> None:
+    client = await aiohttp_client(Metrics().app(None))
+    resp = await client.get("/metrics")
+    assert resp.status == 200

@@ -16,15 +16,17 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import aiomqtt
 import asyncpg
+import nacl.signing
 import pytest
 from aiomqtt.exceptions import MqttConnectError
 
 from teleconsult.accounts import store as accounts_store
 from teleconsult.client.chat import ChatClient
+from teleconsult.client.crypto import DeviceKeys
 from teleconsult.client.mqtt import MqttTransport
 from teleconsult.core.identity import Principal, Role
 from teleconsult.messaging import mqtt_wire
@@ -41,7 +43,7 @@ from tests.test_chat_mqtt import (
     mosquitto,
     mqtt_app,
     next_frame,
-    request,
+    signed,
 )
 from tests.world import Account, make_user
 
@@ -84,6 +86,8 @@ class Site:
             user_id=who.user_id,
             token=token,
             client_id=f"{who.user_id}-{who.device_id}",
+            device_id=who.device_id,
+            keys=who.keys,
         )
 
 
@@ -326,7 +330,7 @@ async def test_a_last_will_on_another_users_topic_never_reaches_the_server(site:
                         pass
             await b.publish(
                 mqtt_wire.request_topic(bob.user_id),
-                request("bobs", "resume", {"threads": {}}),
+                signed(bob, "bobs", "resume", {"threads": {}}),
                 qos=1,
             )
             _, frame = await next_frame(b)
@@ -345,12 +349,12 @@ async def test_an_online_notice_needs_a_connection_id(site: Site) -> None:
         ) as raw:
             await raw.subscribe(mqtt_wire.ack_topic(patient.user_id), qos=1)
             for i, data in enumerate(({}, {"conn": ""}, {"conn": "a/b"}, {"conn": "x" * 65}, [])):
-                body = request(f"bad{i}", mqtt_wire.ONLINE, data)
+                body = signed(patient, f"bad{i}", mqtt_wire.ONLINE, data)
                 await raw.publish(mqtt_wire.request_topic(patient.user_id), body, qos=1)
                 _, frame = await next_frame(raw)
                 assert frame["id"] == f"bad{i}", frame
                 assert frame["ack"]["error"]["code"] == "validation_failed", frame
-            body = request("good", mqtt_wire.ONLINE, {"conn": "c1"})
+            body = signed(patient, "good", mqtt_wire.ONLINE, {"conn": "c1"})
             await raw.publish(mqtt_wire.request_topic(patient.user_id), body, qos=1)
             _, frame = await next_frame(raw)
             assert frame["ack"]["ok"] is True and frame["ack"]["renew_in"] > 0, frame
@@ -378,7 +382,26 @@ async def test_the_embedded_broker_takes_a_will_only_on_the_users_own_request_to
     )
 
 
-def test_the_last_will_is_an_offline_request() -> None:
-    frame = mqtt_wire.parse_request(mqtt_wire.offline_will("c1", "msgpack"), max_bytes=1000)
-    assert (frame.event, frame.data) == (mqtt_wire.OFFLINE, {"conn": "c1"})
+def test_the_last_will_is_a_signed_offline_request() -> None:
+    keys, device, user = DeviceKeys.generate(), uuid4(), uuid4()
+
+    async def token() -> str:
+        return "t"
+
+    transport = MqttTransport(
+        "127.0.0.1",
+        1,
+        user_id=user,
+        token=token,
+        client_id=f"{user}-x",
+        device_id=device,
+        keys=keys,
+    )
+    payload = transport._request(mqtt_wire.offline_will_id("c1"), mqtt_wire.OFFLINE, {"conn": "c1"})
+    frame = mqtt_wire.parse_request(payload, max_bytes=1000)
+    assert (frame.event, frame.data, frame.device) == (mqtt_wire.OFFLINE, {"conn": "c1"}, device)
     assert 0 < len(frame.id) <= mqtt_wire.MAX_REQUEST_ID
+    assert frame.signed is not None and frame.signature is not None
+    nacl.signing.VerifyKey(keys.signing_public_key).verify(
+        mqtt_wire.signing_bytes(user, frame.signed), frame.signature
+    )

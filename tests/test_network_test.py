@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from datetime import UTC, datetime, timedelta
+from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
 import pytest
@@ -25,13 +27,14 @@ from teleconsult.client.probe import NetworkProbe, Signaller, run_probe
 from teleconsult.core.errors import ClientError, ConfigError
 from teleconsult.core.identity import Role
 from teleconsult.core.settings import Settings, load_settings
+from teleconsult.rtc.addresses import PeerAddressPolicy
 from teleconsult.rtc.figures import percentile, ping_figures, rfc3550_jitter
 from teleconsult.rtc.network_test import NetworkTestRunner
 from teleconsult.rtc.routes import NETWORK_TESTS
-from teleconsult.rtc.sdp import SdpError, check_offer
-from teleconsult.scheduling import store as scheduling
+from teleconsult.rtc.sdp import SdpError, announce, check_offer, filter_candidates
 from tests.auditkit import chained
 from tests.conftest import settings_env
+from tests.rtckit import host_networks, video_appointment
 from tests.world import Account, Tenant, assert_problem
 
 Client = TestClient[Any, Any]
@@ -46,45 +49,14 @@ def rtc_env() -> dict[str, str]:
 
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path, rtc_env: dict[str, str]) -> Settings:
-    return load_settings(settings_env(database_url, tmp_path, **rtc_env))
+    # The peers talk on this machine's (private) interface addresses: allow them.
+    env = {"RTC_ALLOWED_PEER_NETWORKS": host_networks()} | rtc_env
+    return load_settings(settings_env(database_url, tmp_path, **env))
 
 
 def runner(client: Client) -> NetworkTestRunner:
     peers: NetworkTestRunner = client.app[NETWORK_TESTS].runner
     return peers
-
-
-async def video_appointment(pool: asyncpg.Pool, tenant: Tenant) -> UUID:
-    """A confirmed video appointment of the tenant's patient and doctor, with its room."""
-    start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
-    end = start + timedelta(minutes=30)
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "INSERT INTO doctor_profiles (user_id, clinic_id, consultation_minutes, "
-            "buffer_minutes, currency, services) "
-            "VALUES ($1, $2, 30, 10, 'KES', '{video,in_person}') ON CONFLICT DO NOTHING",
-            tenant[Role.DOCTOR].user_id,
-            tenant.clinic_id,
-        )
-        appointment_id: UUID = await conn.fetchval(
-            """
-            INSERT INTO appointments (clinic_id, doctor_id, patient_id, service, starts_at,
-                                      ends_at, status)
-            VALUES ($1, $2, $3, 'video', $4, $5, 'confirmed') RETURNING id
-            """,
-            tenant.clinic_id,
-            tenant[Role.DOCTOR].user_id,
-            tenant[Role.PATIENT].user_id,
-            start,
-            end,
-        )
-        await scheduling.insert_consultation(
-            conn,
-            appointment_id=appointment_id,
-            join_opens_at=start - timedelta(minutes=15),
-            join_closes_at=end + timedelta(minutes=30),
-        )
-    return appointment_id
 
 
 def route_of(appointment_id: UUID) -> str:
@@ -195,6 +167,113 @@ def test_ping_figures_count_unanswered_pings_as_lost() -> None:
     assert figures.rtt_ms_p50 == 20.0
     none = ping_figures(5, [])
     assert none.loss == 1.0 and none.rtt_ms_p50 is None
+
+
+@pytest.mark.parametrize(
+    ("host", "why"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("::1", "loopback"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("169.254.169.254", "link-local"),
+        ("fe80::1%eth0", "link-local"),
+        ("10.1.2.3", "private"),
+        ("172.16.0.1", "private"),
+        ("192.168.1.1", "private"),
+        ("64:ff9b::a00:1", "private"),  # NAT64 of 10.0.0.1
+        ("100.64.0.1", "shared (carrier-grade NAT)"),
+        ("fd12:3456::1", "unique-local"),
+        ("240.0.0.1", "reserved"),
+        ("0.0.0.0", "unspecified"),
+        ("::", "unspecified"),
+        ("224.0.0.251", "multicast"),
+        ("ff02::1", "multicast"),
+        ("255.255.255.255", "broadcast"),
+        ("0b7c2a7e-2d7b-4a9e-9f1e-1b2c3d4e5f60.local", "mDNS name"),
+        ("example.org", "not an IP address"),
+        ("8.8.8.8", None),
+        ("2001:4860:4860::8888", None),
+    ],
+)
+def test_by_default_the_peer_contacts_only_public_unicast_addresses(
+    host: str, why: str | None
+) -> None:
+    assert PeerAddressPolicy().refusal(host) == why
+
+
+def test_allowed_networks_open_local_addresses_but_never_multicast_or_unspecified() -> None:
+    policy = PeerAddressPolicy.of([ip_network("0.0.0.0/0"), ip_network("::/0")])
+    for host in ("127.0.0.1", "10.1.2.3", "fe80::1", "::ffff:192.168.1.1", "8.8.8.8"):
+        assert policy.refusal(host) is None, host
+    for host in ("0.0.0.0", "224.0.0.1", "255.255.255.255", "ff02::1", "x.local"):
+        assert policy.refusal(host) is not None, host
+    loopback = PeerAddressPolicy.of([ip_network("127.0.0.0/8")])
+    assert loopback.refusal("127.0.0.1") is None
+    assert loopback.refusal("::ffff:127.0.0.1") is None
+    assert loopback.refusal("10.0.0.1") == "private"
+
+
+async def test_filtering_keeps_allowed_candidates_and_drops_the_rest() -> None:
+    async with NetworkProbe() as probe:
+        real = await probe.offer()
+    extra = [
+        "a=candidate:a 1 udp 2130706431 127.0.0.1 5432 typ host",
+        "a=candidate:b 1 udp 2130706431 8.8.8.8 3478 typ srflx raddr 10.0.0.2 rport 5000",
+        "a=candidate:c 1 udp 2130706431 3a1f.local 5000 typ host",
+        "a=candidate:broken",
+    ]
+    lines = []
+    for line in real.splitlines():
+        if not line.startswith("a=candidate:"):
+            lines.append(line)
+        if line.startswith("a=mid:0"):
+            lines.extend(extra)
+    filtered = filter_candidates("\r\n".join(lines) + "\r\n", PeerAddressPolicy().refusal)
+    assert filtered.kept == 1  # only 8.8.8.8: the related address is never contacted
+    assert filtered.refused == ("127.0.0.1 (loopback)", "? (malformed)")
+    assert filtered.mdns == 1 and not filtered.unusable
+    sections = filtered.sdp.split("m=")
+    first = sections[1]
+    assert "8.8.8.8" in first and "127.0.0.1" not in first and ".local" not in first
+    # The section that lost an mDNS candidate waits for peer-reflexive ones.
+    assert "a=end-of-candidates" not in first
+    assert all("a=candidate:" not in section for section in sections[2:])
+    only_internal = filter_candidates(
+        "\r\n".join(x for x in lines if "8.8.8.8" not in x and ".local" not in x),
+        PeerAddressPolicy().refusal,
+    )
+    assert only_internal.unusable
+
+
+async def test_announcing_a_public_address_rewrites_host_candidates_and_keeps_relays() -> None:
+    async with NetworkProbe(media=False) as probe:
+        local = await probe.offer()
+    relay = "a=candidate:r 1 udp 16777215 198.51.100.9 50000 typ relay raddr 10.0.0.2 rport 4000"
+    text = local.replace("a=end-of-candidates", relay + "\r\na=end-of-candidates")
+    answer = announce(text, [ip_address("203.0.113.7")])
+    candidates = [x for x in answer.splitlines() if x.startswith("a=candidate:")]
+    hosts = [x for x in candidates if "typ host" in x]
+    assert hosts and all(" 203.0.113.7 " in x for x in hosts)
+    assert len(hosts) == sum(":" not in a for a in host_networks().split(","))  # IPv4 only
+    assert any(" 198.51.100.9 50000 typ relay" in x for x in candidates)
+    assert "raddr" not in answer and "10.0.0.2" not in answer
+    assert [x for x in answer.splitlines() if x.startswith("c=")] == ["c=IN IP4 203.0.113.7"]
+
+
+def test_rtc_address_settings_are_parsed(database_url: str, tmp_path: Path) -> None:
+    env = {
+        "RTC_ALLOWED_PEER_NETWORKS": "127.0.0.1, 10.0.0.0/8,fd00::/8",
+        "RTC_PUBLIC_IP": "203.0.113.7,2001:db8::7",
+    }
+    rtc = load_settings(settings_env(database_url, tmp_path, **env)).rtc
+    assert rtc.allowed_peer_networks == (
+        ip_network("127.0.0.1/32"),
+        ip_network("10.0.0.0/8"),
+        ip_network("fd00::/8"),
+    )
+    assert rtc.public_ips == (ip_address("203.0.113.7"), ip_address("2001:db8::7"))
+    default = load_settings(settings_env(database_url, tmp_path)).rtc
+    assert default.public_ips == ()
 
 
 # --- the real peer ---------------------------------------------------------------------
@@ -319,6 +398,27 @@ async def test_implausible_figures_are_refused(
         ):
             resp = await client.post(path, json=EMPTY_REPORT | bad, headers=patient.headers)
             await assert_problem(resp, 400, "validation_failed")
+
+
+async def test_a_browser_style_offer_of_mdns_candidates_connects_peer_reflexively(
+    client: Client, app_pool: asyncpg.Pool, tenant: Tenant
+) -> None:
+    """Browsers hide host addresses behind mDNS names; the server drops those, and
+    meets the client at the source of its checks instead."""
+    appointment_id = await video_appointment(app_pool, tenant)
+    async with asyncio.timeout(LIMIT), NetworkProbe(media=False) as probe:
+        offer = re.sub(
+            r"^(a=candidate:\S+ \d+ udp \d+ )(\S+)",
+            lambda m: f"{m.group(1)}{uuid4()}.local",
+            await probe.offer(),
+            flags=re.MULTILINE,
+        )
+        assert ".local" in offer
+        resp = await start(client, tenant[Role.PATIENT], appointment_id, offer)
+        assert resp.status == 201, await resp.text()
+        await probe.accept((await resp.json())["sdp"])
+        await probe.wait_open()
+    assert runner(client).running == 1
 
 
 async def test_garbage_sdp_is_a_bad_request_that_opens_no_peer(
@@ -480,7 +580,8 @@ async def test_shutdown_aborts_running_tests_and_closes_their_peers(
 
 
 async def test_the_runner_refuses_new_tests_once_closed() -> None:
-    peers = NetworkTestRunner(max_concurrent=1, max_seconds=5)
+    policy = PeerAddressPolicy.of([ip_network(a) for a in host_networks().split(",")])
+    peers = NetworkTestRunner(max_concurrent=1, max_seconds=5, peer_policy=policy)
     await peers.close()
 
     async def ignore(*_: object) -> None:
@@ -493,7 +594,16 @@ async def test_the_runner_refuses_new_tests_once_closed() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "value"), [("RTC_MAX_CONCURRENT_TESTS", "0"), ("RTC_MAX_TEST_SECONDS", "x")]
+    ("name", "value"),
+    [
+        ("RTC_MAX_CONCURRENT_TESTS", "0"),
+        ("RTC_MAX_TEST_SECONDS", "x"),
+        ("RTC_ALLOWED_PEER_NETWORKS", "10.0.0.0/33"),
+        ("RTC_ALLOWED_PEER_NETWORKS", "127.0.0.1,localhost"),
+        ("RTC_PUBLIC_IP", "example.org"),
+        ("RTC_PUBLIC_IP", "198.51.100.1,203.0.113.7"),
+        ("RTC_PUBLIC_IP", "0.0.0.0"),
+    ],
 )
 def test_bad_rtc_settings_name_the_variable(
     database_url: str, tmp_path: Path, name: str, value: str

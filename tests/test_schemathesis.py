@@ -10,6 +10,7 @@ disable users, even itself) cannot leave another pass with a dead token.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -290,7 +291,32 @@ BINDINGS: dict[str, tuple[str, ...]] = {
     "window_to": ("query.to", "query.end"),
     "starts_at": ("body.starts_at",),
     "day": ("query.day",),
+    # Forged cursors (FORGED_CURSORS) where the lists take one.
+    "cursor": ("query.cursor",),
 }
+
+
+def _cursor(value: object) -> str:
+    raw = json.dumps(value).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+# Cursors are opaque but not signed: schemathesis fuzzes them as strings, and these
+# are the well-formed forgeries a string generator would hardly find (issue 11: a
+# year-1 timestamp at +05:00 was a 500 on every list).
+_SOME_ID = "0b7e6a4c-2f57-4e0a-9d0c-3f6f0a1b2c3d"
+FORGED_CURSORS = [
+    _cursor(["0001-01-01T00:00:00+05:00", _SOME_ID]),
+    _cursor(["9999-12-31T23:59:59-05:00", _SOME_ID]),
+    _cursor(["0001-01-01T00:00:00+00:00", _SOME_ID]),
+    _cursor(["2026-01-01T00:00:00", _SOME_ID]),
+    _cursor(["2026-01-01T00:00:00+00:00", "not-a-uuid"]),
+    _cursor(["2026-01-01T00:00:00+00:00", _SOME_ID, "extra"]),
+    _cursor({"created": "2026-01-01T00:00:00+00:00", "id": _SOME_ID}),
+    _cursor([[[[[[[[[[]]]]]]]]]]),
+    _cursor([12, 34]),
+    base64.urlsafe_b64encode(b"\xff\xfe\x00").decode(),
+]
 
 
 def _config(ids: dict[str, list[str]]) -> str:
@@ -299,6 +325,7 @@ def _config(ids: dict[str, list[str]]) -> str:
     Each parameter takes a real value half of the time and a generated one
     otherwise, so both the found and the not-found paths are exercised.
     """
+    ids = {**ids, "cursor": FORGED_CURSORS}
     lines = []
     for name, values in ids.items():
         lines += [f"[dictionaries.{name}]", f"values = {json.dumps(values)}", ""]
@@ -311,12 +338,14 @@ def _config(ids: dict[str, list[str]]) -> str:
 
 def _run_schemathesis(
     server: LiveServer,
-    token: str,
+    token: str | None,
     tmp_path: Path,
     *,
     ids: dict[str, list[str]],
     extra: tuple[str, ...] = (),
+    checks: tuple[str, ...] = CHECKS,
 ) -> str:
+    """``token`` None: no Authorization header of ours, schemathesis makes its own."""
     config = tmp_path / "schemathesis.toml"
     config.write_text(_config(ids), encoding="utf-8")
     command = [
@@ -328,10 +357,9 @@ def _run_schemathesis(
         "--no-color",
         "run",
         server.openapi_url,
-        "--header",
-        f"Authorization: Bearer {token}",
+        *(("--header", f"Authorization: Bearer {token}") if token is not None else ()),
         "--checks",
-        ",".join(CHECKS),
+        ",".join(checks),
         "--max-examples",
         str(MAX_EXAMPLES),
         "--seed",
@@ -371,16 +399,18 @@ def test_admin_operations_conform_to_the_document(live_server: LiveServer, tmp_p
         },
         admin.access_token,
     )
-    patient = live_server.post(
+    patient_email = unique_email("st-patient")
+    live_server.post(
         "/api/v1/auth/register",
         {
             "clinic_id": admin.clinic_id,
-            "email": unique_email("st-patient"),
+            "email": patient_email,
             "password": PASSWORD,
             "full_name": "Target Patient",
             "date_of_birth": "1990-01-01",
         },
     )
+    patient = _member(live_server, patient_email)
     doctor = live_server.post(
         "/api/v1/users",
         {
@@ -395,8 +425,8 @@ def test_admin_operations_conform_to_the_document(live_server: LiveServer, tmp_p
         live_server,
         admin.access_token,
         doctor["id"],
-        patient["user"]["id"],
-        patient["access_token"],
+        patient.user_id,
+        patient.access_token,
     )
     _run_schemathesis(
         live_server,
@@ -404,7 +434,7 @@ def test_admin_operations_conform_to_the_document(live_server: LiveServer, tmp_p
         tmp_path,
         ids={
             "clinic_id": [admin.clinic_id],
-            "user_id": [nurse["id"], patient["user"]["id"]],
+            "user_id": [nurse["id"], patient.user_id],
             **calendar,
         },
         # Logging out would end the token's session mid-run; it has its own pass.
@@ -469,4 +499,27 @@ def test_logout_conforms_to_the_document(live_server: LiveServer, tmp_path: Path
         tmp_path,
         ids={"clinic_id": [clinic_id]},
         extra=("--include-operation-id", "logout"),
+    )
+
+
+def test_forged_credentials_and_headers_never_make_a_5xx(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    """No token of ours: schemathesis generates the Authorization header (the bearer
+    scheme's security parameter) and every other declared header, e.g. X-Request-ID,
+    on every operation. Whatever it sends is a 4xx (401 for the credentials), never a
+    5xx. The conformance checks that assume a signed-in caller are left out."""
+    clinic_id, _ = asyncio.run(_clinic_with(live_server.database_url, []))
+    _run_schemathesis(
+        live_server,
+        None,
+        tmp_path,
+        ids={"clinic_id": [clinic_id]},
+        extra=("--generation-with-security-parameters", "true"),
+        checks=(
+            "not_a_server_error",
+            "status_code_conformance",
+            "content_type_conformance",
+            "response_schema_conformance",
+        ),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -138,3 +139,19 @@ def test_a_bad_audit_setting_names_the_variable(tmp_path: Path, variable: str, v
     with pytest.raises(ConfigError) as caught:
         load_settings(_env(tmp_path, **{variable: value}))
     assert caught.value.variable == variable
+
+
+def test_generated_secrets_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    """Under umask 000 the data folder is still 0700, the secrets 0600, and the audit
+    public key 0644: `audit verify` trusts that key, so nobody else may write it."""
+    data_dir = tmp_path / "fresh"
+    old = os.umask(0)
+    try:
+        env = {"DATABASE_URL": "postgresql://x@127.0.0.1/x", "TELECONSULT_DATA_DIR": str(data_dir)}
+        load_settings(env)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((data_dir / "secrets.json").stat().st_mode) == 0o600
+    assert stat.S_IMODE((data_dir / "audit-signing.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE((data_dir / "audit-signing.pub").stat().st_mode) == 0o644

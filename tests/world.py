@@ -72,6 +72,17 @@ async def make_user(
     return Account(user_id=user.id, clinic_id=clinic_id, role=role, email=email)
 
 
+async def clinic_people(dsn: str, *roles: Role, name: str = "Clinic") -> list[Account]:
+    """A new clinic with one user per role in ``roles``, straight into the database at
+    ``dsn`` (for tests that run server processes on it); none is signed in."""
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    try:
+        clinic = await store.insert_clinic(pool, name=name, timezone="UTC")
+        return [await make_user(pool, clinic.id, role) for role in roles]
+    finally:
+        await pool.close()
+
+
 async def login(client: TestClient[Any, Any], account: Account) -> Account:
     resp = await client.post(
         "/api/v1/auth/login", json={"email": account.email, "password": PASSWORD}
@@ -123,7 +134,7 @@ async def disable(client: TestClient[Any, Any], tenant: Tenant, who: Account) ->
         headers=tenant[Role.ADMIN].headers,
     )
     assert resp.status == 200, await resp.text()
-    return "token_invalid"
+    return "account_disabled"
 
 
 # The ways a session ends, for tests that check open connections notice.

@@ -71,6 +71,7 @@ TELECONSULT_ENV = {
     "CHAT_EVENT_BURST": "1000000",
     "CHAT_MAX_QUEUED_EVENTS": "4096",
     "LOGIN_MAX_PER_ADDRESS": "1000000",
+    "REGISTER_MAX_PER_ADDRESS": "1000000",
     "LOG_LEVEL": "WARNING",
     "LOG_FORMAT": "json",
     "SHUTDOWN_TIMEOUT": "1",  # open connections need not wait out a graceful stop

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 
 from teleconsult.accounts.service import AccountService
@@ -16,26 +17,43 @@ FIRST_ADMIN_EMAIL = "admin@teleconsult.local"
 CREDENTIALS_FILE = "initial-admin.txt"
 
 
-async def ensure_first_clinic(accounts: AccountService, data_dir: Path) -> Path | None:
+@dataclass(frozen=True)
+class FirstRun:
+    """What :func:`ensure_first_clinic` found: the credentials file, and whether this
+    start created it (only then is the password shown)."""
+
+    credentials: Path | None
+    created: bool
+
+
+async def ensure_first_clinic(accounts: AccountService, data_dir: Path) -> FirstRun:
     """Create the first clinic and admin when there is no clinic at all.
 
     The generated password goes to ``<data_dir>/initial-admin.txt`` (mode 0600).
-    Returns that file's path while it exists, so the server can say how to log in.
+    ``created`` is true only on the start that made it: the server prints the
+    password then and never again (a terminal's scroll-back or a log collector
+    would otherwise get it on every start); later starts only say where the file is.
     """
     path = data_dir / CREDENTIALS_FILE
+    created = False
+    made = None
     if await accounts.count_clinics() == 0:
         password = secrets.token_urlsafe(15)
-        clinic, admin = await accounts.create_clinic(
+        made = await accounts.create_first_clinic(
             name="Demo Clinic",
             timezone="UTC",
             admin_email=FIRST_ADMIN_EMAIL,
             admin_password=password,
             admin_name="Clinic Admin",
         )
+    if made is not None:
+        clinic, admin = made
         text = f"email={admin.email}\npassword={password}\nclinic_id={clinic.id}\n"
         await asyncio.to_thread(_write_private, path, text)
         logger.info("created the first clinic %s and its admin", clinic.id)
-    return path if await asyncio.to_thread(path.exists) else None
+        created = True
+    exists = await asyncio.to_thread(path.exists)
+    return FirstRun(credentials=path if exists else None, created=created and exists)
 
 
 def _write_private(path: Path, text: str) -> None:

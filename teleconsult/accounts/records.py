@@ -37,3 +37,7 @@ class IssuedTokens:
     refresh_token: str
     expires_in: int
     user: UserRecord
+    # A sign-in's new device token, and the one it came in with (a browser's cookie
+    # drops it). None for a refresh.
+    device_token: str | None = None
+    replaced_device_token: str | None = None

@@ -7,8 +7,9 @@ from typing import Annotated, Literal
 from uuid import UUID
 
 from aiohttp import web
-from pydantic import BaseModel, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints
 
+from teleconsult.accounts import device_tokens
 from teleconsult.accounts.records import ClinicRecord, IssuedTokens, UserRecord
 from teleconsult.accounts.service import AccountService
 from teleconsult.api.models import (
@@ -29,6 +30,11 @@ from teleconsult.core.policy import Action
 
 ACCOUNTS = web.AppKey("accounts", AccountService)
 api = Api()
+
+# The browser's device cookie: HttpOnly, Secure, SameSite=Strict, sent to the
+# sign-in only. It holds the device tokens of up to five accounts, dot-separated.
+DEVICE_COOKIE = "tc_device"
+DEVICE_COOKIE_PATH = "/api/v1/auth"
 
 
 # --- models ---------------------------------------------------------------------------
@@ -80,6 +86,21 @@ class Tokens(BaseModel):
         )
 
 
+class SignIn(Tokens):
+    device_token: Annotated[
+        str,
+        Field(
+            description="This device's token for the account: send it back as `device_token` "
+            "at the next sign-in (browsers get it as the `tc_device` cookie too)."
+        ),
+    ]
+
+
+class Registration(BaseModel):
+    status: Literal["accepted"] = "accepted"
+    detail: str = "if the address can be registered, sign in with it and the password you chose"
+
+
 class Clinic(BaseModel):
     id: UUID
     name: str
@@ -97,6 +118,8 @@ class LoginBody(Body):
     email: Email
     # Not held to today's password rules: an older password must still sign in.
     password: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    # From an earlier sign-in's answer, for apps without a cookie jar.
+    device_token: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
 
 
 class RefreshBody(Body):
@@ -162,15 +185,36 @@ def _svc(req: ApiRequest) -> AccountService:
     tag="auth",
     action=None,
     body=LoginBody,
-    response=Tokens,
+    response=SignIn,
     errors=(401, 429),
 )
-async def login(req: ApiRequest) -> Tokens:
-    """Returns a short-lived access token and a rotating refresh token.
+async def login(req: ApiRequest) -> web.Response:
+    """Returns a short-lived access token, a rotating refresh token and a device token.
 
-    Rate-limited per account and per client address (429 with Retry-After)."""
+    Rate-limited per client address, and wrong passwords per device: a client that
+    sends the device token of an earlier sign-in to this account (`device_token`,
+    or the `tc_device` cookie a browser got) has attempts of its own, so someone
+    guessing elsewhere cannot lock it out; sign-ins without one share the account's
+    few (429 with Retry-After)."""
     body = req.body(LoginBody)
-    return Tokens.of(await _svc(req).login(body.email, body.password, ip=req.ip))
+    cookie = device_tokens.split_cookie(req.request.cookies.get(DEVICE_COOKIE))
+    presented = ([body.device_token] if body.device_token else []) + cookie
+    issued = await _svc(req).login(
+        body.email, body.password, ip=req.ip, device_tokens_presented=presented
+    )
+    assert issued.device_token is not None
+    answer = SignIn(**Tokens.of(issued).model_dump(), device_token=issued.device_token)
+    resp = web.Response(body=answer.model_dump_json(), content_type="application/json")
+    resp.set_cookie(
+        DEVICE_COOKIE,
+        device_tokens.join_cookie(issued.device_token, cookie, drop=issued.replaced_device_token),
+        max_age=req.request.app[ACCOUNTS].device_token_ttl,
+        path=DEVICE_COOKIE_PATH,
+        secure=True,
+        httponly=True,
+        samesite="Strict",
+    )
+    return resp
 
 
 @api.op(
@@ -199,13 +243,16 @@ async def refresh(req: ApiRequest) -> Tokens:
     tag="auth",
     action=None,
     body=RegisterBody,
-    response=Tokens,
-    status=201,
-    errors=(404, 409),
+    response=Registration,
+    status=202,
+    errors=(404, 429),
 )
-async def register(req: ApiRequest) -> Tokens:
+async def register(req: ApiRequest) -> Registration:
+    """The answer is the same whether or not the address is already registered, here
+    or in another clinic, so registering cannot tell anyone who has an account; the
+    new patient then signs in. Limited per client address (429 with Retry-After)."""
     body = req.body(RegisterBody)
-    issued = await _svc(req).register_patient(
+    await _svc(req).register_patient(
         clinic_id=body.clinic_id,
         email=body.email,
         password=body.password,
@@ -214,7 +261,7 @@ async def register(req: ApiRequest) -> Tokens:
         date_of_birth=body.date_of_birth,
         ip=req.ip,
     )
-    return Tokens.of(issued)
+    return Registration()
 
 
 @api.op(
@@ -267,8 +314,10 @@ async def update_me(req: ApiRequest) -> User:
     action=Action.ME_UPDATE,
     body=PasswordBody,
     status=204,
+    errors=(429,),
 )
 async def change_password(req: ApiRequest) -> None:
+    """Wrong `current_password` guesses are limited per account (429 with Retry-After)."""
     body = req.body(PasswordBody)
     await _svc(req).change_password(
         req.principal, body.current_password, body.new_password, ip=req.ip
@@ -320,7 +369,11 @@ async def list_users(req: ApiRequest) -> UserPage:
     query = req.query(UserQuery)
     roles = [query.role] if query.role else list(Role)
     users = await _svc(req).list_users(
-        req.principal, roles=roles, after=decode_cursor(query.cursor), limit=query.limit + 1
+        req.principal,
+        roles=roles,
+        after=decode_cursor(query.cursor),
+        limit=query.limit,
+        ip=req.ip,
     )
     page, cursor = cut_page(users, query.limit)
     return UserPage(items=[User.of(u) for u in page], next_cursor=cursor)

@@ -5,9 +5,10 @@ Domain rules live here; this module knows nothing of HTTP.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Collection
+import time
+from collections.abc import Collection, Sequence
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -15,7 +16,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg
 
-from teleconsult.accounts import store
+from teleconsult.accounts import device_tokens, store
+from teleconsult.accounts.emails import email_digest
 from teleconsult.accounts.records import ClinicRecord, IssuedTokens, UserRecord
 from teleconsult.audit import AuditEvent, AuditTrail, Outcome
 from teleconsult.core.errors import (
@@ -31,7 +33,8 @@ from teleconsult.core.errors import (
 from teleconsult.core.identity import Grant, Principal, Role
 from teleconsult.core.passwords import PasswordHasher
 from teleconsult.core.policy import Scope, ensure_in_scope
-from teleconsult.core.ratelimit import RateLimiter
+from teleconsult.core.ratelimit import RateDecision, RateLimiter
+from teleconsult.core.revocation import Revocation, RevocationSink
 from teleconsult.core.settings import AuthSettings
 from teleconsult.core.tokens import TokenService, hash_refresh_token, new_refresh_token
 
@@ -60,13 +63,23 @@ class AccountService:
         audit: AuditTrail,
         limiter: RateLimiter,
         settings: AuthSettings,
+        revocations: RevocationSink | None = None,
     ) -> None:
+        """``revocations``: told after each commit that ends sessions (logout, password
+        change, disabling, role change, refresh reuse), so live connections close."""
         self._pool = pool
+        self._revocations = revocations
         self._hasher = hasher
         self._tokens = tokens
         self._audit = audit
         self._limiter = limiter
         self._settings = settings
+        self._device_key = device_tokens.device_key(settings.jwt_secret)
+
+    @property
+    def device_token_ttl(self) -> int:
+        """How long a device token (and a browser's device cookie) lives, in seconds."""
+        return self._settings.device_token_ttl
 
     # --- authentication -------------------------------------------------------------
 
@@ -93,12 +106,15 @@ class AccountService:
         }
         for row in rows:
             asked = wanted[row["session_id"]]
-            if row["user_id"] != asked.user_id or row["revoked_at"] is not None:
+            if row["user_id"] != asked.user_id:
                 continue
+            # Disabling also revokes the sessions: name the cause, not the consequence.
             if row["status"] != "active":
                 verdicts[asked.session_id] = Unauthenticated(
                     "account is disabled", code=ErrorCode.ACCOUNT_DISABLED
                 )
+                continue
+            if row["revoked_at"] is not None:
                 continue
             verdicts[asked.session_id] = Principal(
                 user_id=asked.user_id,
@@ -110,10 +126,12 @@ class AccountService:
 
     async def _principal_of_claims(self, user_id: UUID, session_id: UUID) -> Principal:
         row = await store.load_principal_row(self._pool, user_id, session_id)
-        if row is None or row["revoked_at"] is not None:
+        if row is None:
             raise Unauthenticated("session has ended", code=ErrorCode.TOKEN_INVALID)
         if row["status"] != "active":
             raise Unauthenticated("account is disabled", code=ErrorCode.ACCOUNT_DISABLED)
+        if row["revoked_at"] is not None:
+            raise Unauthenticated("session has ended", code=ErrorCode.TOKEN_INVALID)
         return Principal(
             user_id=user_id,
             clinic_id=row["clinic_id"],
@@ -144,31 +162,61 @@ class AccountService:
         access = self._tokens.mint_access(user_id=user.id, session_id=session_id)
         return IssuedTokens(access, refresh, self._tokens.access_ttl, user)
 
-    async def login(self, email: str, password: str, *, ip: str | None) -> IssuedTokens:
-        """Check a password, rate-limited per account and per client address."""
+    async def login(
+        self,
+        email: str,
+        password: str,
+        *,
+        ip: str | None,
+        device_tokens_presented: Sequence[str] = (),
+    ) -> IssuedTokens:
+        """Check a password, rate-limited per client address and, for wrong passwords,
+        per device token or per account (OWASP's device cookies).
+
+        A valid device token of this account (from an earlier sign-in) puts the
+        attempt on the trusted path: its failures count against that token only,
+        so someone guessing elsewhere cannot keep the owner out. Any other attempt
+        (no token, a forged, expired or another account's token, or a token that
+        has run out of attempts) is untrusted: its failures count against the
+        account's untrusted bucket, which once full refuses untrusted sign-ins only.
+        A success issues a new device token (``IssuedTokens.device_token``).
+        """
         s = self._settings
         # Keys end up in Redis: a digest, never the e-mail address itself.
-        account_key = "login:account:" + hashlib.sha256(email.lower().encode()).hexdigest()[:32]
-        address_key = f"login:address:{ip or 'unknown'}"
-        by_account = await self._limiter.peek(account_key, s.login_max_per_account, s.login_window)
-        by_address = await self._limiter.hit(address_key, s.login_max_per_address, s.login_window)
-        if not by_account.allowed or not by_address.allowed:
+        account = email_digest(email)
+        now = int(time.time())
+        device = device_tokens.first_valid(
+            self._device_key, account, device_tokens_presented, now=now, ttl=s.device_token_ttl
+        )
+        by_address = await self._limiter.hit(
+            f"login:address:{ip or 'unknown'}", s.login_max_per_address, s.login_window
+        )
+        bucket, limit, by_source = "", 0, RateDecision(allowed=True, count=0, retry_after=0)
+        if device is not None:
+            bucket, limit = f"login:device:{device.key}", s.login_max_per_device
+            by_source = await self._limiter.peek(bucket, limit, s.login_window)
+            if not by_source.allowed:
+                device = None  # a token out of attempts counts as none
+        if device is None:
+            bucket, limit = f"login:account:{account}", s.login_max_per_account
+            by_source = await self._limiter.peek(bucket, limit, s.login_window)
+        if not by_source.allowed or not by_address.allowed:
             await self._audit.record(
                 AuditEvent(
                     action="auth.login",
                     outcome="denied",
                     ip=ip,
-                    detail={"reason": "rate_limited"},
+                    detail={"reason": "rate_limited", "device": device is not None},
                 )
             )
-            retry = max(by_account.retry_after, by_address.retry_after)
+            retry = max(by_source.retry_after, by_address.retry_after)
             raise RateLimited("too many login attempts; try again later", retry_after=retry)
 
         found = await store.get_credentials(self._pool, email)
         user, stored = found if found else (None, None)
         ok = await self._hasher.verify(stored, password)
         if not ok or user is None:
-            await self._limiter.hit(account_key, s.login_max_per_account, s.login_window)
+            await self._limiter.hit(bucket, limit, s.login_window)
             await self._audit.record(
                 AuditEvent(
                     action="auth.login",
@@ -179,7 +227,7 @@ class AccountService:
                     object_type="user" if user else None,
                     object_id=str(user.id) if user else None,
                     ip=ip,
-                    detail={"reason": "bad_credentials"},
+                    detail={"reason": "bad_credentials", "device": device is not None},
                 )
             )
             raise Unauthenticated("wrong e-mail or password", code=ErrorCode.INVALID_CREDENTIALS)
@@ -191,11 +239,18 @@ class AccountService:
         assert stored is not None
         if self._hasher.needs_rehash(stored):
             await store.set_password_hash(self._pool, user.id, await self._hasher.hash(password))
-        await self._limiter.reset(account_key)
+        # Only the bucket this attempt came through: an owner signing in on their
+        # device must not give someone guessing elsewhere a fresh set of attempts.
+        await self._limiter.reset(bucket)
         async with self._pool.acquire() as conn, conn.transaction():
             issued = await self._issue(conn, user)
             await self._audit.record(self._user_event(user, "auth.login", ip), conn=conn)
-        return issued
+        fresh = device_tokens.mint(self._device_key, account, now=now)
+        return replace(
+            issued,
+            device_token=fresh.text,
+            replaced_device_token=device.text if device is not None else None,
+        )
 
     @staticmethod
     def _user_event(
@@ -206,17 +261,7 @@ class AccountService:
         outcome: Outcome = "success",
         reason: str = "",
     ) -> AuditEvent:
-        return AuditEvent(
-            action=action,
-            outcome=outcome,
-            actor_id=user.id,
-            actor_role=user.role.value,
-            clinic_id=user.clinic_id,
-            object_type="user",
-            object_id=str(user.id),
-            ip=ip,
-            detail={"reason": reason} if reason else {},
-        )
+        return _self_event(user.id, user.role, user.clinic_id, action, ip, outcome, reason)
 
     async def refresh(self, refresh_token: str, *, ip: str | None) -> IssuedTokens:
         """Rotate a refresh token. Reusing a used one revokes its whole family."""
@@ -260,6 +305,9 @@ class AccountService:
                     )
             if reused:
                 logger.warning("refresh token reuse; session %s revoked", row["session_id"])
+                await self._revoke(
+                    Revocation(user.id, str(ErrorCode.TOKEN_INVALID), session_id=row["session_id"])
+                )
                 raise Unauthenticated(
                     "refresh token was already used; the session is revoked, sign in again",
                     code=ErrorCode.REFRESH_REUSED,
@@ -282,6 +330,15 @@ class AccountService:
                 ),
                 conn=conn,
             )
+        await self._revoke(
+            Revocation(
+                principal.user_id, str(ErrorCode.TOKEN_INVALID), session_id=principal.session_id
+            )
+        )
+
+    async def _revoke(self, revocation: Revocation) -> None:
+        if self._revocations is not None:
+            await self._revocations(revocation)
 
     # --- registration and profile ---------------------------------------------------
 
@@ -295,12 +352,38 @@ class AccountService:
         phone: str | None,
         date_of_birth: date | None,
         ip: str | None,
-    ) -> IssuedTokens:
+    ) -> None:
+        """Register a patient, who then signs in. Limited per client address.
+
+        The answer must not tell whether the address is already registered (in
+        this clinic or another): an address that is taken gets the same answer
+        after the same work (the password is hashed, one statement tries the
+        insert), creates nothing and changes nothing; it leaves a ``denied`` audit
+        row naming the existing account, for the clinic's security officer.
+        """
+        s = self._settings
+        by_address = await self._limiter.hit(
+            f"register:address:{ip or 'unknown'}", s.register_max_per_address, s.register_window
+        )
+        if not by_address.allowed:
+            await self._audit.record(
+                AuditEvent(
+                    action="user.register",
+                    outcome="denied",
+                    clinic_id=clinic_id,
+                    ip=ip,
+                    detail={"reason": "rate_limited"},
+                )
+            )
+            raise RateLimited(
+                "too many registrations from this address; try again later",
+                retry_after=by_address.retry_after,
+            )
         password_hash = await self._hasher.hash(password)
         async with self._pool.acquire() as conn, conn.transaction():
             if await store.get_clinic(conn, clinic_id) is None:
                 raise NotFound("clinic not found")
-            user = await store.insert_user(
+            user, created = await store.insert_or_find_user(
                 conn,
                 clinic_id=clinic_id,
                 email=email,
@@ -310,12 +393,19 @@ class AccountService:
                 phone=phone,
                 date_of_birth=date_of_birth,
             )
-            if user is None:
-                raise Conflict(
-                    "this e-mail address is already registered", code=ErrorCode.EMAIL_TAKEN
+            if created:
+                event = self._user_event(user, "user.register", ip)
+            else:
+                event = AuditEvent(
+                    action="user.register",
+                    outcome="denied",
+                    clinic_id=clinic_id,
+                    object_type="user",
+                    object_id=str(user.id),
+                    ip=ip,
+                    detail={"reason": "email_exists", "same_clinic": user.clinic_id == clinic_id},
                 )
-            await self._audit.record(self._user_event(user, "user.register", ip), conn=conn)
-            return await self._issue(conn, user)
+            await self._audit.record(event, conn=conn)
 
     async def me(self, principal: Principal) -> UserRecord:
         user = await store.get_user(self._pool, principal.user_id)
@@ -339,13 +429,33 @@ class AccountService:
     async def change_password(
         self, principal: Principal, current: str, new: str, *, ip: str | None
     ) -> None:
+        """Wrong ``current`` passwords are limited per account: a stolen access token
+        must not become a way to guess the password (429 with Retry-After)."""
+        s = self._settings
+        guesses = f"password:account:{principal.user_id}"
+        allowed = await self._limiter.peek(guesses, s.password_change_max_failures, s.login_window)
+        if not allowed.allowed:
+            await self._audit.record(
+                self._principal_event(principal, "user.password_change", ip, "rate_limited")
+            )
+            raise RateLimited(
+                "too many wrong current passwords; try again later",
+                retry_after=allowed.retry_after,
+            )
         stored = await store.get_password_hash(self._pool, principal.user_id)
         if not await self._hasher.verify(stored, current):
+            await self._limiter.hit(guesses, s.password_change_max_failures, s.login_window)
+            await self._audit.record(
+                self._principal_event(
+                    principal, "user.password_change", ip, "bad_credentials", outcome="failure"
+                )
+            )
             raise BadRequest(
                 "current password is wrong",
                 code=ErrorCode.INVALID_CREDENTIALS,
                 fields=[FieldError("body.current_password", "does not match")],
             )
+        await self._limiter.reset(guesses)
         new_hash = await self._hasher.hash(new)
         async with self._pool.acquire() as conn, conn.transaction():
             await store.set_password_hash(conn, principal.user_id, new_hash)
@@ -364,6 +474,26 @@ class AccountService:
                 ),
                 conn=conn,
             )
+        await self._revoke(
+            Revocation(
+                principal.user_id,
+                str(ErrorCode.TOKEN_INVALID),
+                keep_session=principal.session_id,
+            )
+        )
+
+    @staticmethod
+    def _principal_event(
+        principal: Principal,
+        action: str,
+        ip: str | None,
+        reason: str,
+        *,
+        outcome: Outcome = "denied",
+    ) -> AuditEvent:
+        return _self_event(
+            principal.user_id, principal.role, principal.clinic_id, action, ip, outcome, reason
+        )
 
     @staticmethod
     def _actor_event(
@@ -394,9 +524,41 @@ class AccountService:
         self, *, name: str, timezone: str, admin_email: str, admin_password: str, admin_name: str
     ) -> tuple[ClinicRecord, UserRecord]:
         """Create a clinic with its first admin (operator command, not an HTTP route)."""
+        created = await self._create_clinic(
+            name, timezone, admin_email, admin_password, admin_name, only_if_none=False
+        )
+        assert created is not None
+        return created
+
+    async def create_first_clinic(
+        self, *, name: str, timezone: str, admin_email: str, admin_password: str, admin_name: str
+    ) -> tuple[ClinicRecord, UserRecord] | None:
+        """The first run's clinic; None when there is a clinic already.
+
+        Server processes started together on an empty database agree on one of them
+        (a lock held for the transaction); the others find the clinic it made.
+        """
+        return await self._create_clinic(
+            name, timezone, admin_email, admin_password, admin_name, only_if_none=True
+        )
+
+    async def _create_clinic(
+        self,
+        name: str,
+        timezone: str,
+        admin_email: str,
+        admin_password: str,
+        admin_name: str,
+        *,
+        only_if_none: bool,
+    ) -> tuple[ClinicRecord, UserRecord] | None:
         check_timezone(timezone)
         password_hash = await self._hasher.hash(admin_password)
         async with self._pool.acquire() as conn, conn.transaction():
+            if only_if_none:
+                await store.lock_first_run(conn)
+                if await store.count_clinics(conn) > 0:
+                    return None
             clinic = await store.insert_clinic(conn, name=name, timezone=timezone)
             admin = await store.insert_user(
                 conn,
@@ -501,10 +663,44 @@ class AccountService:
         roles: list[Role],
         after: tuple[datetime, UUID] | None,
         limit: int,
+        ip: str | None = None,
     ) -> list[UserRecord]:
-        return await store.list_users(
-            self._pool, clinic_id=principal.clinic_id, roles=roles, after=after, limit=limit
-        )
+        """A page of ``limit`` of the clinic's users, plus one more row when there is a
+        next page (the caller cuts it off).
+
+        A list that may hold patients is a read of patient data: one ``patient.list``
+        audit event per read, committed with it, naming the reader, the query and how
+        many patients the page shows (a count, no names or ids).
+        """
+        if Role.PATIENT not in roles:
+            return await store.list_users(
+                self._pool,
+                clinic_id=principal.clinic_id,
+                roles=roles,
+                after=after,
+                limit=limit + 1,
+            )
+        async with self._pool.acquire() as conn, conn.transaction():
+            users = await store.list_users(
+                conn, clinic_id=principal.clinic_id, roles=roles, after=after, limit=limit + 1
+            )
+            patients = sum(1 for user in users[:limit] if user.role is Role.PATIENT)
+            await self._audit.record(
+                AuditEvent.by(
+                    principal,
+                    "patient.list",
+                    "patient_list",
+                    ip=ip,
+                    detail={
+                        "via": "users",
+                        "query": "role=patient" if roles == [Role.PATIENT] else "all_roles",
+                        "results": patients,
+                        "after": after is not None,
+                    },
+                ),
+                conn=conn,
+            )
+        return users
 
     async def get_user(self, principal: Principal, user_id: UUID) -> UserRecord:
         async with self._pool.acquire() as conn:
@@ -563,4 +759,32 @@ class AccountService:
                 await self._audit.record(
                     self._actor_event(principal, "user.update", updated, ip, other), conn=conn
                 )
+        # Live connections re-authenticate (a role change) or end (disabled).
+        if effective.get("status") == "disabled":
+            await self._revoke(Revocation(user_id, str(ErrorCode.ACCOUNT_DISABLED)))
+        elif "role" in effective:
+            await self._revoke(Revocation(user_id, str(ErrorCode.ROLE_CHANGED)))
         return updated
+
+
+def _self_event(
+    user_id: UUID,
+    role: Role,
+    clinic_id: UUID,
+    action: str,
+    ip: str | None,
+    outcome: Outcome,
+    reason: str,
+) -> AuditEvent:
+    """An audit event of a user acting on their own account."""
+    return AuditEvent(
+        action=action,
+        outcome=outcome,
+        actor_id=user_id,
+        actor_role=role.value,
+        clinic_id=clinic_id,
+        object_type="user",
+        object_id=str(user_id),
+        ip=ip,
+        detail={"reason": reason} if reason else {},
+    )

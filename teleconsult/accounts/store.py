@@ -8,6 +8,7 @@ from uuid import UUID
 
 import asyncpg
 
+from teleconsult.accounts.emails import email_key
 from teleconsult.accounts.records import ClinicRecord, UserRecord
 from teleconsult.core.identity import Role
 
@@ -52,6 +53,15 @@ async def count_clinics(conn: Conn) -> int:
     return int(value)
 
 
+# Serialises first-run set-up across server processes started together.
+_FIRST_RUN_LOCK = 0x7463_6669_7273_7431  # "tcfirst1"
+
+
+async def lock_first_run(conn: Conn) -> None:
+    """Until the transaction ends, be the only one setting up the first clinic."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", _FIRST_RUN_LOCK)
+
+
 async def update_clinic(conn: Conn, clinic_id: UUID, changes: dict[str, Any]) -> ClinicRecord:
     row = await conn.fetchrow(
         "UPDATE clinics SET name = COALESCE($2, name), timezone = COALESCE($3, timezone) "
@@ -75,12 +85,14 @@ async def insert_user(
     phone: str | None = None,
     date_of_birth: Any = None,
 ) -> UserRecord | None:
-    """Insert a user; None when the e-mail address is already taken."""
+    """Insert a user; None when the e-mail address is already taken (by its
+    :func:`~teleconsult.accounts.emails.email_key`, in any clinic)."""
     row = await conn.fetchrow(
         f"""
-        INSERT INTO users (clinic_id, email, password_hash, role, full_name, phone, date_of_birth)
-        VALUES ($1, $2, $3, $4::user_role, $5, $6, $7)
-        ON CONFLICT ((lower(email))) DO NOTHING
+        INSERT INTO users
+            (clinic_id, email, email_key, password_hash, role, full_name, phone, date_of_birth)
+        VALUES ($1, $2, $8, $3, $4::user_role, $5, $6, $7)
+        ON CONFLICT (email_key) DO NOTHING
         RETURNING {_USER_COLUMNS}
         """,
         clinic_id,
@@ -90,8 +102,81 @@ async def insert_user(
         full_name,
         phone,
         date_of_birth,
+        email_key(email),
     )
     return _user(row) if row else None
+
+
+# The outbox kind that tells an account's owner someone tried to register their address.
+REGISTRATION_ATTEMPT = "registration_attempt"
+
+
+async def insert_or_find_user(
+    conn: Conn,
+    *,
+    clinic_id: UUID,
+    email: str,
+    password_hash: str,
+    role: Role,
+    full_name: str,
+    phone: str | None = None,
+    date_of_birth: Any = None,
+) -> tuple[UserRecord, bool]:
+    """Insert a user, or find the one holding the address; True when inserted.
+
+    When the address is taken, its owner gets a ``registration_attempt`` notice in
+    the outbox (at most one unsent per account). One statement either way, so a
+    registration does the same work whether the address is free or taken.
+    """
+    row = await conn.fetchrow(
+        f"""
+        WITH inserted AS (
+            INSERT INTO users
+                (clinic_id, email, email_key, password_hash, role, full_name, phone,
+                 date_of_birth)
+            VALUES ($1, $2, $8, $3, $4::user_role, $5, $6, $7)
+            ON CONFLICT (email_key) DO NOTHING
+            RETURNING {_USER_COLUMNS}
+        ),
+        existing AS (
+            SELECT {_USER_COLUMNS} FROM users
+            WHERE email_key = $8 AND NOT EXISTS (SELECT FROM inserted)
+        ),
+        notice AS (
+            INSERT INTO notification_outbox (kind, user_id, due_at)
+            SELECT $9, id, now() FROM existing
+            ON CONFLICT (user_id, kind)
+                WHERE appointment_id IS NULL AND thread_id IS NULL AND sent_at IS NULL
+                    AND cancelled_at IS NULL AND failed_at IS NULL
+            DO NOTHING
+        )
+        SELECT true AS created, * FROM inserted
+        UNION ALL
+        SELECT false, * FROM existing
+        """,
+        clinic_id,
+        email,
+        password_hash,
+        role.value,
+        full_name,
+        phone,
+        date_of_birth,
+        email_key(email),
+        REGISTRATION_ATTEMPT,
+    )
+    if row is None:
+        # The holder committed while this statement waited on it: the statement's
+        # snapshot predates that row, a new statement's does not. (No notice then:
+        # two registrations of one new address at the same moment.)
+        row = await conn.fetchrow(
+            f"SELECT false AS created, {_USER_COLUMNS} FROM users WHERE email_key = $1",
+            email_key(email),
+        )
+    assert row is not None
+    values = dict(row)
+    created = bool(values.pop("created"))
+    values["role"] = Role(values["role"])
+    return UserRecord(**values), created
 
 
 async def get_user(conn: Conn, user_id: UUID) -> UserRecord | None:
@@ -101,7 +186,7 @@ async def get_user(conn: Conn, user_id: UUID) -> UserRecord | None:
 
 async def get_credentials(conn: Conn, email: str) -> tuple[UserRecord, str] | None:
     row = await conn.fetchrow(
-        f"SELECT {_USER_COLUMNS}, password_hash FROM users WHERE lower(email) = lower($1)", email
+        f"SELECT {_USER_COLUMNS}, password_hash FROM users WHERE email_key = $1", email_key(email)
     )
     if row is None:
         return None

@@ -33,6 +33,8 @@ Name = Annotated[
 ]
 Phone = Annotated[str, StringConstraints(pattern=r"^\+?[0-9 ()-]{5,32}$")]
 Limit = Annotated[int, Field(ge=1, le=200)]
+# The largest value of a PostgreSQL integer column; bound every such input by it.
+INT4_MAX = 2**31 - 1
 
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _ISO_TIME = re.compile(r"\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?")

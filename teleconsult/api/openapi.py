@@ -25,6 +25,17 @@ _ERROR_TEXT = {
 }
 
 
+# Every operation takes it (core/logging.py), so clients know and fuzzers send it.
+_REQUEST_ID: dict[str, Any] = {
+    "name": "X-Request-ID",
+    "in": "header",
+    "required": False,
+    "description": "Echoed on the answer and in the logs when it is 1 to 64 of "
+    "[A-Za-z0-9._-]; anything else is replaced by a new id.",
+    "schema": {"type": "string"},
+}
+
+
 def _problem(status: int) -> dict[str, Any]:
     return {
         "description": _ERROR_TEXT.get(status, "Error"),
@@ -103,6 +114,7 @@ def build_openapi(operations: list[Operation]) -> dict[str, Any]:
         ]
         if op.query is not None:
             parameters += _query_parameters(op.query)
+        parameters.append(_REQUEST_ID)
         if parameters:
             item["parameters"] = parameters
         if op.body is not None:

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from teleconsult.core.errors import ClientError, ErrorCode
+from teleconsult.core.outages import OUTAGES, RETRY_AFTER_SECONDS, is_outage
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,16 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return problem_response(
             status=exc.status, code=code, title=exc.reason, detail=detail, headers=headers
         )
-    except Exception:
+    except Exception as exc:
+        if is_outage(exc):
+            OUTAGES.down(exc)
+            return problem_response(
+                status=503,
+                code=ErrorCode.UNAVAILABLE,
+                title="Service unavailable",
+                detail="the service is briefly unavailable; try again shortly",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
         logger.exception("unhandled error on %s %s", request.method, _route_of(request))
         return problem_response(
             status=500,

@@ -7,12 +7,20 @@ aiohttp route wrapped so that, before the handler runs, the caller is
 authenticated, the policy allows the action for their role, and the path,
 query and body are parsed and validated. The same declarations produce the
 OpenAPI document, so the document cannot drift from the routes.
+
+A signed-in caller whom the policy refuses (403, or the 404 of ``OutOfScope``)
+is reported to the app's ``REFUSALS`` sink before the refusal is answered
+(``api/refusals.py`` audits it, rate-limited). The client's address is the peer,
+or behind ``TRUST_FORWARDED_FOR`` proxies the X-Forwarded-For entry counted from
+the right (:func:`client_address`).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 from uuid import UUID
@@ -22,15 +30,19 @@ from pydantic import BaseModel, ValidationError
 
 from teleconsult.core.errors import (
     BadRequest,
+    ClientError,
     ErrorCode,
     FieldError,
+    Forbidden,
     NotFound,
     PayloadTooLarge,
     Unauthenticated,
     UnsupportedMediaType,
 )
 from teleconsult.core.identity import Principal
-from teleconsult.core.policy import Action, ensure_allowed
+from teleconsult.core.policy import Action, OutOfScope, ensure_allowed
+
+logger = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -39,9 +51,53 @@ class Authenticator(Protocol):
     async def authenticate(self, token: str) -> Principal: ...
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A signed-in caller the policy refused: a 403, or a 404 for an object out of scope."""
+
+    principal: Principal
+    action: Action
+    operation_id: str
+    status: int
+    code: str
+    target_type: str | None
+    target_id: str | None
+    ip: str | None
+
+
+class RefusalSink(Protocol):
+    """Told of every refused authorization attempt (the audit trail, rate-limited)."""
+
+    async def refused(self, refusal: Refusal) -> None: ...
+
+
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+REFUSALS = web.AppKey("refusals", RefusalSink)
 MAX_BODY_BYTES = web.AppKey("max_body_bytes", int)
 TRUST_FORWARDED_FOR = web.AppKey("trust_forwarded_for", bool)
+TRUSTED_PROXY_COUNT = web.AppKey("trusted_proxy_count", int)
+
+
+def client_address(
+    forwarded_for: Iterable[str], peer: str | None, *, trusted_proxies: int | None
+) -> str | None:
+    """The client's address: ``peer``, or with ``trusted_proxies`` (TRUST_FORWARDED_FOR)
+    the ``X-Forwarded-For`` entry that many places from the right.
+
+    Each proxy appends the address it got the request from, so the right-most
+    entries are the trusted proxies' and everything to their left is whatever the
+    client sent. An entry that is not an IP address, or a list shorter than the
+    proxies, means the request did not come the configured way: the peer is used.
+    ``forwarded_for`` is every X-Forwarded-For header, in order.
+    """
+    if trusted_proxies:
+        entries = [part.strip() for header in forwarded_for for part in header.split(",")]
+        if len(entries) >= trusted_proxies:
+            try:
+                return str(ipaddress.ip_address(entries[-trusted_proxies]))
+            except ValueError:
+                pass
+    return peer
 
 
 class ApiRequest:
@@ -79,12 +135,7 @@ class ApiRequest:
 
     @property
     def ip(self) -> str | None:
-        if self.request.app.get(TRUST_FORWARDED_FOR, False):
-            forwarded = self.request.headers.get("X-Forwarded-For", "")
-            first = forwarded.split(",")[0].strip()
-            if first:
-                return first[:64]
-        return self.request.remote
+        return _ip(self.request)
 
 
 Handler = Callable[[ApiRequest], Awaitable[BaseModel | web.StreamResponse | None]]
@@ -168,6 +219,14 @@ class Api:
         return register
 
 
+def _ip(request: web.Request) -> str | None:
+    app = request.app
+    trusted = app.get(TRUSTED_PROXY_COUNT, 1) if app.get(TRUST_FORWARDED_FOR, False) else None
+    return client_address(
+        request.headers.getall("X-Forwarded-For", ()), request.remote, trusted_proxies=trusted
+    )
+
+
 def _bearer_token(request: web.Request) -> str:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -241,31 +300,67 @@ def _wrap(op: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse
     async def handle(request: web.Request) -> web.StreamResponse:
         # Who is asking comes first: an anonymous caller learns nothing, not even
         # whether an id is well formed.
-        principal: Principal | None = None
-        if op.action is not None:
-            principal = await request.app[AUTHENTICATOR].authenticate(_bearer_token(request))
+        if op.action is None:
+            return await _answer(op, request, None)
+        principal = await request.app[AUTHENTICATOR].authenticate(_bearer_token(request))
+        try:
             ensure_allowed(principal, op.action)
-        params: dict[str, UUID] = {}
-        for name in op.path_params:
-            if name in op.string_params:
-                continue
-            try:
-                params[name] = UUID(request.match_info[name])
-            except ValueError:
-                raise NotFound(f"{name} is not a known id") from None
-        query = _parse_query(op.query, request) if op.query is not None else None
-        body = await _parse_body(op.body, request) if op.body is not None else None
-        result = await op.handler(ApiRequest(request, principal, params, query, body))
-        if result is None:
-            return web.Response(status=204)
-        if isinstance(result, web.StreamResponse):
-            return result
-        return web.Response(
-            status=op.status, body=result.model_dump_json(), content_type="application/json"
-        )
+            return await _answer(op, request, principal)
+        except (Forbidden, OutOfScope) as exc:
+            await _note_refusal(op, request, principal, op.action, exc)
+            raise
 
     handle.__name__ = op.operation_id
     return handle
+
+
+async def _answer(
+    op: Operation, request: web.Request, principal: Principal | None
+) -> web.StreamResponse:
+    params: dict[str, UUID] = {}
+    for name in op.path_params:
+        if name in op.string_params:
+            continue
+        try:
+            params[name] = UUID(request.match_info[name])
+        except ValueError:
+            raise NotFound(f"{name} is not a known id") from None
+    query = _parse_query(op.query, request) if op.query is not None else None
+    body = await _parse_body(op.body, request) if op.body is not None else None
+    result = await op.handler(ApiRequest(request, principal, params, query, body))
+    if result is None:
+        return web.Response(status=204)
+    if isinstance(result, web.StreamResponse):
+        return result
+    return web.Response(
+        status=op.status, body=result.model_dump_json(), content_type="application/json"
+    )
+
+
+async def _note_refusal(
+    op: Operation, request: web.Request, principal: Principal, action: Action, exc: ClientError
+) -> None:
+    """Tell the refusal sink, in its own transaction: there is no change to tie it to."""
+    sink = request.app.get(REFUSALS)
+    if sink is None:
+        return
+    target_type = target_id = None
+    for name in op.path_params:  # the innermost object the path names
+        target_type, target_id = name.removesuffix("_id"), request.match_info.get(name)
+    refusal = Refusal(
+        principal=principal,
+        action=action,
+        operation_id=op.operation_id,
+        status=exc.status,
+        code=str(exc.code),
+        target_type=target_type,
+        target_id=None if target_id is None else target_id[:200],
+        ip=_ip(request),
+    )
+    try:
+        await sink.refused(refusal)
+    except Exception:  # the caller is refused either way; a lost row is logged
+        logger.warning("could not record a refused %s", op.operation_id, exc_info=True)
 
 
 def mount(app: web.Application, operations: list[Operation]) -> None:

@@ -276,6 +276,9 @@ class ChatClient:
         if event == "message" and isinstance(data, dict):
             self._incoming.put_nowait(data)
             return
+        if event == "sync":
+            # The server may have missed pushes for us (its bus was down): resume.
+            self._spawn(self._catch_up(list(self._last)))
         with contextlib.suppress(asyncio.QueueFull):
             self.events.put_nowait((event, data))
 

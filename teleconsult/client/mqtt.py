@@ -12,6 +12,20 @@ device says ``online`` with it as soon as it is connected and again every
 ``renew_in`` seconds the ack names; it leaves an ``offline`` request as its
 Last Will, so a dropped link is seen as soon as the broker notices, and says
 ``offline`` itself before a clean disconnect (which discards the will).
+
+Given the device's id and keys, every request (the will too) is signed with
+the device's Ed25519 key (docs/mqtt.md, "Signed requests"); a server
+requires that unless ``MQTT_REQUEST_SIGNATURES=off``.
+
+Unanswered requests are sent again, the same bytes (same id, same signed
+frame; every event is idempotent), at once when the connection comes back
+and whenever a bridge announces on ``tc/srv/up`` that it has (re)subscribed: a
+request published while no bridge was subscribed (the server restarting, the
+broker restarting before the bridge) is otherwise lost, and its caller would
+wait out the whole timeout. ``online`` and ``offline`` belong to one
+connection and fail with it instead. A ``sync`` pushed on the inbox (the
+server lost some pushes to us) reaches the event handler like any event, and
+``ChatClient`` resumes.
 """
 
 from __future__ import annotations
@@ -22,13 +36,17 @@ import logging
 import secrets
 import socket
 import ssl
+import time
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
 import aiomqtt
+import nacl.signing
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.reasoncodes import ReasonCode
 
+from teleconsult.client.crypto import DeviceKeys
 from teleconsult.client.transport import (
     ConnectedHandler,
     EventHandler,
@@ -56,6 +74,16 @@ def _code(rc: int | ReasonCode | None) -> int | None:
     return int(rc.value) if isinstance(rc, ReasonCode) else rc
 
 
+@dataclass
+class _Pending:
+    """A request waiting for its ack: its payload, sent again as is when need be."""
+
+    payload: bytes = field(repr=False)
+    answer: asyncio.Future[dict[str, Any]]
+    # ``online``/``offline`` name one connection: they fail with it, never sent again.
+    resend: bool
+
+
 class MqttTransport:
     """Implements ``Transport``; ``reconnects`` counts the connections after the first."""
 
@@ -71,9 +99,24 @@ class MqttTransport:
         tls: ssl.SSLContext | None = None,
         connect_timeout: float = 10.0,
         keepalive: int = 60,
+        device_id: UUID | None = None,
+        keys: DeviceKeys | None = None,
+        username: str | None = None,
     ) -> None:
+        """``device_id`` and ``keys``: the registered device that signs each request.
+
+        ``username``: the MQTT username, by default the user id (the embedded
+        broker, EMQX); with accounts the server provisions on Mosquitto, the one
+        ``POST /api/v1/devices/{device_id}/mqtt`` gave (its password is ``token``'s).
+        """
         if not client_id.startswith(str(user_id)):
             raise ValueError("the client id must start with the user id")
+        if (device_id is None) != (keys is None):
+            raise ValueError("give both the device id and its keys, or neither")
+        self._device_id = device_id
+        self._username = username or str(user_id)
+        # The Ed25519 seed is the second half of DeviceKeys.private_bytes().
+        self._signer = None if keys is None else nacl.signing.SigningKey(keys.private_bytes()[32:])
         self._host, self._port = host, port
         self._user_id = user_id
         self._token = token
@@ -90,7 +133,10 @@ class MqttTransport:
         self._conn = ""  # this connection's id for presence, new for each connection
         self._runner: asyncio.Task[None] | None = None
         self._beat: asyncio.Task[None] | None = None
-        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._sending: set[asyncio.Task[None]] = set()
+        # Requests published again (reconnects, bridges' announcements); tests read it.
+        self.resent = 0
         self._on_event: EventHandler | None = None
         self._on_connected: ConnectedHandler | None = None
 
@@ -111,27 +157,79 @@ class MqttTransport:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
+        self._fail_pending(every=True)
         self.connected.clear()
         self.present.clear()
 
+    @property
+    def pending(self) -> int:
+        """How many calls wait for their ack."""
+        return len(self._pending)
+
     async def call(self, event: str, data: Any, *, within: float) -> dict[str, Any]:
+        """One request, answered within ``within`` seconds or TransportClosed.
+
+        A call outlives a reconnection: its request is sent again on the new
+        connection (``online``/``offline`` excepted, they fail at once)."""
         client = self._client
         if client is None or not self.connected.is_set():
             raise TransportClosed("not connected")
         request_id = secrets.token_urlsafe(9)
         answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = answer
-        payload = mqtt_wire.encode_request(request_id, event, data, self._encoding)
+        pending = _Pending(
+            self._request(request_id, event, data),
+            answer,
+            resend=event not in mqtt_wire.LINK_EVENTS,
+        )
+        self._pending[request_id] = pending
+        self._send(client, pending.payload)
         try:
             async with asyncio.timeout(within):
-                await client.publish(
-                    mqtt_wire.request_topic(self._user_id), payload, qos=1, timeout=within
-                )
                 return await answer
-        except (aiomqtt.MqttError, TimeoutError) as exc:
-            raise TransportClosed(str(exc) or type(exc).__name__) from None
+        except TimeoutError:
+            raise TransportClosed("no answer in time") from None
         finally:
             self._pending.pop(request_id, None)
+
+    def _send(self, client: aiomqtt.Client, payload: bytes) -> None:
+        """Publish (QoS 1) in the background; a PUBACK lost with the link is not waited
+        for: the request is sent again when the connection comes back."""
+        task = asyncio.create_task(self._publish(client, payload))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _publish(self, client: aiomqtt.Client, payload: bytes) -> None:
+        try:
+            await client.publish(mqtt_wire.request_topic(self._user_id), payload, qos=1)
+        except aiomqtt.MqttError as exc:
+            logger.debug("an MQTT request was not published: %s", exc)
+
+    def _resend(self, client: aiomqtt.Client, *, links: bool) -> None:
+        """Send every unanswered request again, oldest first (``links``: online/offline too)."""
+        for pending in list(self._pending.values()):
+            if (pending.resend or links) and not pending.answer.done():
+                self._send(client, pending.payload)
+                self.resent += 1
+
+    def _fail_pending(self, *, every: bool) -> None:
+        for pending in self._pending.values():
+            if (every or not pending.resend) and not pending.answer.done():
+                pending.answer.set_exception(TransportClosed("disconnected"))
+
+    def _request(self, request_id: str, event: str, data: Any) -> bytes:
+        """The request's payload, signed by the device when it has keys."""
+        if self._signer is None or self._device_id is None:
+            return mqtt_wire.encode_request(request_id, event, data, self._encoding)
+        frame = mqtt_wire.request_frame(
+            request_id,
+            event,
+            data,
+            self._encoding,
+            device=self._device_id,
+            ts=int(time.time() * 1000),
+        )
+        signature = self._signer.sign(mqtt_wire.signing_bytes(self._user_id, frame)).signature
+        return mqtt_wire.signed_request(frame, signature, self._encoding)
 
     # --- the connection ---------------------------------------------------------------
 
@@ -144,10 +242,15 @@ class MqttTransport:
                         [
                             (mqtt_wire.ack_topic(self._user_id), 1),
                             (mqtt_wire.inbox_topic(self._user_id), 1),
+                            # Refused by a broker whose rules predate it: then a lost
+                            # request waits for its timeout, as it used to.
+                            (mqtt_wire.SERVER_UP_TOPIC, 0),
                         ]
                     )
                     self._client = client
                     self.connected.set()
+                    # What the old connection left unanswered, before anything new.
+                    self._resend(client, links=False)
                     # Published before on_connected's requests: the bridge runs them in order.
                     self._beat = asyncio.create_task(self._keep_online(), name="mqtt-online")
                     if first.done():
@@ -163,6 +266,7 @@ class MqttTransport:
                 if _code(exc.rc) in _REFUSED:
                     self._fail(first, Refused({"code": "unauthenticated", "detail": str(exc)}))
                     logger.warning("the broker refused the credentials; not reconnecting")
+                    self._fail_pending(every=True)
                     return
                 self._fail(first, TransportClosed(str(exc)))
             except aiomqtt.MqttError as exc:
@@ -171,9 +275,10 @@ class MqttTransport:
                 self._client = None
                 self.connected.clear()
                 await self._stop_beat()
-                for answer in self._pending.values():
-                    if not answer.done():
-                        answer.set_exception(TransportClosed("disconnected"))
+                # Publishes of the dead connection would wait out their PUBACK timeout.
+                for task in list(self._sending):
+                    task.cancel()
+                self._fail_pending(every=False)
             if first.done() and first.exception() is not None:
                 return  # start() raised; nobody waits for this transport
             await asyncio.sleep(backoff.delay())
@@ -228,13 +333,15 @@ class MqttTransport:
         self._conn = secrets.token_urlsafe(12)
         will = aiomqtt.Will(
             mqtt_wire.request_topic(self._user_id),
-            mqtt_wire.offline_will(self._conn, self._encoding),
+            self._request(
+                mqtt_wire.offline_will_id(self._conn), mqtt_wire.OFFLINE, {"conn": self._conn}
+            ),
             qos=1,
         )
         return aiomqtt.Client(
             self._host,
             self._port,
-            username=str(self._user_id),
+            username=self._username,
             password=await self._token(),
             identifier=self._client_id,
             clean_session=False,
@@ -262,9 +369,15 @@ class MqttTransport:
             return
         topic = str(message.topic)
         if topic == mqtt_wire.ack_topic(self._user_id):
-            answer = self._pending.get(str(frame.get("id")))
+            pending = self._pending.get(str(frame.get("id")))
             ack = frame.get("ack")
-            if answer is not None and not answer.done() and isinstance(ack, dict):
-                answer.set_result(ack)
+            if pending is not None and not pending.answer.done() and isinstance(ack, dict):
+                pending.answer.set_result(ack)
+        elif topic == mqtt_wire.SERVER_UP_TOPIC:
+            # A bridge has just subscribed: what we sent before may have found none.
+            client = self._client
+            if client is not None and self._pending:
+                logger.debug("a bridge is back; sending %d request(s) again", len(self._pending))
+                self._resend(client, links=True)
         elif topic == mqtt_wire.inbox_topic(self._user_id) and self._on_event is not None:
             await self._on_event(str(frame.get("event")), frame.get("data"))

@@ -6,6 +6,12 @@ Socket.IO one (WebSocket or HTTP long-polling); the MQTT one is in
 network, a server restart, the server closing a slow consumer) it reconnects
 with jittered exponential backoff and calls ``on_connected`` so the client
 resumes.
+
+The backoff is capped at :data:`RECONNECT_CAP` seconds, and while it waits more
+than a second the transport asks ``/healthz`` once a second: when the server
+answers after not answering (it is back from a restart), the transport connects
+at once (after a short jitter) instead of sleeping out its backoff. A server that
+flaps is therefore rejoined within about a second of each recovery.
 """
 
 from __future__ import annotations
@@ -13,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+import aiohttp
 import engineio.payload
 import socketio
 
@@ -34,6 +42,12 @@ engineio.payload.Payload.max_decode_packets = max(engineio.payload.Payload.max_d
 EventHandler = Callable[[str, Any], Awaitable[None]]
 ConnectedHandler = Callable[[], Awaitable[None]]
 TokenProvider = Callable[[], Awaitable[str]]
+
+# The longest wait between two reconnect attempts (seconds), before jitter.
+RECONNECT_CAP = 5.0
+# How often a waiting transport asks /healthz, and the jitter after it answers.
+_HEALTH_EVERY = 1.0
+_HEALTH_JITTER = 0.3
 
 
 class TransportClosed(Exception):
@@ -71,8 +85,10 @@ class SocketIoTransport:
         transports: tuple[str, ...] = ("websocket",),
         encoding: str = "msgpack",
         connect_timeout: float = 10.0,
+        backoff: Backoff | None = None,
     ) -> None:
         self._url = base_url.rstrip("/")
+        self._backoff = backoff or Backoff(most=RECONNECT_CAP)
         self._token = token
         self._transports = list(transports)
         self._encoding = encoding
@@ -149,7 +165,7 @@ class SocketIoTransport:
             await self._on_event(event, data)
 
     async def _supervise(self) -> None:
-        backoff = Backoff()
+        backoff = self._backoff
         while not self._closing:
             await self._dropped.wait()
             if self._closing:
@@ -158,7 +174,7 @@ class SocketIoTransport:
             if old is not None:
                 await _shut(old)
             while not self._closing:
-                await asyncio.sleep(backoff.delay())
+                await self._pause(backoff.delay())
                 try:
                     await self._connect_once()
                 except Refused as exc:
@@ -173,6 +189,32 @@ class SocketIoTransport:
                 self.reconnects += 1
                 backoff.reset()
                 break
+
+    async def _pause(self, delay: float) -> None:
+        """Sleep ``delay``, or less when /healthz starts answering meanwhile."""
+        if delay <= _HEALTH_EVERY:
+            await asyncio.sleep(delay)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        was_down = False
+        timeout = aiohttp.ClientTimeout(total=_HEALTH_EVERY)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            while (left := deadline - loop.time()) > 0:
+                await asyncio.sleep(min(_HEALTH_EVERY, left))
+                if await self._healthy(http):
+                    if was_down:
+                        await asyncio.sleep(random.uniform(0, _HEALTH_JITTER))  # noqa: S311
+                        return
+                else:
+                    was_down = True
+
+    async def _healthy(self, http: aiohttp.ClientSession) -> bool:
+        try:
+            async with http.get(f"{self._url}/healthz") as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
 
     async def call(self, event: str, data: Any, *, within: float) -> dict[str, Any]:
         sio = self._sio

@@ -11,7 +11,9 @@ Delivery is at most once. Each subscription has its own bounded queue and a
 task that feeds its handler, so a slow handler neither blocks publishers nor
 delays other subscribers; when its queue is full the oldest message is dropped
 (and counted). Messages published while a :class:`RedisBus` is reconnecting
-are lost, as with any Redis pub/sub client.
+are lost, as with any Redis pub/sub client; ``on_resubscribed`` callbacks are
+called once every channel is subscribed again, so their owners can make up for
+it (the chat hub tells its connections to resume).
 
 Neither bus is thread-safe: use it from the event loop that created it.
 """
@@ -34,10 +36,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from teleconsult.core.errors import InfrastructureError
+from teleconsult.core.outages import OUTAGES
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[bytes], Awaitable[None]]
+# Called (synchronously, from the event loop) when the bus is subscribed again after
+# losing its connection: whatever was published meanwhile never reached this process.
+Resubscribed = Callable[[], None]
 
 DEFAULT_QUEUE_SIZE = 1000
 # A flood of drops must not become a flood of log lines: warn on the first drop
@@ -60,6 +66,9 @@ class Bus(Protocol):
     async def publish(self, channel: str, message: bytes) -> None: ...
     async def subscribe(self, channel: str, handler: Handler) -> Subscription: ...
     async def ping(self) -> bool: ...
+    def on_resubscribed(self, callback: Resubscribed) -> None:
+        """Call ``callback`` each time the bus is back after missing messages."""
+        ...
 
 
 async def _cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
@@ -173,6 +182,9 @@ class InProcessBus:
     def shared(self) -> bool:
         return False
 
+    def on_resubscribed(self, callback: Resubscribed) -> None:
+        """Never called: an in-process bus cannot lose its connection."""
+
     async def start(self) -> None:
         self._check_open()
 
@@ -258,7 +270,8 @@ class RedisBus:
         ping_timeout: float = 2.0,
         idle_ping_interval: float = 30.0,
         backoff_base: float = 0.1,
-        backoff_cap: float = 10.0,
+        # Short: an idle reconnect attempt is cheap, and receivers wait for it.
+        backoff_cap: float = 2.0,
     ) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
@@ -298,10 +311,17 @@ class RedisBus:
         self._listener: asyncio.Task[None] | None = None
         self._dropped = 0
         self._closed = False
+        self._resubscribed: list[Resubscribed] = []
+        # Set when the listener reconnected after a failure: the callbacks run once
+        # every channel is confirmed again.
+        self._resync_due = False
 
     @property
     def shared(self) -> bool:
         return True
+
+    def on_resubscribed(self, callback: Resubscribed) -> None:
+        self._resubscribed.append(callback)
 
     @property
     def dropped_messages(self) -> int:
@@ -436,13 +456,18 @@ class RedisBus:
             try:
                 pubsub = await self._connect()
                 if failures:
-                    logger.info("bus: reconnected to redis after %d failed attempt(s)", failures)
+                    logger.debug("bus: reconnected to redis after %d failed attempt(s)", failures)
+                    OUTAGES.up("redis")
+                    self._resync_due = True
+                    self._resync_if_confirmed()
                 failures = 0
                 await self._read(pubsub)
                 return  # _read returns only once the bus is closed
             except (RedisError, OSError) as exc:
                 failures += 1
                 error = f"{type(exc).__name__}: {exc}"
+                if failures == 1:
+                    OUTAGES.down(RedisConnectionError(error))
             except Exception as exc:
                 # A bug must not end fan-out for the life of the process.
                 logger.exception("bus: redis listener failed unexpectedly")
@@ -451,7 +476,8 @@ class RedisBus:
             await self._drop_connection()
             ceiling = min(self._backoff_cap, self._backoff_base * 2 ** min(failures - 1, 32))
             delay = random.uniform(0, ceiling)
-            logger.warning(
+            # One warning per outage (OUTAGES), the attempts only at debug level.
+            logger.debug(
                 "bus: redis listener connection failed (%s); retrying in %.2fs (attempt %d)",
                 error,
                 delay,
@@ -527,6 +553,19 @@ class RedisBus:
             state = self._channels.get(channel)
             if kind == "subscribe" and state is not None:
                 state.confirmed.set()
+                self._resync_if_confirmed()
+
+    def _resync_if_confirmed(self) -> None:
+        if not self._resync_due or self._replies_due:
+            return
+        if not all(state.confirmed.is_set() for state in self._channels.values()):
+            return
+        self._resync_due = False
+        for callback in self._resubscribed:
+            try:
+                callback()
+            except Exception:
+                logger.exception("bus: a resubscription callback failed")
 
     async def _drop_connection(self) -> None:
         async with self._lock:

@@ -26,6 +26,7 @@ class ErrorCode(StrEnum):
     TOKEN_INVALID = "token_invalid"
     INVALID_CREDENTIALS = "invalid_credentials"
     ACCOUNT_DISABLED = "account_disabled"
+    ROLE_CHANGED = "role_changed"
     REFRESH_INVALID = "refresh_invalid"
     REFRESH_REUSED = "refresh_reused"
     FORBIDDEN = "forbidden"
@@ -53,6 +54,7 @@ class ErrorCode(StrEnum):
     NOT_IN_ROOM = "not_in_room"
     NOT_ADMITTED = "not_admitted"
     INVALID_SDP = "invalid_sdp"
+    PEER_ADDRESS_REFUSED = "peer_address_refused"
     NO_CONSULTATION = "no_consultation"
     RATE_LIMITED = "rate_limited"
     INTERNAL = "internal_error"
@@ -227,6 +229,9 @@ ERROR_MEANINGS: Final[Mapping[ErrorCode, CodeMeaning]] = {
         (401, 400), "wrong e-mail or password (400: wrong current password when changing it)"
     ),
     ErrorCode.ACCOUNT_DISABLED: CodeMeaning((401,), "the clinic has disabled this account"),
+    ErrorCode.ROLE_CHANGED: CodeMeaning(
+        (401,), "a live connection's role changed: connect again to act with the new one"
+    ),
     ErrorCode.REFRESH_INVALID: CodeMeaning(
         (401,), "the refresh token is unknown, expired or logged out: sign in"
     ),
@@ -284,6 +289,11 @@ ERROR_MEANINGS: Final[Mapping[ErrorCode, CodeMeaning]] = {
     ErrorCode.NOT_IN_ROOM: CodeMeaning((409, 400), "join the consultation room first"),
     ErrorCode.NOT_ADMITTED: CodeMeaning((403,), "the doctor has not admitted this patient yet"),
     ErrorCode.INVALID_SDP: CodeMeaning((400,), "the SDP offer cannot be answered"),
+    ErrorCode.PEER_ADDRESS_REFUSED: CodeMeaning(
+        (422,),
+        "every candidate of the offer is on a loopback, private, link-local or other "
+        "address the server does not contact: offer a public (server-reflexive or relay) one",
+    ),
     ErrorCode.NO_CONSULTATION: CodeMeaning(
         (422,), "the appointment has no video or audio consultation"
     ),

@@ -5,6 +5,15 @@ route template (``/api/v1/patients/{patient_id}``), never the raw path and
 never the query string (patient search by name or phone goes there), and no
 body. aiohttp's own access logger, which writes the raw request line, is
 silenced in case it is ever left wired.
+
+What clients send is not our failure. A malformed Socket.IO or Engine.IO frame,
+an HTTP request aiohttp cannot parse, or garbage on the MQTT port makes the
+libraries log an ERROR with a traceback, and the traceback of an HTTP parse
+error quotes the raw request line, query string and all. :class:`ClientNoise`
+turns such records into one WARNING line naming the kind of error, without the
+traceback. As a last net, every line has URL query strings (``/path?...``)
+replaced by ``?[redacted]``, so a token or a patient search sent in a URL never
+reaches the log.
 """
 
 from __future__ import annotations
@@ -14,12 +23,15 @@ import json
 import logging
 import re
 import sys
+import traceback
 import uuid
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
 from teleconsult.core.metrics import method_label, route_template
@@ -43,8 +55,27 @@ NOISY_LOGGERS = (
     "aioice",
     "aiortc",
     "engineio",
+    "engineio.server",
     "socketio",
+    "socketio.server",
 )
+# Libraries that parse what clients send: their errors about a client's bytes.
+_CLIENT_PARSERS = ("engineio", "socketio", "aiohttp.server", "amqtt")
+# Where a client's bytes are decoded; an exception raised in there is the client's.
+_DECODING_CODE = (
+    "/engineio/",
+    "/socketio/",
+    "/json/",
+    "msgpack",
+    "/aiohttp/",
+    "/amqtt/",
+    "teleconsult/realtime/server.py",
+)
+# Our code on the stack means our fault, except our packet decoder (realtime/server.py).
+_OUR_CODE = "/teleconsult/"
+_OUR_DECODER = "teleconsult/realtime/server.py"
+_DECODING_ERRORS = (ValueError, TypeError, KeyError, IndexError, RecursionError, UnicodeError)
+_QUERY_STRING = re.compile(r"(/[^\s?#'\"<>]*)\?[^\s'\"<>]+")
 
 _request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "teleconsult_request_id", default=None
@@ -70,6 +101,59 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+def redact_query_strings(text: str) -> str:
+    """``text`` with the query string of every URL-like ``/path?query`` redacted."""
+    return _QUERY_STRING.sub(r"\1?[redacted]", text) if "?" in text else text
+
+
+def _raised_decoding(tb: TracebackType | None) -> bool:
+    """Raised in a library's decoding code, with none of our handlers on the way
+    (their errors are ours, whatever their type)."""
+    files = [frame.filename for frame in traceback.extract_tb(tb)]
+    if any(_OUR_CODE in name and not name.endswith(_OUR_DECODER) for name in files):
+        return False
+    return bool(files) and any(part in files[-1] for part in _DECODING_CODE)
+
+
+class ClientNoise(logging.Filter):
+    """Demotes a parser library's ERROR about a client's malformed input to a WARNING
+    without its traceback (which may quote the input); real faults stay ERRORs.
+
+    The test is narrow: the record comes from a client-facing parser's logger, its
+    exception is of a decoding kind, and it was raised in decoding code. An exception
+    raised in our handlers keeps its traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or not record.name.startswith(_CLIENT_PARSERS):
+            return True
+        if record.exc_info is None:
+            if "unsupported version" in record.getMessage():
+                self._demote(record, "a client spoke an unsupported protocol version")
+            return True
+        _, exc, tb = record.exc_info
+        # aiohttp's HTTP parser errors are always about the bytes a client sent.
+        if isinstance(exc, HttpProcessingError) or (
+            isinstance(exc, _DECODING_ERRORS) and _raised_decoding(tb)
+        ):
+            self._demote(record, f"refused malformed client input ({type(exc).__name__})")
+        return True
+
+    @staticmethod
+    def _demote(record: logging.LogRecord, message: str) -> None:
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg, record.args = message, None
+        record.exc_info, record.exc_text = None, None
+        record.malformed_input = True
+
+
+class RedactingTextFormatter(logging.Formatter):
+    """The text format, with query strings redacted (see :func:`redact_query_strings`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_query_strings(super().format(record))
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, msg, exc and extra fields.
 
@@ -84,12 +168,12 @@ class JsonFormatter(logging.Formatter):
             .replace("+00:00", "Z"),
             "level": record.levelname,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact_query_strings(record.getMessage()),
         }
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+            entry["exc"] = redact_query_strings(self.formatException(record.exc_info))
         elif record.exc_text:
-            entry["exc"] = record.exc_text
+            entry["exc"] = redact_query_strings(record.exc_text)
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
         for key, value in vars(record).items():
@@ -99,7 +183,7 @@ class JsonFormatter(logging.Formatter):
                 json.dumps(value)
             except (TypeError, ValueError):
                 continue
-            entry[key] = value
+            entry[key] = redact_query_strings(value) if isinstance(value, str) else value
         return json.dumps(entry, ensure_ascii=False)
 
 
@@ -119,10 +203,11 @@ def configure_logging(settings: LogSettings) -> None:
     handler.name = _HANDLER_NAME
     # On the handler, not the root logger: logger filters skip propagated records.
     handler.addFilter(RequestIdFilter())
+    handler.addFilter(ClientNoise())
     if settings.format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter(_TEXT_FORMAT))
+        handler.setFormatter(RedactingTextFormatter(_TEXT_FORMAT))
     root.addHandler(handler)
 
     level = logging.getLevelName(settings.level.upper())

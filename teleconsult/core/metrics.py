@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import math
 import time
@@ -128,6 +129,23 @@ class Metrics:
             "The most recent event-loop lag measurement.",
             registry=self.registry,
         )
+        self.authz_refusals = Counter(
+            "teleconsult_authz_refusals_total",
+            "Signed-in requests the policy refused (403, or 404 out of scope), by status.",
+            ("status",),
+            registry=self.registry,
+        )
+        self.authz_refusals_unaudited = Counter(
+            "teleconsult_authz_refusals_unaudited_total",
+            "Refusals past the audit trail's per-actor limit, counted here only.",
+            registry=self.registry,
+        )
+        self.mqtt_requests_dropped = Counter(
+            "teleconsult_mqtt_requests_dropped_total",
+            "MQTT requests the bridge dropped unanswered (no valid device signature), by reason.",
+            ("reason",),
+            registry=self.registry,
+        )
         self._connection_counter: Callable[[], int] = lambda: 0
         self.open_connections.set_function(self._read_connections)
 
@@ -156,6 +174,32 @@ class Metrics:
         body, content_type = self.render()
         # The content type carries a charset, which ``content_type=`` refuses.
         return web.Response(body=body, headers={"Content-Type": content_type})
+
+    def handler_for(self, token: str | None) -> Handler:
+        """``GET /metrics``, or with ``token`` (METRICS_TOKEN) only for a caller who
+        sends ``Authorization: Bearer <token>``; anyone else gets 401."""
+        if token is None:
+            return self.handler
+        expected = f"Bearer {token}".encode()
+
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            sent = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+            if not hmac.compare_digest(sent, expected):
+                # An HTTPException: the API renders it as a problem, a bare listener as text.
+                raise web.HTTPUnauthorized(
+                    text="send the metrics token as 'Authorization: Bearer <token>'",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            return await self.handler(request)
+
+        return guarded
+
+    def app(self, token: str | None) -> web.Application:
+        """A small application serving only ``/metrics``, for a listener of its own
+        (METRICS_PORT): Prometheus scrapes it on a private address."""
+        app = web.Application()
+        app.router.add_get("/metrics", self.handler_for(token), name="metrics")
+        return app
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:

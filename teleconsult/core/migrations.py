@@ -5,6 +5,11 @@ in order. Each file runs in its own transaction, so a failing migration leaves
 the schema as it was. A session-level advisory lock serialises runners, so two
 server processes starting at once apply each migration exactly once. A file
 that was applied and later edited is refused (its checksum no longer matches).
+
+Least privilege (README, "Database"): run as the owner role with a runtime role
+named, every migrate also (re-)grants that role what the server needs, so tables
+added later are covered: the data tables' rows, the audit tables only as far as
+recording and chaining events go, nothing that owns, creates, alters or drops.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from importlib import resources
 
 import asyncpg
 
+from teleconsult.core.db import AUDIT_TABLES, DatabaseUrls
 from teleconsult.core.errors import TeleconsultError
 
 logger = logging.getLogger(__name__)
@@ -66,8 +72,96 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
-async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[int]:
-    """Apply pending migrations; return the versions applied by this call."""
+# What the runtime role may do to each audit table; every other table of the
+# public schema gets DATA_PRIVILEGES. Nothing gets TRUNCATE, REFERENCES or TRIGGER.
+# The triggers of 0002, 0009 and 0010 narrow these further: the head only moves
+# forward onto a chained row, and an intake row leaves only into the chain.
+RUNTIME_TABLE_PRIVILEGES: dict[str, str] = {
+    "audit_intake": "SELECT, INSERT, DELETE",
+    "audit_log": "SELECT, INSERT",
+    "audit_head": "SELECT, UPDATE",
+    "audit_checkpoints": "SELECT, INSERT",
+    "schema_migrations": "SELECT",
+}
+assert set(AUDIT_TABLES) <= set(RUNTIME_TABLE_PRIVILEGES)
+DATA_PRIVILEGES = "SELECT, INSERT, UPDATE, DELETE"
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def grant_runtime(conn: asyncpg.Connection, role: str) -> None:
+    """Give ``role`` exactly the server's privileges on every table of the public schema.
+
+    Run as the owner of the schema's objects (``migrate`` does it under its lock).
+    Revokes first, so a privilege dropped from this list is taken back too.
+    """
+    facts = await conn.fetchrow(
+        "SELECT current_user AS me, current_database() AS db, "
+        "(SELECT rolsuper FROM pg_roles WHERE rolname = $1) AS superuser",
+        role,
+    )
+    assert facts is not None
+    if facts["superuser"] is None:
+        raise MigrationError(
+            f"the runtime role {role!r} does not exist; create it first (README, Database)"
+        )
+    if role == facts["me"]:
+        raise MigrationError(f"the runtime role {role!r} is the role that runs migrations")
+    tables = await conn.fetch(
+        "SELECT c.relname FROM pg_class AS c "
+        "WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'v') "
+        "ORDER BY c.relname"
+    )
+    who = quote_ident(role)
+    db = quote_ident(facts["db"])
+    statements = [
+        # Only the roles that are meant to may connect; no temporary tables either.
+        f"REVOKE ALL ON DATABASE {db} FROM PUBLIC",
+        f"REVOKE ALL ON DATABASE {db} FROM {who}",
+        f"GRANT CONNECT ON DATABASE {db} TO {who}",
+        "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
+        f"REVOKE ALL ON SCHEMA public FROM {who}",
+        f"GRANT USAGE ON SCHEMA public TO {who}",
+    ]
+    # Only what the owner owns: an extension's functions (btree_gist) stay the
+    # superuser's, executable by PUBLIC, and granting them would only warn.
+    owned = await conn.fetch(
+        "SELECT 'SEQUENCE' AS kind, format('%I', relname) AS name FROM pg_class "
+        "WHERE relnamespace = 'public'::regnamespace AND relkind = 'S' "
+        "AND relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user) "
+        "UNION ALL "
+        "SELECT 'FUNCTION', format('%s', oid::regprocedure) FROM pg_proc "
+        "WHERE pronamespace = 'public'::regnamespace "
+        "AND proowner = (SELECT oid FROM pg_roles WHERE rolname = current_user) "
+        "ORDER BY 1, 2"
+    )
+    for row in owned:
+        privileges = "USAGE, SELECT" if row["kind"] == "SEQUENCE" else "EXECUTE"
+        statements.append(f"REVOKE ALL ON {row['kind']} {row['name']} FROM {who}")
+        statements.append(f"GRANT {privileges} ON {row['kind']} {row['name']} TO {who}")
+    for row in tables:
+        table = quote_ident(row["relname"])
+        privileges = RUNTIME_TABLE_PRIVILEGES.get(row["relname"], DATA_PRIVILEGES)
+        statements.append(f"REVOKE ALL ON TABLE {table} FROM {who}")
+        statements.append(f"GRANT {privileges} ON TABLE {table} TO {who}")
+    async with conn.transaction():
+        await conn.execute(";\n".join(statements))
+    logger.info("granted the runtime role %s its privileges on %d tables", role, len(tables))
+
+
+async def migrate(
+    conn: asyncpg.Connection,
+    migrations: list[Migration] | None = None,
+    *,
+    runtime_role: str | None = None,
+) -> list[int]:
+    """Apply pending migrations; return the versions applied by this call.
+
+    With ``runtime_role``, grant it the server's privileges afterwards (see
+    :func:`grant_runtime`), also when nothing was pending.
+    """
     todo = load_migrations() if migrations is None else migrations
     applied_now: list[int] = []
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
@@ -99,6 +193,31 @@ async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None =
                 ) from exc
             logger.info("applied migration %s_%s", migration.version, migration.name)
             applied_now.append(migration.version)
+        if runtime_role is not None:
+            await grant_runtime(conn, runtime_role)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
     return applied_now
+
+
+async def migrate_database(urls: DatabaseUrls) -> list[int]:
+    """Migrate as the owner and grant the runtime role (or, with no owner URL, migrate
+    as the one role there is); return the versions applied."""
+    if urls.owner is None:
+        conn = await asyncpg.connect(urls.runtime)
+        try:
+            return await migrate(conn)
+        finally:
+            await conn.close()
+    role = urls.runtime_role
+    if role is None:
+        probe = await asyncpg.connect(urls.runtime)
+        try:
+            role = str(await probe.fetchval("SELECT current_user"))
+        finally:
+            await probe.close()
+    conn = await asyncpg.connect(urls.owner)
+    try:
+        return await migrate(conn, runtime_role=role)
+    finally:
+        await conn.close()

@@ -143,10 +143,18 @@ def in_scope(principal: Principal, scope: Scope) -> bool:
     return True
 
 
+class OutOfScope(NotFound):
+    """The object exists but is not the caller's to see: answered exactly like a
+    missing one (404), and audited as a refused attempt (``api.registry``)."""
+
+
 def ensure_in_scope(principal: Principal, scope: Scope | None, what: str) -> None:
-    """Raise NotFound when the object is missing (None) or outside the principal's scope."""
-    if scope is None or not in_scope(principal, scope):
+    """Raise NotFound when the object is missing (None), OutOfScope (a NotFound) when
+    it is outside the principal's scope."""
+    if scope is None:
         raise NotFound(f"{what} not found")
+    if not in_scope(principal, scope):
+        raise OutOfScope(f"{what} not found")
 
 
 def ensure_self_or_any(principal: Principal, target_user_id: UUID, *, self_only: Role) -> None:

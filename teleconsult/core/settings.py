@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
 import re
@@ -19,7 +20,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from nacl.signing import SigningKey
 
@@ -115,15 +116,31 @@ class HttpSettings:
     shutdown_timeout: float = 10.0
     max_body_bytes: int = 1024 * 1024
     trust_forwarded_for: bool = False
+    # Proxies in front that each append to X-Forwarded-For: the client is the entry
+    # this many places from the right (the left-most entries are the client's own).
+    trusted_proxy_count: int = 1
+    # /metrics: with a token, only `Authorization: Bearer <token>` may read it; with a
+    # port, it is served only on its own listener (metrics_host, loopback by default).
+    metrics_token: str | None = field(repr=False, default=None)
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
 
 @dataclass(frozen=True)
 class DatabaseSettings:
-    """``url`` None means: run the embedded PostgreSQL under ``<data_dir>/pg``."""
+    """``url`` None means: run the embedded PostgreSQL under ``<data_dir>/pg``.
 
-    url: str | None = None
+    ``owner_url`` names the role that owns the schema and runs migrations; the
+    server then serves as ``url``'s role (``runtime_role``, granted what it needs
+    and no more by every migrate; README, "Database"). Without ``owner_url``,
+    ``url``'s role does both, with more privilege than it needs.
+    """
+
+    url: str | None = field(default=None, repr=False)
     pool_min: int = 1
     pool_max: int = 10
+    owner_url: str | None = field(default=None, repr=False)
+    runtime_role: str | None = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +171,14 @@ class MqttSettings:
     # system Mosquitto on 1883) turns the MQTT transport off with a warning
     # instead of stopping `make run`; a port the operator chose must work.
     embedded_port_required: bool = False
+    # Each request must carry its device's Ed25519 signature (docs/mqtt.md,
+    # "Signed requests"); False only for old clients during a migration.
+    signed_requests: bool = True
+    # How far a signed request's timestamp may be from the server's clock, in seconds.
+    signature_window: int = 300
+    # "dynsec": the server provisions devices' MQTT accounts on the Mosquitto at
+    # ``url`` through its dynamic-security plugin (docs/mqtt.md); "off": the operator does.
+    provisioning: str = "off"
 
     @property
     def enabled(self) -> bool:
@@ -168,9 +193,20 @@ class AuthSettings:
     refresh_ttl: int = 30 * 24 * 3600
     password_memlimit_kib: int = 64 * 1024
     password_opslimit: int = 3
+    # Wrong passwords per LOGIN_RATE_WINDOW from sources without a device token for the
+    # account (OWASP device cookies); past it only such sign-ins are refused.
     login_max_per_account: int = 5
     login_max_per_address: int = 100
     login_window: int = 900
+    # Wrong passwords per window sent with one device token; past it that token counts
+    # as none. Tokens live device_token_ttl seconds.
+    login_max_per_device: int = 10
+    device_token_ttl: int = 180 * 24 * 3600
+    # Wrong current passwords on POST /me/password per account and LOGIN_RATE_WINDOW.
+    password_change_max_failures: int = 5
+    # Registrations per client address per register_window seconds.
+    register_max_per_address: int = 10
+    register_window: int = 3600
 
 
 @dataclass(frozen=True)
@@ -276,6 +312,9 @@ class AuditSettings:
     checkpoint_file: Path | None = None
     batch_size: int = 1000
     interval: float = 0.05
+    # Refused authorization attempts recorded per actor and action each minute; past
+    # it, one summary row per minute says how many more there were.
+    refusals_per_minute: int = 10
 
 
 @dataclass(frozen=True)
@@ -284,10 +323,48 @@ class RtcSettings:
 
     Each test decodes and re-encodes the caller's media, so the number running
     at once in one process is capped; each is closed after ``max_test_seconds``.
+
+    The peer sends ICE checks only to public unicast addresses and to
+    ``allowed_peer_networks`` (``RTC_ALLOWED_PEER_NETWORKS``, CIDRs; empty, the
+    default, allows no loopback, private or link-local network). With
+    ``public_ips`` (``RTC_PUBLIC_IP``: one address, or one IPv4 and one IPv6), its
+    answers name only those addresses (and relay candidates), never the
+    host's interfaces.
     """
 
     max_concurrent_tests: int = 8
     max_test_seconds: int = 30
+    allowed_peer_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    public_ips: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
+
+
+def _rtc_networks(e: _Env) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    name = "RTC_ALLOWED_PEER_NETWORKS"
+    networks = []
+    for part in (e.get(name) or "").split(","):
+        if part.strip():
+            try:
+                networks.append(ipaddress.ip_network(part.strip(), strict=False))
+            except ValueError:
+                raise ConfigError(name, f"{part.strip()!r} is not an address or CIDR") from None
+    return tuple(networks)
+
+
+def _rtc_public_ips(e: _Env) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+    name = "RTC_PUBLIC_IP"
+    found = []
+    for part in (e.get(name) or "").split(","):
+        if part.strip():
+            try:
+                address = ipaddress.ip_address(part.strip())
+            except ValueError:
+                raise ConfigError(name, f"{part.strip()!r} is not an IP address") from None
+            if address.is_unspecified or address.is_multicast:
+                raise ConfigError(name, f"{address} is not a unicast address")
+            found.append(address)
+    if len({a.version for a in found}) != len(found):
+        raise ConfigError(name, "give at most one IPv4 and one IPv6 address")
+    return tuple(found)
 
 
 @dataclass(frozen=True)
@@ -327,18 +404,71 @@ class Settings:
 def _dev_secret(data_dir: Path, name: str) -> str:
     """Return a secret kept in ``<data_dir>/secrets.json``, creating it on first use."""
     path = data_dir / "secrets.json"
-    data_dir.mkdir(parents=True, exist_ok=True)
+    _private_dir(data_dir)
     stored: dict[str, str] = {}
     if path.exists():
         stored = json.loads(path.read_text(encoding="utf-8"))
     if name not in stored:
         stored[name] = secrets.token_urlsafe(48)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(stored, handle)
         os.replace(tmp, path)
     return stored[name]
+
+
+def _private_dir(data_dir: Path) -> None:
+    """Create the data folder readable by the server's user only, whatever the umask
+    (a folder that exists keeps its mode: the operator's choice)."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+def _metrics_token(e: _Env) -> str | None:
+    token = e.get("METRICS_TOKEN")
+    if token is not None and len(token) < 16:
+        raise ConfigError("METRICS_TOKEN", "must be at least 16 characters")
+    return token
+
+
+_ROLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$-]{0,62}")
+
+
+def _url_user(url: str) -> str | None:
+    """The user a PostgreSQL URL names (``user@`` or ``?user=``), if any."""
+    parts = urlsplit(url)
+    if parts.username:
+        return unquote(parts.username)
+    users = parse_qs(parts.query).get("user")
+    return users[-1] if users else None
+
+
+def _database(e: _Env, pool_min: int, pool_max: int) -> DatabaseSettings:
+    url = e.url("DATABASE_URL", ("postgres", "postgresql"))
+    owner_url = e.url("DATABASE_OWNER_URL", ("postgres", "postgresql"))
+    role = e.get("DATABASE_RUNTIME_ROLE")
+    if owner_url is not None and url is None:
+        raise ConfigError(
+            "DATABASE_OWNER_URL",
+            "needs DATABASE_URL (the server's runtime role) too; without DATABASE_URL the "
+            "embedded PostgreSQL sets up its own roles",
+        )
+    if role is not None and owner_url is None:
+        raise ConfigError("DATABASE_RUNTIME_ROLE", "only means something with DATABASE_OWNER_URL")
+    if owner_url is not None and url is not None:
+        role = role or _url_user(url)
+        if role is not None and not _ROLE_NAME.fullmatch(role):
+            raise ConfigError("DATABASE_RUNTIME_ROLE", f"{role!r} is not a plain role name")
+        owner = _url_user(owner_url)
+        if role is not None and owner is not None and role == owner:
+            raise ConfigError(
+                "DATABASE_OWNER_URL",
+                f"names the same role as DATABASE_URL ({role}); the owner and the server's "
+                "runtime role must be two roles",
+            )
+    return DatabaseSettings(
+        url=url, pool_min=pool_min, pool_max=pool_max, owner_url=owner_url, runtime_role=role
+    )
 
 
 def _embedded_port(e: _Env) -> int | None:
@@ -404,7 +534,7 @@ def _dev_signing_key(data_dir: Path) -> tuple[bytes, Path]:
     with its public key beside it; return the seed and the public key's path."""
     path = data_dir / "audit-signing.key"
     public = data_dir / "audit-signing.pub"
-    data_dir.mkdir(parents=True, exist_ok=True)
+    _private_dir(data_dir)
     if not path.exists():
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -419,8 +549,12 @@ def _dev_signing_key(data_dir: Path) -> tuple[bytes, Path]:
     seed = _signing_seed("AUDIT_SIGNING_KEY", path.read_text(encoding="ascii"))
     public_hex = SigningKey(seed).verify_key.encode().hex() + "\n"
     if not public.exists() or public.read_text(encoding="ascii") != public_hex:
+        # 0644 whatever the umask: `audit verify` trusts this key, so nobody else may write it.
         tmp = public.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(public_hex, encoding="ascii")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(public_hex)
         os.replace(tmp, public)
     return seed, public
 
@@ -444,6 +578,7 @@ def _audit(e: _Env, data_dir: Path) -> AuditSettings:
         ),
         batch_size=e.integer("AUDIT_BATCH_SIZE", 1000, minimum=1, maximum=10000),
         interval=e.number("AUDIT_INTERVAL", 0.05, minimum=0.005),
+        refusals_per_minute=e.integer("AUDIT_REFUSALS_PER_MINUTE", 10, minimum=1, maximum=1000),
     )
 
 
@@ -502,12 +637,18 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         shutdown_timeout=e.number("SHUTDOWN_TIMEOUT", 10.0),
         max_body_bytes=e.integer("MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
         trust_forwarded_for=e.flag("TRUST_FORWARDED_FOR", False),
+        trusted_proxy_count=e.integer("TRUSTED_PROXY_COUNT", 1, minimum=1, maximum=16),
+        metrics_token=_metrics_token(e),
+        metrics_port=(
+            e.integer("METRICS_PORT", 0, minimum=1, maximum=65535)
+            if e.get("METRICS_PORT") is not None
+            else None
+        ),
+        metrics_host=e.text("METRICS_HOST", "127.0.0.1"),
     )
     pool_min = e.integer("DATABASE_POOL_MIN", 1, minimum=1)
-    database = DatabaseSettings(
-        url=e.url("DATABASE_URL", ("postgres", "postgresql")),
-        pool_min=pool_min,
-        pool_max=e.integer("DATABASE_POOL_MAX", max(10, pool_min), minimum=pool_min),
+    database = _database(
+        e, pool_min, e.integer("DATABASE_POOL_MAX", max(10, pool_min), minimum=pool_min)
     )
     redis = RedisSettings(url=e.url("REDIS_URL", ("redis", "rediss", "unix")))
     mqtt = MqttSettings(
@@ -516,7 +657,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         embedded_host=e.text("MQTT_EMBEDDED_HOST", http.host),
         shared_group=_shared_group(e),
         embedded_port_required=e.get("MQTT_EMBEDDED_PORT") is not None,
+        signed_requests=e.choice("MQTT_REQUEST_SIGNATURES", "required", ("required", "off"))
+        == "required",
+        signature_window=e.integer("MQTT_SIGNATURE_WINDOW", 300, minimum=10, maximum=86_400),
+        provisioning=e.choice("MQTT_PROVISIONING", "off", ("off", "dynsec")),
     )
+    if mqtt.provisioning != "off" and mqtt.url is None:
+        raise ConfigError("MQTT_PROVISIONING", "needs MQTT_URL (the Mosquitto to provision)")
 
     jwt_secret = e.get("JWT_SECRET")
     if jwt_secret is None:
@@ -535,6 +682,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         login_max_per_account=e.integer("LOGIN_MAX_PER_ACCOUNT", 5, minimum=1),
         login_max_per_address=e.integer("LOGIN_MAX_PER_ADDRESS", 100, minimum=1),
         login_window=e.integer("LOGIN_RATE_WINDOW", 900, minimum=1),
+        login_max_per_device=e.integer("LOGIN_MAX_PER_DEVICE", 10, minimum=1),
+        device_token_ttl=e.integer("DEVICE_TOKEN_TTL", 180 * 24 * 3600, minimum=3600),
+        password_change_max_failures=e.integer("PASSWORD_CHANGE_MAX_FAILURES", 5, minimum=1),
+        register_max_per_address=e.integer("REGISTER_MAX_PER_ADDRESS", 10, minimum=1),
+        register_window=e.integer("REGISTER_RATE_WINDOW", 3600, minimum=1),
     )
     log = LogSettings(
         level=e.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
@@ -599,6 +751,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     rtc = RtcSettings(
         max_concurrent_tests=e.integer("RTC_MAX_CONCURRENT_TESTS", 8, minimum=1, maximum=1000),
         max_test_seconds=e.integer("RTC_MAX_TEST_SECONDS", 30, minimum=1, maximum=600),
+        allowed_peer_networks=_rtc_networks(e),
+        public_ips=_rtc_public_ips(e),
     )
     public_url = e.url("PUBLIC_URL", ("http", "https")) or f"http://{http.host}:{http.port}"
     turn = _turn(e, data_dir, public_url, jwt_secret)

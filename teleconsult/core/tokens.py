@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -13,6 +14,11 @@ import jwt
 from teleconsult.core.errors import ErrorCode, Unauthenticated
 
 _ALGORITHM = "HS256"
+# A compact JWS: three base64url parts. Anything else (raw header bytes decoded as
+# surrogates, a lone surrogate from JSON, a 1 MB string) is refused before PyJWT,
+# which raised UnicodeEncodeError (a 500) on text it cannot encode.
+_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+MAX_TOKEN_CHARS = 4096
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,8 @@ class TokenService:
         return jwt.encode(claims, self._secret, algorithm=_ALGORITHM)
 
     def verify_access(self, token: str) -> AccessClaims:
+        if len(token) > MAX_TOKEN_CHARS or not _COMPACT_JWS.fullmatch(token):
+            raise Unauthenticated("access token invalid", code=ErrorCode.TOKEN_INVALID)
         try:
             claims = jwt.decode(
                 token,

@@ -1,9 +1,10 @@
 """The load test's own users, made through the public API as the clinic's admin.
 
-Patients register themselves (``/api/v1/auth/register`` answers with tokens,
-so they never sign in); staff are created by the admin and then sign in, and
-each sign-in counts against the server's per-address limit
-(``LOGIN_MAX_PER_ADDRESS``, default 100 per 15 minutes): a refusal says so.
+Patients register themselves (``/api/v1/auth/register``, limited by the
+server's ``REGISTER_MAX_PER_ADDRESS``, default 10 an hour) and then sign in;
+staff are created by the admin and then sign in. Each sign-in counts against
+the server's per-address limit (``LOGIN_MAX_PER_ADDRESS``, default 100 per 15
+minutes): a refusal says so.
 Every e-mail address is ``loadtest-<run>-<role>-<n>@loadtest.invalid``. At the
 end of a run its users are disabled (which also ends their sessions) unless
 asked to keep them; the API has no way to delete a user.
@@ -43,6 +44,11 @@ RATE_LIMIT_HINT = (
     "(default 100) sign-ins per address in LOGIN_RATE_WINDOW (default 900 s), and every "
     "staff member of a load test signs in once. Raise the limit on the server under test, "
     "use fewer staff (a larger --group-size in chat, --rooms-per-doctor in signal), or wait"
+)
+REGISTER_LIMIT_HINT = (
+    "the server refused a registration as rate-limited: it allows REGISTER_MAX_PER_ADDRESS "
+    "(default 10) registrations per address in REGISTER_RATE_WINDOW (default 3600 s), and "
+    "every patient of a load test registers once. Raise the limit on the server under test"
 )
 
 
@@ -170,7 +176,7 @@ class Accounts:
     # --- making users -----------------------------------------------------------------
 
     async def patients(self, count: int, *, first: int = 0) -> list[Member]:
-        """``count`` patients who registered themselves (signed in by registering)."""
+        """``count`` patients who registered themselves and signed in."""
         assert self.clinic_id is not None
 
         async def register(i: int) -> Member:
@@ -183,10 +189,10 @@ class Accounts:
                 "password": self.password,
                 "full_name": f"Loadtest Patient {index}",
             }
-            tokens = await _api(rest.call("POST", "/api/v1/auth/register", body), "register")
-            rest.access_token = tokens["access_token"]
-            rest.refresh_token = tokens["refresh_token"]
-            rest.user_id = UUID(tokens["user"]["id"])
+            # The answer is the same for a new and a taken address: signing in tells.
+            await _api(rest.call("POST", "/api/v1/auth/register", body), "register")
+            await _api(rest.login(email, self.password), "sign in")
+            assert rest.user_id is not None
             self.created.append(rest.user_id)
             return Member(index=index, role="patient", email=email, rest=rest)
 
@@ -265,6 +271,8 @@ async def _api(call: Awaitable[T], what: str) -> T:
     except ApiError as exc:
         if exc.status == 429 and what == "sign in":
             raise LoadtestError(RATE_LIMIT_HINT) from None
+        if exc.status == 429 and what == "register":
+            raise LoadtestError(REGISTER_LIMIT_HINT) from None
         raise LoadtestError(f"could not {what}: {exc}") from None
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise LoadtestError(f"could not {what}: {type(exc).__name__} {exc}") from None

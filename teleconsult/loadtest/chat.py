@@ -103,6 +103,44 @@ def parse_body(plaintext: bytes) -> tuple[str, int, int, float] | None:
         return None
 
 
+async def form_groups(
+    accounts: Accounts, users: int, size: int, kind_of: Callable[[int], str]
+) -> list[list[User]]:
+    """``users`` users in threads of ``size`` (one doctor each, the rest patients), each
+    with a device of its own; ``kind_of(index)`` names a user's transport."""
+    count = users // size
+    everyone: list[User] = []
+    groups: list[list[User]] = []
+    doctors = await accounts.staff(count, "doctor", sign_in=True)
+    patients = await accounts.patients(count * (size - 1))
+    for g in range(count):
+        people = [doctors[g], *patients[g * (size - 1) : (g + 1) * (size - 1)]]
+        group = []
+        for member in people:
+            user = User(len(everyone), member, g, kind_of(len(everyone)))
+            everyone.append(user)
+            group.append(user)
+        groups.append(group)
+
+    async def device(i: int) -> None:
+        user = everyone[i]
+        user.device_id = await user.member.rest.register_device(user.keys, "loadtest")
+
+    await accounts.bounded("registering devices", len(everyone), device)
+    kind = "direct" if size == 2 else "care_team"
+
+    async def thread(g: int) -> None:
+        creator, *others = groups[g]
+        thread_id = await creator.member.rest.create_thread(
+            [u.member.user_id for u in others], kind=kind
+        )
+        for user in groups[g]:
+            user.thread = thread_id
+
+    await accounts.bounded("creating threads", count, thread)
+    return groups
+
+
 class ChatRun:
     """One run of the chat scenario; ``run`` returns its outcome. Not reusable."""
 
@@ -137,43 +175,20 @@ class ChatRun:
     # --- set-up -----------------------------------------------------------------------
 
     async def _setup(self, accounts: Accounts) -> None:
-        size = self.options.group_size
-        count = self.common.users // size
-        doctors = await accounts.staff(count, "doctor", sign_in=True)
-        patients = await accounts.patients(count * (size - 1))
-        for g in range(count):
-            people = [doctors[g], *patients[g * (size - 1) : (g + 1) * (size - 1)]]
-            group = []
-            for member in people:
-                index = len(self.users)
-                user = User(index, member, g, self._links.kind(index))
-                self.users.append(user)
-                group.append(user)
-            self.groups.append(group)
-
-        async def device(i: int) -> None:
-            user = self.users[i]
-            user.device_id = await user.member.rest.register_device(user.keys, "loadtest")
-
-        await accounts.bounded("registering devices", len(self.users), device)
-        kind = "direct" if size == 2 else "care_team"
-
-        async def thread(g: int) -> None:
-            creator, *others = self.groups[g]
-            thread_id = await creator.member.rest.create_thread(
-                [u.member.user_id for u in others], kind=kind
-            )
-            for user in self.groups[g]:
-                user.thread = thread_id
-
-        await accounts.bounded("creating threads", count, thread)
+        self.groups = await form_groups(
+            accounts, self.common.users, self.options.group_size, self._links.kind
+        )
+        self.users = [user for group in self.groups for user in group]
 
     async def _open(self, user: User) -> None:
         """Connect one user (a few tries), follow its thread, start receiving."""
         loop = asyncio.get_running_loop()
         assert user.device_id is not None and user.thread is not None
         for attempt in range(1, CONNECT_ATTEMPTS + 1):
-            link = CountingTransport(self._links.make(user.transport, user.member.rest))
+            transport = self._links.make(
+                user.transport, user.member.rest, device_id=user.device_id, keys=user.keys
+            )
+            link = CountingTransport(transport)
             chat = ChatClient(
                 link,
                 user.member.rest,

@@ -6,7 +6,9 @@ from __future__ import annotations
 import ssl
 from typing import Any
 from urllib.parse import urlsplit
+from uuid import UUID
 
+from teleconsult.client.crypto import DeviceKeys
 from teleconsult.client.mqtt import MqttTransport, new_client_id
 from teleconsult.client.rest import RestClient
 from teleconsult.client.transport import (
@@ -78,7 +80,17 @@ class Links:
         """The transport of the ``index``-th user."""
         return MIXED[index % len(MIXED)] if self.transport == "mixed" else self.transport
 
-    def make(self, kind: str, rest: RestClient) -> Transport:
+    def make(
+        self,
+        kind: str,
+        rest: RestClient,
+        *,
+        device_id: UUID | None = None,
+        keys: DeviceKeys | None = None,
+    ) -> Transport:
+        """``device_id`` and ``keys``: MQTT requests are signed with the device's key
+        (a server requires it unless MQTT_REQUEST_SIGNATURES=off)."""
+
         async def token() -> str:
             return rest.access_token
 
@@ -93,5 +105,7 @@ class Links:
                 client_id=new_client_id(rest.user_id),
                 encoding=self.encoding,
                 tls=tls,
+                device_id=device_id,
+                keys=keys,
             )
         return SocketIoTransport(self.url, token, transports=(kind,), encoding=self.encoding)

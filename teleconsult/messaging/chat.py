@@ -218,9 +218,8 @@ class ChatService:
             raise ClientError(f"unknown event {event!r}; expected one of {', '.join(EVENTS)}")
         except ClientError as exc:
             return acks.error_ack(exc)
-        except Exception:
-            logger.exception("chat event %s failed", event)
-            return acks.internal_error_ack()
+        except Exception as exc:
+            return acks.failure(exc, f"chat event {event}")
 
     async def _send(
         self, principal: Principal, req: wire.SendRequest, skip: str | None

@@ -22,7 +22,14 @@ this user", never the message, its sender or any name::
     {"id": "notif-43", "kind": "thread_news", "thread_id": "<uuid>",
      "user_id": "<uuid>", "due_at": "2031-03-03T08:00:00+00:00"}
 
-Both come with the headers
+An account notice (:mod:`teleconsult.accounts`) -- ``registration_attempt``: someone
+tried to register this user's e-mail address (the registration's answer did not say
+it is taken, so tell the owner, never the one who tried)::
+
+    {"id": "notif-44", "kind": "registration_attempt", "user_id": "<uuid>",
+     "due_at": "2031-03-03T08:00:00+00:00"}
+
+All come with the headers
 
 * ``Content-Type: application/json``
 * ``Idempotency-Key: notif-42`` -- equal to ``id``, the same on every retry of
@@ -102,9 +109,12 @@ def idempotency_key(item: OutboxItem) -> str:
 
 
 def subject(item: OutboxItem) -> str:
-    """What the row is about, by ids: ``appointment <id>`` or ``thread <id> user <id>``."""
+    """What the row is about, by ids: ``appointment <id>``, ``thread <id> user <id>``
+    or ``user <id>`` (an account notice)."""
     if item.appointment_id is not None:
         return f"appointment {item.appointment_id}"
+    if item.thread_id is None:
+        return f"user {item.user_id}"
     return f"thread {item.thread_id} user {item.user_id}"
 
 
@@ -191,6 +201,9 @@ class WebhookChannel:
         if item.appointment_id is not None:
             fields["appointment_id"] = str(item.appointment_id)
             fields["payload"] = item.payload
+        elif item.thread_id is None:
+            # An account notice: the user it is for, nothing else.
+            fields["user_id"] = str(item.user_id)
         else:
             # Chat news: ids only, whatever the row's payload holds.
             fields["thread_id"] = str(item.thread_id)

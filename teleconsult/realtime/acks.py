@@ -7,6 +7,7 @@ detail, fields?, retry_after?}}``: the same codes as REST's problem documents
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
@@ -14,6 +15,9 @@ from pydantic import ConfigDict, Strict, ValidationError
 
 from teleconsult.api.models import Body
 from teleconsult.core.errors import BadRequest, ClientError, ErrorCode, FieldError
+from teleconsult.core.outages import OUTAGES, RETRY_AFTER_SECONDS, is_outage
+
+logger = logging.getLogger(__name__)
 
 M = TypeVar("M", bound="Event")
 # Payloads are checked strictly (no "1" for 1), except that ids arrive as text.
@@ -66,3 +70,35 @@ def internal_error_ack() -> dict[str, Any]:
             "detail": "the server failed; send again with the same client message id",
         },
     }
+
+
+def unavailable_error() -> dict[str, Any]:
+    """The ``error`` of an ack or a connect refusal while a dependency is down."""
+    return {
+        "code": str(ErrorCode.UNAVAILABLE),
+        "status": 503,
+        "detail": "the service is briefly unavailable; try again shortly",
+        "retry_after": RETRY_AFTER_SECONDS,
+    }
+
+
+def failure_ack(exc: BaseException) -> dict[str, Any]:
+    """The ack of a request that raised ``exc`` unexpectedly: ``unavailable`` when a
+    dependency is down (repeat it; a send with the same client message id), else
+    ``internal_error``."""
+    if is_outage(exc):
+        return {"ok": False, "error": unavailable_error()}
+    return internal_error_ack()
+
+
+def failure(exc: BaseException, what: str) -> dict[str, Any]:
+    """The ack of ``what`` (e.g. ``chat event send``), which raised ``exc`` unexpectedly.
+
+    A dependency that is down is noted once in the outage log (no traceback per
+    request); anything else is logged with its traceback.
+    """
+    if is_outage(exc):
+        OUTAGES.down(exc)
+    else:
+        logger.error("%s failed", what, exc_info=exc)
+    return failure_ack(exc)

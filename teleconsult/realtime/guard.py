@@ -1,4 +1,4 @@
-"""Sessions that end reach open connections: one sweep for every connection of the process.
+"""Sessions that end reach open connections: at once when announced, and one sweep as fallback.
 
 A connection proves its user once, at connect (or with ``auth`` and a fresh token).
 After that the :class:`SessionGuard` re-checks all of this process's connections
@@ -7,6 +7,10 @@ query per ``SWEEP_SLICE`` connections), and closes those whose login session
 ended, whose account was disabled, or whose access token expired; a role
 change is picked up in place. Between sweeps an event on a connection whose
 token has expired is refused with ``token_expired`` by the namespace (no query).
+
+A revocation announced over the bus (:mod:`teleconsult.core.revocation`) closes
+the connections it covers at once (:meth:`SessionGuard.on_revocation`); the
+sweep catches what a bus outage lost.
 
 Not safe for concurrent ``sweep`` calls; the guard's own task is the only caller
 apart from tests.
@@ -24,6 +28,7 @@ from uuid import UUID
 
 from teleconsult.core.errors import ClientError, ErrorCode
 from teleconsult.core.identity import Grant, Principal
+from teleconsult.core.revocation import Revocation
 from teleconsult.realtime.connection import Connection
 
 logger = logging.getLogger(__name__)
@@ -156,3 +161,16 @@ class SessionGuard:
         for conn in matching:
             await self.end(conn, reason)
         return len(matching)
+
+    async def on_revocation(self, revocation: Revocation) -> None:
+        """Close this process's connections that a revocation (from any process) covers."""
+        matching = [
+            c
+            for c in list(self._connections)
+            if revocation.covers(
+                c.user_id,
+                None if c.principal.session_id == NO_SESSION else c.principal.session_id,
+            )
+        ]
+        for conn in matching:
+            await self.end(conn, revocation.reason)

@@ -20,6 +20,10 @@ and it is disconnected; it resumes by seq when it comes back.
 
 Live delivery is best effort (the bus is at most once, slow consumers are cut);
 what makes chat reliable is the per-thread seq and resume (docs/protocol.md).
+When the bus comes back after an outage, a hub with a ``resync_event`` tells every
+connection it holds to resume at once: frames published meanwhile by other
+processes never reached it, and nobody would otherwise notice until the next
+message in the thread.
 
 Concurrency: call from the event loop only. ``publish`` returns at once; local
 delivery runs right after the caller's current step (so a request's ack is queued
@@ -94,8 +98,12 @@ class Hub:
         max_events: int,
         max_bytes: int,
         adapt: Adapter = _plain,
+        resync_event: str | None = None,
     ) -> None:
+        """``resync_event``: told (with ``{}``) to every connection when the bus has been
+        subscribed again after losing messages; None to tell nothing."""
         self.server = server
+        self._resync_event = resync_event
         self.namespace = namespace
         self.adapt = adapt
         self._bus = bus
@@ -113,6 +121,7 @@ class Hub:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.slow_consumers = 0
         self.publish_failures = 0
+        self.resyncs = 0
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -121,6 +130,8 @@ class Hub:
 
     async def start(self) -> None:
         if self._bus.shared:
+            if self._resync_event is not None:
+                self._bus.on_resubscribed(self._resync)
             self._subscription = await self._bus.subscribe(self._channel, self._receive)
             self._sender = asyncio.create_task(
                 self._send_frames(), name=f"hub-sender{self._channel}"
@@ -241,6 +252,19 @@ class Hub:
             logger.error("dropped an undecodable bus frame on %s", self._channel)
             return
         self._deliver(addresses, event, data, skip)
+
+    def _resync(self) -> None:
+        event = self._resync_event
+        if event is None:
+            return
+        self.resyncs += 1
+        told = 0
+        for bound in list(self._bound.values()):
+            for conn in (bound,) if isinstance(bound, Connection) else list(bound.values()):
+                if not conn.closing and seam.backlog(self.server, conn.eio) is not None:
+                    self.tell(conn, event, {})
+                    told += 1
+        logger.info("bus is back: told %d connection(s) of %s to resume", told, self.namespace)
 
     # --- delivery ---------------------------------------------------------------------
 

@@ -14,11 +14,13 @@ Events of one connection arrive one after another (the server runs with
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import socketio
 
-from teleconsult.core.errors import ClientError, ErrorCode, InfrastructureError, Unauthenticated
+from teleconsult.core.errors import ClientError, ErrorCode, Unauthenticated
+from teleconsult.core.outages import OUTAGES, is_outage
 from teleconsult.core.settings import ChatSettings
 from teleconsult.realtime import acks, seam
 from teleconsult.realtime.connection import Connection
@@ -26,6 +28,8 @@ from teleconsult.realtime.guard import SessionGuard
 from teleconsult.realtime.hub import SLOW_CONSUMER, Hub
 from teleconsult.realtime.limits import TokenBucket, rate_limited
 from teleconsult.realtime.server import connect_auth, refusal
+
+logger = logging.getLogger(__name__)
 
 
 class LiveNamespace(socketio.AsyncNamespace):
@@ -63,6 +67,11 @@ class LiveNamespace(socketio.AsyncNamespace):
             grant = await self._guard.authority.grant(token)
         except ClientError as exc:
             raise refusal(acks.error_ack(exc)["error"]) from None
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            OUTAGES.down(exc)
+            raise refusal(acks.unavailable_error()) from None
         eio = seam.eio_sid(self.server, sid, self.namespace)
         if eio is None:  # the client went away while we checked its token
             raise refusal(acks.error_ack(Unauthenticated("not connected"))["error"])
@@ -77,11 +86,12 @@ class LiveNamespace(socketio.AsyncNamespace):
         self._connections[sid] = conn
         try:
             await self.opened(conn)
-        except InfrastructureError:
+        except Exception as exc:
             self._connections.pop(sid, None)
-            raise refusal(
-                {"code": str(ErrorCode.UNAVAILABLE), "status": 503, "detail": "try again"}
-            ) from None
+            if not is_outage(exc):
+                raise
+            OUTAGES.down(exc)
+            raise refusal(acks.unavailable_error()) from None
         self._guard.track(conn)
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:

@@ -108,7 +108,7 @@ async def list_patients(req: ApiRequest) -> PatientPage:
         req.principal,
         text=query.q,
         after=decode_cursor(query.cursor),
-        limit=query.limit + 1,
+        limit=query.limit,
         ip=req.ip,
     )
     page, cursor = cut_page(found, query.limit)

@@ -30,7 +30,7 @@ class PatientService:
         action: str,
         patient_id: UUID | None,
         ip: str | None,
-        **detail: str | int,
+        **detail: str | int | bool,
     ) -> AuditEvent:
         kind = "patient" if patient_id else "patient_list"
         return AuditEvent.by(principal, action, kind, patient_id, ip=ip, detail=detail)
@@ -57,20 +57,34 @@ class PatientService:
         limit: int,
         ip: str | None,
     ) -> list[UserRecord]:
-        async with self._pool.acquire() as conn:
+        """A page of ``limit`` patients, plus one more row when there is a next page
+        (the caller cuts it off).
+
+        One ``patient.list`` audit event per read (not per row), committed with it:
+        the reader, the kind of query and how many patients the page shows. The
+        searched text is never recorded (it is a name or a phone number)."""
+        async with self._pool.acquire() as conn, conn.transaction():
             found = await accounts_store.list_users(
                 conn,
                 clinic_id=principal.clinic_id,
                 roles=[Role.PATIENT],
                 after=after,
-                limit=limit,
+                limit=limit + 1,
                 search=text,
             )
             await self._audit.record(
                 self._event(
-                    principal, "patient.list", None, ip, results=len(found), searched=bool(text)
+                    principal,
+                    "patient.list",
+                    None,
+                    ip,
+                    via="patients",
+                    query="search" if text else "list",
+                    results=min(len(found), limit),
+                    searched=bool(text),
+                    after=after is not None,
                 ),
-                conn,
+                conn=conn,
             )
         return found
 

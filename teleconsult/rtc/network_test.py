@@ -12,6 +12,14 @@ bytes), and when it closes it reports them as :class:`ServerFigures`.
 each closed at the latest ``max_seconds`` after it answered, all closed on
 shutdown. It knows nothing of HTTP or SQL: whoever starts a test passes a
 callback that stores the outcome.
+
+The peer contacts only the addresses its :class:`PeerAddressPolicy` permits: the
+offer's other candidates are dropped before aiortc sees them (an offer left with
+none is refused, 422 ``peer_address_refused``), and its ICE agents ignore
+checks from refused addresses (``ice_guard``). With public addresses given, the
+answer names only those. Each test remembers the user and login session that
+started it, so :meth:`NetworkTestRunner.end_sessions` can close a revoked
+session's peers at once.
 """
 
 from __future__ import annotations
@@ -41,9 +49,18 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 
-from teleconsult.core.errors import Unavailable
+from teleconsult.core.errors import ErrorCode, Unauthenticated, Unavailable
+from teleconsult.rtc.addresses import Address, PeerAddressPolicy
 from teleconsult.rtc.figures import RtpCounts, ServerFigures, ServerSamples, server_figures
-from teleconsult.rtc.sdp import SdpError, check_offer, clock_rates
+from teleconsult.rtc.ice_guard import Refusal, guard_peer
+from teleconsult.rtc.sdp import (
+    CandidatesRefused,
+    SdpError,
+    announce,
+    check_offer,
+    clock_rates,
+    filter_candidates,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +74,12 @@ ANSWER_TIMEOUT = 10.0
 ARM_TIMEOUT = 10.0
 # How long shutdown waits for the peers to close and their outcomes to be stored.
 CLOSE_TIMEOUT = 10.0
+
+
+def _session_ended() -> Unauthenticated:
+    return Unauthenticated(
+        "the session ended while the server's peer answered", code=ErrorCode.TOKEN_INVALID
+    )
 
 
 def rtc_configuration(ice_servers: Sequence[IceServer] = ()) -> RTCConfiguration:
@@ -98,8 +121,16 @@ class EchoTrack(MediaStreamTrack):
 class EchoPeer:
     """The server's side of one test. One owner drives it; ``end`` may be called anytime."""
 
-    def __init__(self, configuration: RTCConfiguration) -> None:
+    def __init__(
+        self,
+        configuration: RTCConfiguration,
+        *,
+        refusal: Refusal,
+        public_ips: Sequence[Address] = (),
+    ) -> None:
         self._pc = RTCPeerConnection(configuration)
+        self._refusal = refusal
+        self._public_ips = tuple(public_ips)
         self._samples = ServerSamples()
         self._ended = asyncio.Event()
         self._reason: EndReason | None = None
@@ -121,15 +152,18 @@ class EchoPeer:
         return self._connected_at is not None
 
     async def answer(self, offer_sdp: str) -> str:
-        """Apply the offer and return the answer, with every local candidate in it."""
+        """Apply the offer (its candidates already filtered) and return the answer,
+        with every local candidate in it, or only the public addresses."""
         try:
             await self._pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         except Exception as exc:  # aiortc refuses what it cannot use with assorted errors
             raise SdpError(f"the offer cannot be answered: {exc}"[:300]) from None
+        # Before any socket exists: setLocalDescription gathers, then checks start.
+        guard_peer(self._pc, self._refusal)
         await self._pc.setLocalDescription(await self._pc.createAnswer())
         local = self._pc.localDescription
         self._clock_rates = clock_rates(local.sdp)
-        return local.sdp
+        return announce(local.sdp, self._public_ips) if self._public_ips else local.sdp
 
     def end(self, reason: EndReason) -> None:
         """Ask the test to end (the first reason given is kept)."""
@@ -243,12 +277,15 @@ OnFinish = Callable[[UUID, Outcome], Awaitable[None]]
 class _Test:
     test_id: UUID
     owner: Hashable
+    user_id: UUID | None
+    session_id: UUID | None
     peer: EchoPeer
     deadline: float  # loop time
     on_finish: OnFinish
     armed: asyncio.Event = field(default_factory=asyncio.Event)
     discard: bool = False
     holds_slot: bool = True
+    revoked: bool = False
     task: asyncio.Task[None] | None = None
 
 
@@ -267,9 +304,15 @@ class NetworkTestRunner:
         max_seconds: float,
         ice_servers: Sequence[IceServer] = (),
         answer_timeout: float = ANSWER_TIMEOUT,
+        peer_policy: PeerAddressPolicy | None = None,
+        public_ips: Sequence[Address] = (),
     ) -> None:
+        """``peer_policy``: the remote addresses the peers may contact (default:
+        public unicast only). ``public_ips``: the only addresses answers name."""
         if max_concurrent < 1 or max_seconds <= 0:
             raise ValueError("max_concurrent must be >= 1 and max_seconds > 0")
+        self._policy = peer_policy or PeerAddressPolicy()
+        self._public_ips = tuple(public_ips)
         self._max_concurrent = max_concurrent
         self._max_seconds = max_seconds
         self._configuration = rtc_configuration(ice_servers)
@@ -293,15 +336,34 @@ class NetworkTestRunner:
         return test is not None and test.holds_slot
 
     async def start(
-        self, test_id: UUID, *, owner: Hashable, offer_sdp: str, on_finish: OnFinish
+        self,
+        test_id: UUID,
+        *,
+        owner: Hashable,
+        offer_sdp: str,
+        on_finish: OnFinish,
+        user_id: UUID | None = None,
+        session_id: UUID | None = None,
     ) -> Started:
         """Answer ``offer_sdp`` with a new peer; ``on_finish`` gets its outcome once
         the peer has closed and the starter has called :meth:`arm`.
 
         A test already running for the same ``owner`` is ended first (aborted):
-        someone who starts again does not hold two slots.
+        someone who starts again does not hold two slots. ``user_id`` and
+        ``session_id`` say whose it is, for :meth:`end_sessions`.
         """
         check_offer(offer_sdp)
+        filtered = filter_candidates(offer_sdp, self._policy.refusal)
+        if filtered.refused or filtered.mdns:
+            logger.info(
+                "network test %s: %d remote candidates refused, %d mDNS dropped, %d kept",
+                test_id,
+                len(filtered.refused),
+                filtered.mdns,
+                filtered.kept,
+            )
+        if filtered.unusable:
+            raise CandidatesRefused(filtered.refused)
         if self._closing:
             raise Unavailable("the server is shutting down", headers={"Retry-After": "5"})
         previous = self._owners.get(owner)
@@ -313,14 +375,20 @@ class NetworkTestRunner:
                 headers={"Retry-After": str(self._retry_after())},
             )
         loop = asyncio.get_running_loop()
-        peer = EchoPeer(self._configuration)
-        test = _Test(test_id, owner, peer, loop.time() + self._max_seconds, on_finish)
+        peer = EchoPeer(
+            self._configuration, refusal=self._policy.refusal, public_ips=self._public_ips
+        )
+        test = _Test(
+            test_id, owner, user_id, session_id, peer, loop.time() + self._max_seconds, on_finish
+        )
         self._slots += 1
         self._tests[test_id] = test
         self._owners[owner] = test_id
         try:
             async with asyncio.timeout(self._answer_timeout):
-                answer = await peer.answer(offer_sdp)
+                answer = await peer.answer(filtered.sdp)
+            if test.revoked:
+                raise _session_ended()
         except BaseException as exc:
             test.discard = True
             await self._close_peer(test)
@@ -359,6 +427,25 @@ class NetworkTestRunner:
             # wait(), not await: a cancelled caller must not cancel the test's task.
             await asyncio.wait([test.task], timeout=ARM_TIMEOUT + CLOSE_TIMEOUT)
         return True
+
+    async def end_sessions(self, covers: Callable[[UUID, UUID | None], bool]) -> int:
+        """Close at once the peers of every test whose (user, login session) ``covers``
+        says has ended; their outcomes (aborted) are stored in the background.
+
+        Returns how many were closed. A test still answering is closed as soon as
+        its answer is ready, and its starter gets 401 ``token_invalid``.
+        """
+        ended = [
+            t
+            for t in self._tests.values()
+            if t.user_id is not None and not t.revoked and covers(t.user_id, t.session_id)
+        ]
+        for test in ended:
+            test.revoked = True
+            test.peer.end("aborted")
+        running = [t for t in ended if t.task is not None]
+        await asyncio.gather(*(self._close_peer(t) for t in running), return_exceptions=True)
+        return len(ended)
 
     async def close(self) -> None:
         """Shutdown: end every test (aborted), store their outcomes, refuse new ones."""

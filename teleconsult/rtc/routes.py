@@ -132,7 +132,9 @@ def _svc(req: ApiRequest) -> NetworkTestService:
 async def start_network_test(req: ApiRequest) -> NetworkTestStarted:
     """The server's peer echoes the data channel and the media tracks back until the
     client closes, reports, or the time limit. A malformed or unusable offer is 400
-    ``invalid_sdp``; too many tests at once, 503 with Retry-After."""
+    ``invalid_sdp``; one whose every candidate is a loopback, private, link-local or
+    other address the server does not contact, 422 ``peer_address_refused``; too many
+    tests at once, 503 with Retry-After."""
     body = req.body(OfferBody)
     started = await _svc(req).start(
         req.principal, req.params["appointment_id"], body.sdp, ip=req.ip

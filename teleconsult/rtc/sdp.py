@@ -5,16 +5,23 @@ parser, and refused with :class:`SdpError` (400 ``invalid_sdp``) unless it is
 something the echo peer can answer: one data channel, at most one audio and one
 video section, each sending and receiving, with ICE credentials and a DTLS
 fingerprint. Nothing here opens a socket; a refused offer costs no peer.
+
+The offer's candidates are then filtered by address (:func:`filter_candidates`,
+see ``rtc/addresses.py``), and the answer can be made to name only the server's
+public addresses (:func:`announce`).
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aiortc import sdp as aiortc_sdp
 
-from teleconsult.core.errors import BadRequest, ErrorCode
+from teleconsult.core.errors import BadRequest, ErrorCode, Unprocessable
+from teleconsult.rtc.addresses import Address, is_mdns_name
 
 # Large enough for a browser's offer with audio, video, a data channel and a few
 # dozen candidates; anything bigger is refused before parsing.
@@ -30,6 +37,21 @@ class SdpError(BadRequest):
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail, code=ErrorCode.INVALID_SDP)
+
+
+class CandidatesRefused(Unprocessable):
+    """Every candidate of the offer is on an address the server does not contact."""
+
+    def __init__(self, refused: Sequence[str]) -> None:
+        shown = ", ".join(refused[:6]) + (
+            f" and {len(refused) - 6} more" if len(refused) > 6 else ""
+        )
+        super().__init__(
+            f"the server sends no ICE checks to these candidates: {shown}; offer a public "
+            "address (a server-reflexive or relay candidate)",
+            code=ErrorCode.PEER_ADDRESS_REFUSED,
+        )
+        self.refused = tuple(refused)
 
 
 @dataclass(frozen=True)
@@ -106,3 +128,112 @@ def clock_rates(text: str) -> dict[str, int]:
         if media.kind in ("audio", "video") and media.rtp.codecs:
             rates.setdefault(media.kind, media.rtp.codecs[0].clockRate)
     return rates
+
+
+_CANDIDATE = "a=candidate:"
+_END_OF_CANDIDATES = "a=end-of-candidates"
+_DISCARD_HOST, _DISCARD_PORT = "0.0.0.0", 9  # what aiortc writes for "no candidate"
+
+
+@dataclass(frozen=True)
+class FilteredOffer:
+    """An offer without the candidates the server must not contact.
+
+    ``refused`` names each dropped address and why (``"127.0.0.1 (loopback)"``);
+    ``mdns`` counts the dropped mDNS candidates, which are never resolved.
+    """
+
+    sdp: str
+    kept: int
+    refused: tuple[str, ...]
+    mdns: int
+
+    @property
+    def unusable(self) -> bool:
+        """Candidates were offered, and every one is refused: the test cannot work."""
+        return bool(self.refused) and not self.kept and not self.mdns
+
+
+def filter_candidates(text: str, refusal: Callable[[str], str | None]) -> FilteredOffer:
+    """Drop each candidate line whose address ``refusal`` names a reason for.
+
+    mDNS (``.local``) candidates are dropped too: resolving one would query the
+    server's own network, and what it resolves to is a local address. A media
+    section that lost one also loses its ``a=end-of-candidates``, so the peer
+    still accepts the client's checks from a public address (peer-reflexive
+    candidates, themselves filtered by ``rtc/ice_guard.py``) instead of failing
+    at once for want of candidates.
+    """
+    sections: list[list[str]] = [[]]
+    for line in text.splitlines(keepends=True):
+        if line.startswith("m="):
+            sections.append([])
+        sections[-1].append(line)
+    kept, mdns, refused = 0, 0, []
+    out: list[str] = []
+    for section in sections:
+        dropped_mdns = False
+        lines: list[str] = []
+        for line in section:
+            if not line.startswith(_CANDIDATE):
+                lines.append(line)
+                continue
+            host = _candidate_host(line)
+            if host is not None and is_mdns_name(host):
+                mdns += 1
+                dropped_mdns = True
+                continue
+            why = "malformed" if host is None else refusal(host)
+            if why is None:
+                kept += 1
+                lines.append(line)
+            else:
+                refused.append(f"{host or '?'} ({why})")
+        if dropped_mdns:
+            lines = [x for x in lines if x.rstrip("\r\n") != _END_OF_CANDIDATES]
+        out.extend(lines)
+    return FilteredOffer("".join(out), kept, tuple(refused), mdns)
+
+
+def _candidate_host(line: str) -> str | None:
+    try:
+        candidate = aiortc_sdp.candidate_from_sdp(line[len(_CANDIDATE) :].strip())
+    except (AssertionError, ValueError, IndexError):
+        return None
+    return candidate.ip
+
+
+def announce(text: str, public: Sequence[Address]) -> str:
+    """The answer as it shows only ``public`` addresses (``RTC_PUBLIC_IP``).
+
+    Each host or server-reflexive candidate is announced at the public address
+    of its IP version, with its own port, as a 1:1 NAT maps it (mediasoup's
+    ``announcedAddress``, pion's ``NAT1To1IPs``); a candidate of a version with no
+    public address is left out. Relay candidates stay. No candidate keeps its
+    related address, which names the interface behind the NAT; duplicates go.
+    """
+    by_version = {address.version: str(address) for address in public}
+    parsed = aiortc_sdp.SessionDescription.parse(text)
+    for media in parsed.media:
+        seen: set[tuple[int, str, str, int]] = set()
+        candidates = []
+        for candidate in media.ice_candidates:
+            if candidate.type != "relay":
+                address = ipaddress.ip_address(candidate.ip.split("%")[0])
+                mapped = by_version.get(address.version)
+                if mapped is None:
+                    continue
+                candidate.ip = mapped
+            candidate.relatedAddress = candidate.relatedPort = None
+            key = (candidate.component, candidate.protocol.lower(), candidate.ip, candidate.port)
+            if key not in seen:
+                seen.add(key)
+                candidates.append(candidate)
+        media.ice_candidates = candidates
+        if candidates:
+            media.host, media.port = candidates[0].ip, candidates[0].port
+        else:
+            media.host, media.port = _DISCARD_HOST, _DISCARD_PORT
+    if parsed.host is not None:
+        parsed.host = _DISCARD_HOST
+    return str(parsed)

@@ -4,7 +4,9 @@ Domain rules live here; this module knows nothing of HTTP. A test belongs to a
 consultation (an appointment of kind video or audio) and to the user who ran
 it. Running one needs the appointment in the caller's scope, as reading the
 appointment does; reading results too, except that a patient sees only their
-own. Every start, report and read is audited.
+own. Every start, report and read is audited. A session that ends (logout,
+password change, disabling, role change) closes the peers it started at once
+(:meth:`NetworkTestService.on_revocation`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from teleconsult.core.batching import Batcher
 from teleconsult.core.errors import Conflict, ErrorCode, NotFound, Unprocessable
 from teleconsult.core.identity import Principal, Role
 from teleconsult.core.policy import Scope, ensure_in_scope
+from teleconsult.core.revocation import Revocation
 from teleconsult.rtc import store
 from teleconsult.rtc.figures import ClientFigures
 from teleconsult.rtc.network_test import NetworkTestRunner, Outcome
@@ -90,6 +93,8 @@ class NetworkTestService:
             owner=(principal.user_id, appointment_id),
             offer_sdp=offer_sdp,
             on_finish=self._finished,
+            user_id=principal.user_id,
+            session_id=principal.session_id,
         )
         try:
             async with self._pool.acquire() as conn, conn.transaction():
@@ -112,6 +117,11 @@ class NetworkTestService:
             raise
         self._runner.arm(test_id)
         return StartedTest(test, started.answer_sdp)
+
+    async def on_revocation(self, revocation: Revocation) -> None:
+        """A :data:`~teleconsult.core.revocation.RevocationHandler`: close the server's
+        peers of the sessions that ended (idempotent)."""
+        await self._runner.end_sessions(revocation.covers)
 
     async def report(
         self, principal: Principal, test_id: UUID, figures: ClientFigures, *, ip: str | None

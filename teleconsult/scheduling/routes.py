@@ -9,7 +9,7 @@ from uuid import UUID
 from aiohttp import web
 from pydantic import BaseModel, Field, StringConstraints
 
-from teleconsult.api.models import Body, IsoDate, IsoDateTime, IsoTime, Limit
+from teleconsult.api.models import INT4_MAX, Body, IsoDate, IsoDateTime, IsoTime, Limit
 from teleconsult.api.pagination import cut_page, decode_cursor
 from teleconsult.api.registry import Api, ApiRequest
 from teleconsult.core.errors import BadRequest
@@ -238,7 +238,8 @@ class AppointmentQuery(Window):
 
 class RescheduleBody(Body):
     starts_at: IsoDateTime
-    version: Annotated[int, Field(ge=1)] | None = None
+    # The column is an int4: a larger number was a 500 (asyncpg could not encode it).
+    version: Annotated[int, Field(ge=1, le=INT4_MAX)] | None = None
 
 
 class CancelBody(Body):

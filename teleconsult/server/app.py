@@ -7,6 +7,7 @@ opened and closed by its own cleanup context and stored under a typed key.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,13 +19,16 @@ from aiohttp import web
 
 from teleconsult.accounts import routes as accounts_routes
 from teleconsult.accounts.service import AccountService
-from teleconsult.api import ops
+from teleconsult.api import headers, ops
 from teleconsult.api.openapi import build_openapi
 from teleconsult.api.problems import problem_middleware
+from teleconsult.api.refusals import AuditedRefusals
 from teleconsult.api.registry import (
     AUTHENTICATOR,
     MAX_BODY_BYTES,
+    REFUSALS,
     TRUST_FORWARDED_FOR,
+    TRUSTED_PROXY_COUNT,
     Operation,
     mount,
 )
@@ -36,15 +40,18 @@ from teleconsult.core.embedded_pg import EmbeddedPostgres
 from teleconsult.core.errors import ConfigError
 from teleconsult.core.logging import request_id_middleware
 from teleconsult.core.metrics import EventLoopLagMonitor, Metrics
-from teleconsult.core.migrations import migrate
+from teleconsult.core.migrations import migrate, migrate_database
 from teleconsult.core.mqtt_probe import mqtt_reachable
+from teleconsult.core.outages import OUTAGE_FILTER, OUTAGES
 from teleconsult.core.passwords import PasswordHasher
 from teleconsult.core.ratelimit import RateLimiter, create_rate_limiter
+from teleconsult.core.revocation import Revocations
 from teleconsult.core.settings import Settings
 from teleconsult.core.tokens import TokenService
 from teleconsult.fhir import routes as fhir_routes
+from teleconsult.messaging import mqtt_routes, wire
 from teleconsult.messaging import routes as messaging_routes
-from teleconsult.messaging import wire
+from teleconsult.messaging import store as messaging_store
 from teleconsult.messaging.appender import Appender
 from teleconsult.messaging.chat import ChatService
 from teleconsult.messaging.directory import ThreadDirectory
@@ -62,6 +69,7 @@ from teleconsult.realtime.server import attach_socketio, outside_realtime
 from teleconsult.records import routes as patients_routes
 from teleconsult.records.service import PatientService
 from teleconsult.rtc import routes as rtc_routes
+from teleconsult.rtc.addresses import PeerAddressPolicy
 from teleconsult.rtc.network_test import NetworkTestRunner
 from teleconsult.rtc.service import NetworkTestService
 from teleconsult.scheduling import feed_routes
@@ -91,6 +99,8 @@ GUARD = web.AppKey("session_guard", SessionGuard)
 DIRECTORY = web.AppKey("thread_directory", ThreadDirectory)
 CHAT_NAMESPACE_KEY = web.AppKey("chat_namespace", ChatNamespace)
 MQTT_BRIDGE = web.AppKey("mqtt_bridge", MqttBridge)
+# Sessions that end: the accounts domain announces, every transport closes what it holds.
+REVOCATIONS = web.AppKey("revocations", Revocations)
 
 
 def all_operations() -> list[Operation]:
@@ -109,21 +119,31 @@ def all_operations() -> list[Operation]:
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
+    """Migrate as the owner role, then serve as the runtime role (README, Database)."""
+    settings = app[SETTINGS].database
     embedded: EmbeddedPostgres | None = None
-    dsn = settings.database.url
-    if dsn is None:
-        embedded = EmbeddedPostgres(settings.data_dir)
-        dsn = await embedded.start()
+    if settings.url is None:
+        embedded = EmbeddedPostgres(app[SETTINGS].data_dir)
+        urls = await embedded.start()
+    else:
+        urls = db.DatabaseUrls(settings.url, settings.owner_url, settings.runtime_role)
     try:
+        if urls.owner is not None:
+            await migrate_database(urls)
         pool = await db.create_pool(
-            dsn, min_size=settings.database.pool_min, max_size=settings.database.pool_max
+            urls.runtime,
+            min_size=settings.pool_min,
+            max_size=settings.pool_max,
+            least_privilege=urls.owner is not None,
+            runtime_role=urls.runtime_role,
         )
         try:
-            async with pool.acquire() as conn:
-                await migrate(conn)
+            if urls.owner is None:
+                async with pool.acquire() as conn:
+                    await migrate(conn)
+            await db.warn_if_privileged(pool)
             app[POOL] = pool
-            app[DATABASE_DSN] = dsn
+            app[DATABASE_DSN] = urls.runtime
             yield
         finally:
             await pool.close()
@@ -136,9 +156,13 @@ async def _bus(app: web.Application) -> AsyncIterator[None]:
     bus = create_bus(app[SETTINGS].redis.url)
     await bus.start()
     app[BUS] = bus
+    revocations = Revocations(bus)
+    await revocations.start()
+    app[REVOCATIONS] = revocations
     try:
         yield
     finally:
+        await revocations.close()
         await bus.close()
 
 
@@ -169,10 +193,14 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         audit=audit,
         limiter=app[LIMITER],
         settings=settings.auth,
+        revocations=app[REVOCATIONS].announce,
     )
     app[AUDIT] = audit
     app[accounts_routes.ACCOUNTS] = accounts
     app[AUTHENTICATOR] = accounts
+    app[REFUSALS] = AuditedRefusals(
+        audit, app[LIMITER], per_minute=settings.audit.refusals_per_minute, metrics=app.get(METRICS)
+    )
     app[patients_routes.PATIENTS] = PatientService(pool=pool, audit=audit)
     app[audit_routes.AUDIT_TRAIL] = audit
     calendars = AvailabilityService(pool=pool, audit=audit)
@@ -201,6 +229,10 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         return await app[BUS].ping()
 
     probes: dict[str, ops.Probe] = {"database": database_ok, "bus": bus_ok}
+    OUTAGES.set_probe("database", database_ok)
+    logging.getLogger("asyncpg.pool").addFilter(OUTAGE_FILTER)
+    if settings.redis.url:
+        OUTAGES.set_probe("redis", bus_ok)
     mqtt_url = settings.mqtt.url
     if mqtt_url is not None:
 
@@ -212,6 +244,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        OUTAGES.clear()
         await appender.close()
         await directory.close()
 
@@ -229,13 +262,20 @@ def create_app(settings: Settings) -> web.Application:
     app[METRICS] = metrics
     app[MAX_BODY_BYTES] = settings.http.max_body_bytes
     app[TRUST_FORWARDED_FOR] = settings.http.trust_forwarded_for
+    app[TRUSTED_PROXY_COUNT] = settings.http.trusted_proxy_count
     app[scheduling_routes.PUBLIC_URL] = settings.public_url
 
     operations = all_operations()
+    if settings.mqtt.provisioning != "off":  # only where the server makes MQTT accounts
+        operations += mqtt_routes.api.operations
     mount(app, operations)
     app[ops.OPENAPI] = build_openapi(operations)
     app.router.add_get("/api/v1/openapi.json", ops.openapi_json, name="openapi")
-    app.router.add_get("/metrics", metrics.handler, name="metrics")
+    if settings.http.metrics_port is None:  # else on its own listener (cli serve)
+        app.router.add_get(
+            "/metrics", metrics.handler_for(settings.http.metrics_token), name="metrics"
+        )
+    headers.install(app)
 
     realtime = attach_socketio(app, settings.chat)
     app[REALTIME] = realtime
@@ -259,6 +299,7 @@ async def _guard(app: web.Application) -> AsyncIterator[None]:
     )
     await guard.start()
     app[GUARD] = guard
+    app[REVOCATIONS].add_handler(guard.on_revocation)
     try:
         yield
     finally:
@@ -278,6 +319,7 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
         max_events=settings.chat.max_queued_events,
         max_bytes=settings.chat.max_queued_bytes,
         adapt=wire.push_payload,
+        resync_event="sync",
     )
     await hub.start()
     chat = ChatService(
@@ -306,10 +348,14 @@ async def _rtc(app: web.Application) -> AsyncIterator[None]:
     """The server's own WebRTC peers (pre-call network tests), all closed on shutdown."""
     settings = app[SETTINGS].rtc
     runner = NetworkTestRunner(
-        max_concurrent=settings.max_concurrent_tests, max_seconds=settings.max_test_seconds
+        max_concurrent=settings.max_concurrent_tests,
+        max_seconds=settings.max_test_seconds,
+        peer_policy=PeerAddressPolicy.of(settings.allowed_peer_networks),
+        public_ips=settings.public_ips,
     )
     tests = NetworkTestService(pool=app[POOL], audit=app[AUDIT], runner=runner)
     app[rtc_routes.NETWORK_TESTS] = tests
+    app[REVOCATIONS].add_handler(tests.on_revocation)  # _bus, an earlier context, made it
     try:
         yield
     finally:
@@ -379,14 +425,22 @@ async def _signaling(app: web.Application) -> AsyncIterator[None]:
 async def _mqtt(app: web.Application) -> AsyncIterator[None]:
     """The MQTT transport: the bridge, and an embedded broker unless MQTT_URL names one."""
     accounts = app[accounts_routes.ACCOUNTS]
+    dropped = app[METRICS].mqtt_requests_dropped
     async with mqtt_transport(
         app[SETTINGS].mqtt,
         chat=app[CHAT],
         principals=accounts.principal_of_user,
         authenticate=accounts.authenticate,
-    ) as bridge:
-        if bridge is not None:
-            app[MQTT_BRIDGE] = bridge
+        devices=functools.partial(messaging_store.get_device, app[POOL]),
+        on_dropped=lambda reason: dropped.labels(reason).inc(),
+        revocations=app[REVOCATIONS].add_handler,
+    ) as parts:
+        if parts is not None:
+            app[MQTT_BRIDGE] = parts.bridge
+            # Ready when the bridge is subscribed, not merely when the broker answers.
+            app[ops.PROBES]["broker"] = parts.bridge.subscribed
+            if parts.accounts is not None:
+                app[mqtt_routes.MQTT_ACCOUNTS] = parts.accounts
         yield
 
 

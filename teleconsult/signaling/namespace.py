@@ -176,9 +176,8 @@ class SignalNamespace(LiveNamespace):
             return acks.ok(**await self._handle(conn, event, data))
         except ClientError as exc:
             return acks.error_ack(exc)
-        except Exception:
-            logger.exception("signal event %s failed", event)
-            return acks.internal_error_ack()
+        except Exception as exc:
+            return acks.failure(exc, f"signal event {event}")
 
     async def _handle(self, conn: Connection, event: str, data: Any) -> dict[str, Any]:
         service = self._signaling

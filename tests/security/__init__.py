@@ -1,0 +1,1 @@
+"""Attacks from outside, each reproduced against a real server process and brokers (issue 11)."""
