@@ -350,10 +350,9 @@ class Gate:
     async def __aexit__(self, *_: object) -> None:
         assert self._server is not None
         self._server.close()
-        self.cut()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.shut()  # every link's pumps end, and with them their tasks
+        async with asyncio.timeout(10):
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._server.wait_closed()
 
     def open(self) -> None:
@@ -399,6 +398,8 @@ class Gate:
             self._links.discard(pair)
             for w in pair:
                 _reset(w)
+        except OSError:
+            pass  # a link reset while it was being set up
         finally:
             self._tasks.discard(task)
 
@@ -409,6 +410,7 @@ class Gate:
                 continue
             writer.write(data)
             await writer.drain()
+        _reset(writer)  # one side ended: so does the other
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:

@@ -268,6 +268,11 @@ async def test_broker_access_rules() -> None:
     assert access.may(BRIDGE_USERNAME, "subscribe", mqtt_wire.request_filter())
     assert access.may(BRIDGE_USERNAME, "publish", mqtt_wire.inbox_topic(bob))
     assert not access.may(BRIDGE_USERNAME, "publish", mqtt_wire.request_topic(bob))
+    # The bridges' announcement: only the bridge writes it, every user may read it.
+    assert access.may(BRIDGE_USERNAME, "publish", mqtt_wire.SERVER_UP_TOPIC)
+    assert access.may(me, "subscribe", mqtt_wire.SERVER_UP_TOPIC)
+    assert access.may(me, "receive", mqtt_wire.SERVER_UP_TOPIC)
+    assert not access.may(me, "publish", mqtt_wire.SERVER_UP_TOPIC)
     assert not await access.may_connect(me, "token", f"{bob}-phone")
     assert not await access.may_connect(BRIDGE_USERNAME, "guess", "x")
     assert await access.may_connect(BRIDGE_USERNAME, access.bridge_password, "x")
@@ -578,6 +583,11 @@ async def test_mosquitto_acl_keeps_users_to_their_own_topics(tmp_path: Path) -> 
             await bridge.publish(mqtt_wire.inbox_topic(alice), b"for alice", qos=1)
             assert (await _raw_next(a)) == (mqtt_wire.inbox_topic(alice), b"for alice")
             assert (await _raw_next(b)) == (mqtt_wire.inbox_topic(bob), b"for bob")
+            # Only the bridge announces itself; everyone reads it.
+            await b.subscribe(mqtt_wire.SERVER_UP_TOPIC, qos=1)
+            await a.publish(mqtt_wire.SERVER_UP_TOPIC, b"forged up", qos=1)
+            await bridge.publish(mqtt_wire.SERVER_UP_TOPIC, b"up", qos=1)
+            assert (await _raw_next(b)) == (mqtt_wire.SERVER_UP_TOPIC, b"up")
             # Alice may not publish as Bob: the bridge gets her own request first.
             await a.publish(mqtt_wire.request_topic(bob), b"forged", qos=1)
             await a.publish(mqtt_wire.request_topic(alice), b"hers", qos=1)

@@ -18,7 +18,7 @@ import pytest
 from teleconsult.core.identity import Role
 from teleconsult.messaging.envelope import to_msgpack
 from tests.chatkit import connect, person, socketio_transport
-from tests.faultkit import postgres_bin, private_postgres
+from tests.faultkit import postgres_bin, private_postgres, private_redis
 from tests.rawsio import refusal
 from tests.servers import ServerProcess
 from tests.world import PASSWORD, clinic_people
@@ -93,3 +93,35 @@ async def test_with_postgres_down_every_surface_answers_unavailable_then_recover
     assert "Traceback" not in log, server.log_tail()
     assert log.count("database is down") == 1, server.log_tail()
     assert log.count("database is back") == 1, server.log_tail()
+
+
+async def test_with_redis_down_login_answers_unavailable_then_works_again(
+    fresh_db: str, tmp_path: Path
+) -> None:
+    (account,) = await clinic_people(fresh_db, Role.DOCTOR)
+    login = {"email": account.email, "password": PASSWORD}
+    async with private_redis(tmp_path) as redis:
+        server = ServerProcess(fresh_db, tmp_path, REDIS_URL=redis.url)
+        await server.start()
+        try:
+            async with aiohttp.ClientSession() as http:
+                url = f"{server.base_url}/api/v1/auth/login"
+                redis.kill()
+                async with http.post(url, json=login) as resp:
+                    assert resp.status == 503, await resp.text()
+                    assert int(resp.headers["Retry-After"]) > 0
+                    assert (await resp.json(content_type=None))["code"] == "unavailable"
+                await redis.start()
+                async with asyncio.timeout(30):
+                    while True:
+                        async with http.post(url, json=login) as resp:
+                            if resp.status == 200:
+                                break
+                            assert resp.status == 503, await resp.text()
+                        await asyncio.sleep(0.5)
+            await server.log_shows("redis is back")
+        finally:
+            await server.stop()
+    log = server.log_text()
+    assert "Traceback" not in log, server.log_tail()
+    assert log.count("redis is down") == 1, server.log_tail()

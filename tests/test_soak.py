@@ -115,7 +115,7 @@ def test_a_soak_refuses_a_database_beyond_loopback() -> None:
     assert main(["soak", "--database-url", "postgresql://db.example.com/app"]) == 2
 
 
-async def _soak(tmp_path: Path, *args: str) -> dict[str, Any]:
+async def _soak(tmp_path: Path, *args: str, seed: int = 1) -> dict[str, Any]:
     out = tmp_path / "soak.json"
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -128,7 +128,7 @@ async def _soak(tmp_path: Path, *args: str) -> dict[str, Any]:
         "--workdir",
         str(tmp_path / "work"),
         "--seed",
-        "1",
+        str(seed),
         "--time-limit",
         "240",
         stdout=asyncio.subprocess.PIPE,
@@ -201,3 +201,31 @@ async def test_cut_weak_websocket_links_with_redis_and_postgres_restarts_lose_no
     assert proxy["cuts"] >= 1 and proxy["cut_connections"] >= 1
     assert proxy["down"]["bytes"] > 0 and proxy["up"]["min_hold_ms"] >= 150
     assert report["transports"]["websocket"]["wire_bytes_per_message"] > 0
+
+
+@pytest.mark.slow
+async def test_long_polling_through_links_cut_every_4_s_delivers_every_acked_message(
+    tmp_path: Path,
+) -> None:
+    """Found by this tool: with seed 2, 52 acked messages never reached an online
+    recipient and a send waited out its ack timeout. Two client causes: aiohttp
+    silently repeated a cut long-poll GET (losing what the first response carried),
+    and a cut POST stopped engine.io's writer while its reader went on, so the
+    connection looked alive and sent nothing (teleconsult/client/transport.py)."""
+    report = await _soak(
+        tmp_path,
+        "--kills",
+        "0",
+        "--duration",
+        "40",
+        "--users",
+        "6",
+        "--transport",
+        "polling",
+        "--impair",
+        "edge",
+        "--cut-every",
+        "4",
+        seed=2,
+    )
+    _nothing_wrong(report)

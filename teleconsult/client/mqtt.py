@@ -48,6 +48,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from teleconsult.client.crypto import DeviceKeys
 from teleconsult.client.transport import (
+    RECONNECT_CAP,
     ConnectedHandler,
     EventHandler,
     Refused,
@@ -234,7 +235,7 @@ class MqttTransport:
     # --- the connection ---------------------------------------------------------------
 
     async def _run(self, first: asyncio.Future[None]) -> None:
-        backoff = Backoff()
+        backoff = Backoff(most=RECONNECT_CAP)
         while True:
             try:
                 async with await self._connect() as client:

@@ -50,6 +50,29 @@ _HEALTH_EVERY = 1.0
 _HEALTH_JITTER = 0.3
 
 
+async def _no_silent_retry(
+    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+) -> aiohttp.ClientResponse:
+    """Make a dropped connection an error the caller sees, never a silent repeat.
+
+    aiohttp sends an idempotent request (GET) once more when its connection
+    drops. For a long-poll GET whose response was cut after the server had
+    handed it packets, the repeat loses those packets inside an engine.io
+    session that still looks healthy (found by `teleconsult soak` on a polling
+    link cut every 4 s). As an error, engine.io ends the session instead, and
+    the transport reconnects and the client resumes by seq.
+    """
+    try:
+        return await handler(request)
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+        raise aiohttp.ClientConnectionError(f"connection lost: {exc}") from exc
+
+
+def _http_session() -> aiohttp.ClientSession:
+    """The HTTP session of one engine.io connection (engine.io closes it)."""
+    return aiohttp.ClientSession(middlewares=(_no_silent_retry,))
+
+
 class TransportClosed(Exception):
     """The call could not be made or answered: the link is down (retry later)."""
 
@@ -110,7 +133,9 @@ class SocketIoTransport:
         self._supervisor = asyncio.create_task(self._supervise(), name="sio-supervisor")
 
     async def _connect_once(self) -> None:
-        sio = socketio.AsyncClient(reconnection=False, handle_sigint=False)
+        sio = socketio.AsyncClient(
+            reconnection=False, handle_sigint=False, http_session=_http_session
+        )
         sio.on("*", self._dispatch, namespace="/chat")
 
         async def lost(*_: Any) -> None:
@@ -240,7 +265,16 @@ class SocketIoTransport:
             raise TransportClosed("disconnected while waiting for the ack")
         try:
             ack = asking.result()
-        except (socketio.exceptions.TimeoutError, socketio.exceptions.BadNamespaceError) as exc:
+        except socketio.exceptions.TimeoutError:
+            # No ack in time: the connection may look alive and be dead one way
+            # (engine.io's polling writer can stop after a cut POST while its reader
+            # goes on, so nothing we send leaves). Replace it; the caller retries.
+            if self._sio is sio:
+                logger.info("no ack within %.0f s; reconnecting", within)
+                self.connected.clear()
+                self._dropped.set()
+            raise TransportClosed("no ack in time") from None
+        except socketio.exceptions.BadNamespaceError as exc:
             raise TransportClosed(str(exc) or type(exc).__name__) from None
         except socketio.exceptions.DisconnectedError:
             raise TransportClosed("disconnected") from None

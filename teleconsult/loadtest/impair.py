@@ -319,6 +319,8 @@ class Impairer:
         self._connections: set[_Connection] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._cutter: asyncio.Task[None] | None = None
+        self._accepted: set[asyncio.StreamWriter] = set()  # client sides, from accept on
+        self._closing = False
 
     async def __aenter__(self) -> Impairer:
         await self.start()
@@ -338,14 +340,20 @@ class Impairer:
         if self._cutter is not None:
             self._cutter.cancel()
             await asyncio.gather(self._cutter, return_exceptions=True)
+        self._closing = True
         if self._server is not None:
             self._server.close()
         for conn in list(self._connections):
             conn.cut()
+        for writer in list(self._accepted):
+            writer.transport.abort()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=10)
         if self._server is not None:
-            await self._server.wait_closed()
+            # Python 3.11 waits here until every accepted connection is gone; none
+            # should be left, and a close must not hang if one is.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
 
     def cut(self) -> int:
         """Abort every open connection, both sides; how many there were."""
@@ -367,14 +375,22 @@ class Impairer:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self._accepted.add(writer)
         counters = self.counters
         counters.connections += 1
         try:
+            if self._closing:
+                writer.transport.abort()
+                return
             try:
                 target_reader, target_writer = await asyncio.open_connection(*self._target)
             except OSError:
                 counters.refused += 1
                 writer.transport.abort()
+                return
+            if self._closing:
+                writer.transport.abort()
+                target_writer.transport.abort()
                 return
             up = _Direction(self.impairment.up, counters.up, self._rng, reader, target_writer)
             down = _Direction(self.impairment.down, counters.down, self._rng, target_reader, writer)
@@ -391,6 +407,7 @@ class Impairer:
             if not pump.cancelled() and pump.exception() is not None:
                 logger.error("a proxied connection failed", exc_info=pump.exception())
         finally:
+            self._accepted.discard(writer)
             self._tasks.discard(task)
 
 

@@ -170,6 +170,7 @@ class MqttBridge:
         self._owed: dict[UUID, None] = {}  # insertion-ordered set
         self._pay_later: asyncio.TimerHandle | None = None
         self.syncs = 0  # ``sync`` pushes made after lost inbox publishes (tests, metrics)
+        self.syncs_forgone = 0  # users not remembered past MAX_OWED_SYNCS
         self.announcements = 0
         chat.add_sink(self.deliver)
 
@@ -483,7 +484,13 @@ class MqttBridge:
         if user_id in self._owed:
             return
         if len(self._owed) >= MAX_OWED_SYNCS:
-            logger.warning("too many MQTT users owed a sync; one will catch up on reconnecting")
+            self.syncs_forgone += 1
+            if self.syncs_forgone == 1 or self.syncs_forgone % 10_000 == 0:
+                logger.warning(
+                    "%d MQTT user(s) owed a sync were forgotten (too many); they catch up "
+                    "when they reconnect or at their next message",
+                    self.syncs_forgone,
+                )
             return
         self._owed[user_id] = None
         if self._client is not None and self._pay_later is None:

@@ -77,7 +77,7 @@ def user_acls(user_id: UUID) -> list[dict[str, Any]]:
         {"acltype": "subscribeLiteral", "topic": inbox, "allow": True},
         {"acltype": "publishClientReceive", "topic": ack, "allow": True},
         {"acltype": "publishClientReceive", "topic": inbox, "allow": True},
-        # The bridges' announcements (docs/mqtt.md, "Requests lost in a restart").
+        # The bridges' announcements (docs/mqtt.md, "Restarts: nothing waits out its timeout").
         {"acltype": "subscribeLiteral", "topic": mqtt_wire.SERVER_UP_TOPIC, "allow": True},
         {"acltype": "publishClientReceive", "topic": mqtt_wire.SERVER_UP_TOPIC, "allow": True},
     ]

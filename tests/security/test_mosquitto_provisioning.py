@@ -205,6 +205,9 @@ async def test_a_provisioned_device_cannot_use_another_users_topics(site: Site) 
             ):
                 (granted,) = await b.subscribe(topic, qos=1)
                 assert refused([granted]), topic
+            # The bridges' announcement is for every device (docs/mqtt.md).
+            (granted,) = await b.subscribe(mqtt_wire.SERVER_UP_TOPIC, qos=0)
+            assert not refused([granted])
             # Signed by Alice's device even (say, captured): the broker drops it.
             forged = signed(alice, "forged", "receipt", receipt)
             await b.publish(mqtt_wire.request_topic(alice.user_id), forged, qos=1)
