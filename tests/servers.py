@@ -8,8 +8,11 @@ can read (the canary check reads it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from pathlib import Path
+
+import aiohttp
 
 from teleconsult.loadtest import processes
 from teleconsult.loadtest.processes import free_port
@@ -40,6 +43,17 @@ class ServerProcess(processes.ServerProcess):
     async def start(self) -> None:
         await asyncio.to_thread(self.spawn)
         await self.wait_healthy(60.0)
+
+    async def ready(self, *, expect: bool = True, within: float = 20.0) -> None:
+        """Wait until ``/readyz`` says ready (``expect``) or not ready."""
+        timeout = aiohttp.ClientTimeout(total=2.0)
+        async with aiohttp.ClientSession(timeout=timeout) as http, asyncio.timeout(within):
+            while True:
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with http.get(self.base_url + "/readyz") as resp:
+                        if (resp.status == 200) == expect:
+                            return
+                await asyncio.sleep(0.05)
 
     async def log_shows(self, text: str, *, within: float = 15.0) -> None:
         """Wait until the server's log contains ``text``; fail after ``within`` seconds."""

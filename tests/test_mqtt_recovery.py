@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import aiomqtt
 import pytest
 from aiohttp.test_utils import TestClient
@@ -81,16 +80,6 @@ async def until(condition: Callable[[], bool], what: str) -> None:
     assert condition(), what
 
 
-async def ready(server: ServerProcess, *, expect: bool = True) -> None:
-    """Wait until /readyz says ready (``expect``) or not ready."""
-    async with aiohttp.ClientSession() as http, asyncio.timeout(WITHIN):
-        while True:
-            async with http.get(server.base_url + "/readyz") as resp:
-                if (resp.status == 200) == expect:
-                    return
-            await asyncio.sleep(0.05)
-
-
 def report(label: str, seconds: list[float]) -> None:
     ordered = sorted(seconds)
 
@@ -132,7 +121,7 @@ async def mosquitto_site(dsn: str, root: Path, *, gated: bool = False) -> AsyncI
             server = ServerProcess(dsn, root, MQTT_URL=url)
             try:
                 await server.start()
-                await ready(server)
+                await server.ready()
                 yield Site(server, broker, gate, doctor, patient, passwords)
             finally:
                 await server.stop()
@@ -224,7 +213,7 @@ async def test_a_device_back_before_the_bridge_gets_its_answer_once_the_bridge_i
                 lambda: transport.reconnects >= 1 and transport.connected.is_set(),
                 "the device is back",
             )
-            await ready(site.server, expect=False)  # the bridge is not subscribed
+            await site.server.ready(expect=False)  # the bridge is not subscribed
             # Someone reading the device's requests proves the request reached the
             # broker while no bridge was subscribed to take it.
             async with aiomqtt.Client(
@@ -240,7 +229,7 @@ async def test_a_device_back_before_the_bridge_gets_its_answer_once_the_bridge_i
             sent = await asyncio.wait_for(sending, WITHIN)
             report("broker restart: bridge let back -> the device's ack", [loop.time() - opened])
             assert (sent.seq, sent.duplicate) == (1, False)
-            await ready(site.server)
+            await site.server.ready()
 
 
 async def test_after_broker_restarts_the_first_mqtt_ack_comes_soon(
@@ -286,7 +275,7 @@ async def test_messages_stored_while_the_bridge_is_cut_off_reach_the_online_devi
             assert [m.seq for m in await receive(receiver, 1)] == [1]
 
             site.gate.shut()  # the bridge loses the broker; the device keeps it
-            await ready(site.server, expect=False)
+            await site.server.ready(expect=False)
             for i in range(3):
                 await sender.send(thread, f"while the bridge was cut off ({i})".encode())
             site.gate.open()

@@ -10,7 +10,6 @@ and it makes each device's account when the owner asks for credentials.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -76,19 +75,10 @@ async def site(fresh_db: str, tmp_path: Path) -> AsyncIterator[Site]:
         server = ServerProcess(fresh_db, tmp_path, MQTT_URL=url, MQTT_PROVISIONING="dynsec")
         try:
             await server.start()
-            await _ready(server)
+            await server.ready()
             yield Site(server, fresh_db, port, admin, doctor, alice, bob)
         finally:
             await server.stop()
-
-
-async def _ready(server: ServerProcess) -> None:
-    async with aiohttp.ClientSession() as http, asyncio.timeout(WITHIN):
-        while True:
-            async with http.get(server.base_url + "/readyz") as resp:
-                if resp.status == 200:
-                    return
-            await asyncio.sleep(0.1)
 
 
 async def credentials(who: Person, device_id: UUID | None = None) -> tuple[str, str]:

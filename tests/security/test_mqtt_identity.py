@@ -140,19 +140,10 @@ async def _site(kind: str, dsn: str, root: Path) -> AsyncIterator[Site]:
         server = ServerProcess(dsn, root, MQTT_URL=url)
         try:
             await server.start()
-            await _bridge_ready(server)
+            await server.ready()
             yield Site(kind, server, dsn, port, attacker, doctor, victim, passwords)
         finally:
             await server.stop()
-
-
-async def _bridge_ready(server: ServerProcess) -> None:
-    async with aiohttp.ClientSession() as http, asyncio.timeout(WITHIN):
-        while True:
-            async with http.get(server.base_url + "/readyz") as resp:
-                if resp.status == 200:
-                    return
-            await asyncio.sleep(0.1)
 
 
 @pytest.fixture(params=["embedded", "mosquitto"])
