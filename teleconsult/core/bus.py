@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,6 +37,7 @@ from redis.exceptions import RedisError
 
 from teleconsult.core.errors import InfrastructureError
 from teleconsult.core.outages import OUTAGES
+from teleconsult.core.tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -69,19 +70,6 @@ class Bus(Protocol):
     def on_resubscribed(self, callback: Resubscribed) -> None:
         """Call ``callback`` each time the bus is back after missing messages."""
         ...
-
-
-async def _cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
-    """Cancel ``tasks`` and wait until they have finished.
-
-    ``asyncio.wait`` neither re-raises the tasks' CancelledError nor swallows a
-    cancellation of the caller, unlike ``suppress(CancelledError)`` around ``await``.
-    """
-    pending = {task for task in tasks if not task.done()}
-    for task in pending:
-        task.cancel()
-    if pending:
-        await asyncio.wait(pending)
 
 
 class _Delivery:
@@ -154,7 +142,7 @@ class _Delivery:
         if self._task is asyncio.current_task():
             self._task.cancel()
             return
-        await _cancel_and_wait([self._task])
+        await cancel_and_wait([self._task])
 
 
 class InProcessBus:

@@ -14,7 +14,6 @@ offline hook), each fed by its own worker in arrival order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -25,6 +24,7 @@ from teleconsult.core.errors import ClientError, InfrastructureError, RateLimite
 from teleconsult.core.identity import Principal
 from teleconsult.core.ratelimit import RateLimiter
 from teleconsult.core.settings import ChatSettings
+from teleconsult.core.tasks import cancel_and_wait
 from teleconsult.messaging import wire
 from teleconsult.messaging.envelope import Envelope
 from teleconsult.messaging.message_store import Page, PageRequest
@@ -59,10 +59,7 @@ class _SinkWorker:
         self._task = asyncio.create_task(self._run(), name="chat-sink")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait([self._task])
 
     def offer(self, message: StoredMessage, members: list[UUID]) -> None:
         if len(self._queue) >= _MAX_SINK_BACKLOG:
@@ -123,10 +120,7 @@ class ChatService:
         self._beat = asyncio.create_task(self._keep_present(), name="chat-presence")
 
     async def close(self) -> None:
-        if self._beat is not None:
-            self._beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._beat
+        await cancel_and_wait([self._beat])
         for worker in self._sinks:
             await worker.close()
 

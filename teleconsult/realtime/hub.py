@@ -34,7 +34,6 @@ order of ``publish`` calls.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 from collections import deque
@@ -46,6 +45,7 @@ import socketio
 
 from teleconsult.core.bus import Bus, Subscription
 from teleconsult.core.errors import InfrastructureError
+from teleconsult.core.tasks import cancel_and_wait
 from teleconsult.realtime import seam
 from teleconsult.realtime.connection import Connection
 from teleconsult.realtime.server import Encoding
@@ -122,6 +122,7 @@ class Hub:
         self.slow_consumers = 0
         self.publish_failures = 0
         self.resyncs = 0
+        self._closed = False
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -138,10 +139,10 @@ class Hub:
             )
 
     async def close(self) -> None:
+        self._closed = True
         if self._sender is not None:
-            self._sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sender
+            self._wake.set()
+            await cancel_and_wait([self._sender])
         if self._subscription is not None:
             await self._subscription.close()
         for task in list(self._tasks):
@@ -222,8 +223,10 @@ class Hub:
 
     async def _send_frames(self) -> None:
         failing = False
-        while True:
+        while not self._closed:
             while not self._outbound:
+                if self._closed:
+                    return
                 self._wake.clear()
                 await self._wake.wait()
             frame = self._outbound[0]

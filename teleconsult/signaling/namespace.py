@@ -18,7 +18,6 @@ sweep, or its next ``join``, notices and unbinds it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -37,6 +36,7 @@ from teleconsult.core.errors import (
     Unauthenticated,
 )
 from teleconsult.core.settings import ChatSettings
+from teleconsult.core.tasks import cancel_and_wait
 from teleconsult.realtime import acks
 from teleconsult.realtime.connection import Connection
 from teleconsult.realtime.guard import SessionGuard
@@ -102,11 +102,8 @@ class SignalNamespace(LiveNamespace):
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="signal-sweep")
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        await cancel_and_wait([self._sweeper])
+        self._sweeper = None
         self._bindings.clear()
         self._connections.clear()
 
