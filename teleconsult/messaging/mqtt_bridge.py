@@ -74,7 +74,6 @@ from paho.mqtt.reasoncodes import ReasonCode
 from teleconsult.core.backoff import Backoff
 from teleconsult.core.errors import ClientError, ConfigError
 from teleconsult.core.identity import Principal
-from teleconsult.core.outages import OUTAGES, is_outage
 from teleconsult.core.revocation import Revocation, RevocationHandler
 from teleconsult.core.settings import ChatSettings, MqttSettings
 from teleconsult.messaging import mqtt_wire, wire
@@ -321,9 +320,8 @@ class MqttBridge:
         try:
             device = await self._device(request.device)
         except Exception as exc:
-            self._failed("could not load the device of an MQTT request", exc)
             self._drop(user_id, "device_unavailable")
-            return acks.failure_ack(exc)
+            return acks.failure(exc, "loading the device of an MQTT request")
         if device is None or device.user_id != user_id:
             return self._drop(user_id, "foreign_device")
         if device.revoked_at is not None:
@@ -373,8 +371,7 @@ class MqttBridge:
         except ClientError as exc:
             return acks.error_ack(exc)
         except Exception as exc:
-            self._failed("could not load the user of an MQTT request", exc)
-            return acks.failure_ack(exc)
+            return acks.failure(exc, "loading the user of an MQTT request")
         if request.event in mqtt_wire.LINK_EVENTS:
             return await self._link(principal.user_id, request)
         return await self._chat.handle(principal, request.event, request.data)
@@ -391,16 +388,7 @@ class MqttBridge:
         except ClientError as exc:
             return acks.error_ack(exc)
         except Exception as exc:
-            self._failed("presence could not record an MQTT connection", exc)
-            return acks.failure_ack(exc)
-
-    @staticmethod
-    def _failed(what: str, exc: Exception) -> None:
-        """A dependency down is one line in the outage log; anything else a traceback."""
-        if is_outage(exc):
-            OUTAGES.down(exc)
-        else:
-            logger.error(what, exc_info=exc)
+            return acks.failure(exc, "recording an MQTT connection's presence")
 
     async def _principal(self, user_id: UUID) -> Principal:
         now = time.monotonic()

@@ -148,20 +148,6 @@ class SessionGuard:
         except Exception:
             logger.warning("could not close a %s connection", conn.namespace, exc_info=True)
 
-    async def revoke(
-        self, *, session_id: UUID | None = None, user_id: UUID | None = None, reason: str
-    ) -> int:
-        """Close at once every connection of a login session or of a user, on this process."""
-        matching = [
-            c
-            for c in list(self._connections)
-            if (session_id is not None and c.principal.session_id == session_id)
-            or (user_id is not None and c.user_id == user_id)
-        ]
-        for conn in matching:
-            await self.end(conn, reason)
-        return len(matching)
-
     async def on_revocation(self, revocation: Revocation) -> None:
         """Close this process's connections that a revocation (from any process) covers."""
         matching = [
