@@ -18,6 +18,16 @@ $(VENV)/.run-deps: pyproject.toml | $(BIN)/python
 	$(PIP) install -e '.[embedded]'
 	@touch $@
 
+# --- fhir validator (issue 14): Medplum's FHIR validator for the tests, from its lock file,
+# installed only where node exists and node_modules is missing or older than the lock.
+FHIR_VALIDATOR := tools/fhir-validator
+FHIR_VALIDATOR_DEPS := $(if $(shell command -v node 2>/dev/null),$(FHIR_VALIDATOR)/node_modules/.package-lock.json)
+
+$(FHIR_VALIDATOR)/node_modules/.package-lock.json: $(FHIR_VALIDATOR)/package-lock.json
+	npm ci --prefix $(FHIR_VALIDATOR) --no-audit --no-fund
+	@touch $@
+# --- end fhir validator ---
+
 $(VENV)/.test-deps: pyproject.toml | $(BIN)/python
 	$(PIP) install -e '.[test]'
 	@touch $@ $(VENV)/.run-deps
@@ -37,7 +47,7 @@ lint: $(VENV)/.test-deps
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 
-test: lint
+test: lint $(FHIR_VALIDATOR_DEPS)
 	$(BIN)/pytest
 
 format: $(VENV)/.test-deps

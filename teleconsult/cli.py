@@ -13,7 +13,10 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
+import asyncpg
 from aiohttp import web
 
 from teleconsult.accounts.bootstrap import ensure_first_clinic, read_credentials
@@ -29,6 +32,10 @@ from teleconsult.core.migrations import migrate_database
 from teleconsult.core.settings import Settings, load_settings
 from teleconsult.loadtest import cli as loadtest
 from teleconsult.loadtest import impair, soak
+from teleconsult.recording.routes import RECORDINGS  # recordings (issue 13, part R)
+from teleconsult.recording.upkeep import RotationProgress  # recordings (issue 13, R)
+from teleconsult.records.fieldcrypt import FieldCrypt  # records (issue 14, part R)
+from teleconsult.records.rotate import rotate as rotate_records  # records (issue 14, R)
 from teleconsult.server.app import METRICS, create_app, create_service_app
 
 logger = logging.getLogger("teleconsult")
@@ -234,6 +241,78 @@ async def run_worker_command(settings: Settings) -> int:
     return 0
 
 
+# --- recordings (issue 13, part R) ---
+async def run_recordings(settings: Settings, args: argparse.Namespace) -> int:
+    """``rotate-key``: re-wrap every recording's data key under the newest master key
+    (resumable, no media re-encrypted); ``sweep``: expire what is past retention now."""
+    async with _service_app(settings) as app:
+        recordings = app[RECORDINGS]
+        if args.recordings_command == "sweep":
+            total = 0
+            while swept := await recordings.sweep_expired(limit=50):
+                total += swept
+                _say(f"expired {total} recordings")
+            _say(f"done: {total} recordings expired")
+            return 0
+        current = recordings.keys.current.version
+        _say(f"re-wrapping data keys under master key version {current}")
+
+        def progress(step: RotationProgress) -> None:
+            share = f" ({100 * step.done // step.total}%)" if step.total else ""
+            _say(f"  {step.done}/{step.total} recordings{share}")
+
+        report = await recordings.rotate(batch=args.batch, progress=progress)
+    left = {v: n for v, n in report.by_version.items() if v != report.current_version}
+    _say(f"done: {report.rewrapped} re-wrapped, {report.failed} failed")
+    if left:
+        listing = ", ".join(f"version {v}: {n}" for v, n in sorted(left.items()))
+        _say(f"still under older keys: {listing}; keep those keys and run again")
+        return 1
+    old = [v for v in recordings.keys.versions if v != report.current_version]
+    if old:
+        _say(f"no recording uses master key versions {old} any more: they may be removed")
+    return 0
+
+
+def _recordings_parser(sub: Any) -> None:
+    recordings = sub.add_parser("recordings", help="recordings sealed at rest")
+    recordings_sub = recordings.add_subparsers(dest="recordings_command", required=True)
+    rotate = recordings_sub.add_parser(
+        "rotate-key", help="re-wrap every data key under the newest master key (resumable)"
+    )
+    rotate.add_argument("--batch", type=int, default=50, help="recordings per transaction")
+    recordings_sub.add_parser("sweep", help="expire the recordings past retention now")
+
+
+# --- end recordings (issue 13, part R) ---
+
+
+# --- records (issue 14, part R) ---
+def _records_parser(sub: Any) -> None:
+    records = sub.add_parser("records", help="patient record tools")
+    records_sub = records.add_subparsers(dest="records_command", required=True)
+    rotate = records_sub.add_parser(
+        "rotate-key",
+        help="new data keys under the newest RECORDS_KEYS master key; re-encrypt every "
+        "encrypted record field (docs/records.md)",
+    )
+    rotate.add_argument("--clinic", type=UUID, help="one clinic only (default: every clinic)")
+
+
+async def run_records_rotate(settings: Settings, args: argparse.Namespace) -> int:
+    crypt = FieldCrypt(dict(settings.records.master_keys))
+    async with _database_dsn(settings) as dsn:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await rotate_records(conn, crypt, clinic_id=args.clinic, say=_say)
+        finally:
+            await conn.close()
+    return 0
+
+
+# --- end records ---
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="teleconsult", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -270,6 +349,8 @@ def _parser() -> argparse.ArgumentParser:
     loadtest.add_parser(sub)
     impair.add_parser(sub)
     soak.add_parser(sub)
+    _recordings_parser(sub)  # recordings (issue 13, part R)
+    _records_parser(sub)  # records (issue 14, part R)
     return parser
 
 
@@ -297,6 +378,10 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(run_migrate(settings))
         if args.command == "audit":
             return asyncio.run(run_audit_verify(settings, args))
+        if args.command == "records":  # records (issue 14, part R)
+            return asyncio.run(run_records_rotate(settings, args))
+        if args.command == "recordings":  # recordings (issue 13, part R)
+            return asyncio.run(run_recordings(settings, args))
         if args.command == "clinic":
             return asyncio.run(run_clinic_create(settings, args))
     except TeleconsultError as exc:

@@ -58,6 +58,11 @@ def settings_env(database_url: str, data_dir: Path, **extra: str) -> dict[str, s
         # Tests that inspect the outbox must not race a sender; tests/test_outbox.py
         # and the in-server test turn it on.
         "NOTIFY_IN_SERVER": "false",
+        # payments (issue 15): nor a payment reconciler; payment tests turn it on.
+        "PAYMENTS_RECONCILE_IN_SERVER": "false",
+        # Nor a FHIR export worker, whose polling would show in statement counts;
+        # the export tests turn it on.
+        "FHIR_EXPORT_IN_SERVER": "false",
         # Port 1883 is the machine's Mosquitto; MQTT tests start their own brokers.
         "MQTT_EMBEDDED_PORT": "off",
         # The network test's peers talk on this machine's (usually private) addresses.

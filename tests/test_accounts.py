@@ -22,6 +22,7 @@ from teleconsult.server.app import create_app
 from tests.auditkit import chained
 from tests.conftest import settings_env
 from tests.dbutil import REDIS_URL
+from tests.recordskit import give_care  # records (issue 14, part R)
 from tests.world import (
     PASSWORD,
     Account,
@@ -412,6 +413,7 @@ async def test_patient_data_reads_are_audited_without_clinical_content(
     patient = tenant[Role.PATIENT]
     doctor = tenant[Role.DOCTOR]
     secret = "CANARY-diagnosis-7f3a"
+    await give_care(app_pool, doctor, patient)  # records (issue 14): notes need a care relationship
     created = await client.post(
         f"/api/v1/patients/{patient.user_id}/notes", json={"body": secret}, headers=doctor.headers
     )

@@ -27,6 +27,7 @@ helpers here, and the route-coverage tests below read all three tables
 from __future__ import annotations
 
 import dataclasses
+import json
 import secrets
 import uuid
 from collections.abc import Awaitable, Callable
@@ -42,6 +43,7 @@ from aiohttp.test_utils import TestClient
 
 from teleconsult.core.identity import Role
 from tests.auditkit import chained
+from tests.recordskit import give_care  # records (issue 14, part R)
 from tests.world import PASSWORD, Account, Tenant, login, make_user, unique_email
 
 Client = TestClient[Any, Any]
@@ -114,6 +116,8 @@ EXPECTED: dict[str, Rule] = {
     "readyz": public("GET /readyz"),
     "login": public("POST /api/v1/auth/login"),
     "refreshTokens": public("POST /api/v1/auth/refresh"),
+    # --- browser session (issue 12, part A) ---
+    "refreshBrowserSession": public("POST /api/v1/auth/session/refresh"),
     "registerPatient": public("POST /api/v1/auth/register"),
     #   patient    doctor     nurse      reception. admin
     "logout": row("POST /api/v1/auth/logout", NO_ID,
@@ -142,10 +146,7 @@ EXPECTED: dict[str, Rule] = {
         (A, N, N), (A, A, N), (A, A, N), (A, A, N), (A, A, N)),
     "updatePatient": row("PATCH /api/v1/patients/{patient_id}", PATIENT_OBJECT,
         (A, N, N), (A, A, N), (A, A, N), (A, A, N), (A, A, N)),
-    "listPatientNotes": row("GET /api/v1/patients/{patient_id}/notes", PATIENT_OBJECT,
-        (A, N, N), (A, A, N), (A, A, N), (F, F, F), (F, F, F)),
-    "createPatientNote": row("POST /api/v1/patients/{patient_id}/notes", PATIENT_OBJECT,
-        (F, F, F), (A, A, N), (A, A, N), (F, F, F), (F, F, F)),
+    # --- records (issue 14, part R): the notes rows live in test_authz_matrix_records.py ---
     "listAudit": row("GET /api/v1/audit", NO_ID,
         (F,),      (F,),      (F,),      (F,),      (A,)),
     "getTurnCredentials": row("GET /api/v1/turn/credentials", NO_ID,
@@ -166,6 +167,13 @@ UNDOCUMENTED = {
     ("/socket.io/", "GET"),
     ("/socket.io/", "POST"),
     ("/socket.io/", "OPTIONS"),
+    # --- web pages (issue 12, part A): public files, no data (teleconsult/pages/routes.py) ---
+    ("/", "GET"),
+    ("/{name}.html", "GET"),
+    ("/static/{path}", "GET"),
+    # --- join links (issue 12 follow-up): the same page for any well-formed room id; the
+    # room resolves through getRoomAppointment, signed in ---
+    ("/join/{room_id}", "GET"),
 }
 
 
@@ -192,6 +200,8 @@ class Prepared:
     body: dict[str, Any] | None = None
     probe: Probe | None = None
     query: dict[str, str] | None = None
+    headers: dict[str, str] | None = None  # fhir (issue 14, F): e.g. Bulk Data's Prefer
+    data: bytes | None = None  # records (issue 14, R): a raw body (document chunks)
 
 
 W = TypeVar("W", bound=World)
@@ -230,7 +240,7 @@ async def prepare(world: World, op: str, role: Role | None, target: Target) -> P
     new_name = f"Renamed {secrets.token_hex(4)}"
     subject = caller or own[Role.ADMIN]
     match op:
-        case "getMe" | "getClinic" | "getUser" | "getPatient" | "listPatientNotes":
+        case "getMe" | "getClinic" | "getUser" | "getPatient":
             pass  # reads: the path is the whole request
         case "listUsers" | "listPatients" | "listAudit" | "getTurnCredentials":
             pass  # lists: scoped by the caller's clinic, checked by the leak check
@@ -273,14 +283,24 @@ async def prepare(world: World, op: str, role: Role | None, target: Target) -> P
         case "updatePatient":
             prep.body = {"full_name": new_name}
             prep.probe = full_name(pool, patient)
-        case "createPatientNote":
-            prep.body = {"body": "Reviewed today; no change in treatment."}
-            prep.probe = read(
-                pool, "SELECT count(*) FROM patient_notes WHERE patient_id = $1", patient
-            )
         case _:
             raise AssertionError(f"no request factory for operation {op}")
     return prep
+
+
+def _outcome_problems(label: str, content_type: str, text: str, code: str) -> list[str]:
+    """fhir (issue 14, F): a denial under /fhir/ is an OperationOutcome carrying the code."""
+    if content_type != "application/fhir+json":
+        return [f"{label}: denial is {content_type}, not application/fhir+json"]
+    body = json.loads(text)
+    codes = [
+        coding.get("code")
+        for issue in body.get("issue", [])
+        for coding in (issue.get("details") or {}).get("coding", [])
+    ]
+    if body.get("resourceType") != "OperationOutcome" or code not in codes:
+        return [f"{label}: expected an OperationOutcome with code {code}, got {text[:160]}"]
+    return []
 
 
 async def check(
@@ -289,8 +309,12 @@ async def check(
     """Send one request; return what went against ``want`` (empty when all is well)."""
     before = await prep.probe() if prep.probe else None
     kwargs: dict[str, Any] = {"headers": prep.caller.headers if prep.caller else {}}
+    if prep.headers:  # fhir (issue 14, F)
+        kwargs["headers"] = {**kwargs["headers"], **prep.headers}
     if prep.body is not None:
         kwargs["json"] = prep.body
+    if prep.data is not None:  # records (issue 14, R)
+        kwargs["data"] = prep.data
     if prep.query is not None:
         kwargs["params"] = prep.query
     resp = await world.client.request(method, path, **kwargs)
@@ -306,6 +330,8 @@ async def check(
         status, code = DENIAL[want]
         if resp.status != status:
             found.append(f"{label}: expected {status} {code}, got {resp.status} {text[:160]}")
+        elif path.startswith("/fhir/"):  # fhir (issue 14, F): denials are OperationOutcomes
+            found += _outcome_problems(label, resp.content_type, text, code)
         elif resp.content_type != "application/problem+json":
             found.append(f"{label}: denial is {resp.content_type}, not problem+json")
         elif (await resp.json(content_type=None)).get("code") != code:
@@ -338,14 +364,18 @@ def path_of(rule: Rule, params: dict[str, UUID] | dict[str, str]) -> str:
 def policy_tables() -> dict[str, Rule]:
     """Every written table: this file's, the scheduling, messaging and rtc ones."""
     # Imported here: those modules import this one.
+    from tests.test_authz_matrix_fhir import FHIR  # fhir (issue 14, F)
     from tests.test_authz_matrix_messaging import MESSAGING
+    from tests.test_authz_matrix_payments import PAYMENTS  # payments (issue 15)
+    from tests.test_authz_matrix_recordings import RECORDINGS_TABLE  # issue 13, part R
+    from tests.test_authz_matrix_records import RECORDS  # records (issue 14, part R)
     from tests.test_authz_matrix_rtc import RTC
     from tests.test_authz_matrix_scheduling import SCHEDULING
 
-    tables = [EXPECTED, SCHEDULING, MESSAGING, RTC]
+    tables = [EXPECTED, SCHEDULING, MESSAGING, RTC, FHIR, RECORDINGS_TABLE, PAYMENTS, RECORDS]
     ops = [op for table in tables for op in table]
     assert len(ops) == len(set(ops)), "an operation is in two tables"
-    return EXPECTED | SCHEDULING | MESSAGING | RTC
+    return EXPECTED | SCHEDULING | MESSAGING | RTC | FHIR | RECORDINGS_TABLE | PAYMENTS | RECORDS
 
 
 async def route_problems(world: W, op: str, rule: Rule, prepare_fn: PrepareFn[W]) -> list[str]:
@@ -446,6 +476,15 @@ async def test_public_routes_work_without_a_token(client: Client, tenant: Tenant
             "full_name": "New Patient",
         },
     }
+    # --- browser session (issue 12, part A): the cookie a cookie-transport sign-in set ---
+    browser = {"X-Session-Transport": "cookie"}
+    signed_in = await client.post(
+        "/api/v1/auth/login", json={"email": nurse.email, "password": PASSWORD}, headers=browser
+    )
+    assert signed_in.status == 200, await signed_in.text()
+    bodies["refreshBrowserSession"] = None
+    headers_of = {"refreshBrowserSession": browser}
+    # --- end browser session ---
     assert sorted(bodies) == PUBLIC, "every public route needs a request here"
     doc = await openapi(client)
     problems = []
@@ -453,6 +492,8 @@ async def test_public_routes_work_without_a_token(client: Client, tenant: Tenant
         rule = EXPECTED[op]
         want = success_status(doc, rule)
         kwargs: dict[str, Any] = {} if body is None else {"json": body}
+        if op in headers_of:
+            kwargs["headers"] = headers_of[op]
         resp = await client.request(rule.method, rule.path, **kwargs)
         if resp.status != want:
             problems.append(f"{op} without a token: expected {want}, got {resp.status}")
@@ -480,6 +521,7 @@ async def test_audit_list_shows_only_the_callers_clinic(world: World) -> None:
     other_patient = other[Role.PATIENT].user_id
     other_doctor = other[Role.DOCTOR].headers
     note = {"body": "Other clinic's note."}
+    await give_care(world.pool, other[Role.DOCTOR], other[Role.PATIENT])  # records (issue 14)
     for method, path, headers, body in [
         ("PATCH", f"/api/v1/clinics/{other.clinic_id}", other[Role.ADMIN].headers, {"name": "X"}),
         ("GET", f"/api/v1/patients/{other_patient}", other_doctor, None),

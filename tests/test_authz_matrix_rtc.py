@@ -39,6 +39,7 @@ from tests.test_authz_matrix import (
     Rule,
     Target,
     malformed_id_problems,
+    public,  # livekit (issue 13, part L)
     read,
     route_problems,
     row,
@@ -67,9 +68,12 @@ RTC: dict[str, Rule] = {
     # A test of the caller / the other patient / the colleague / the other clinic.
     "reportNetworkTest": row("POST /api/v1/network-tests/{network_test_id}/result", STARTER,
         (A, N, N, N), (A, N, N, N), (A, N, N, N), DENIED,       DENIED),
+    # --- livekit (issue 13, part L): LiveKit's signature over the body is the credential;
+    # refusals are tested in tests/test_sfu_livekit_contract.py ---
+    "receiveLiveKitWebhook": public("POST /api/v1/webhooks/livekit"),
 }
 # fmt: on
-AUTHENTICATED = sorted(RTC)
+AUTHENTICATED = sorted(op for op, rule in RTC.items() if not rule.public)
 
 REPORT = {
     "duration_s": 3.0,

@@ -30,7 +30,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
@@ -122,6 +122,9 @@ SCHEDULING: dict[str, Rule] = {
     "getAgenda": row("GET /api/v1/agenda", NO_ID,
         (F,),         (A,),         (A,),         (A,),         (A,)),
     "getAppointment": row(f"GET {APPOINTMENT}", APPOINTMENT_OBJECT,
+        (A, N, A, N), (A, A, N, N), (A, A, A, N), (A, A, A, N), (A, A, A, N)),
+    # --- join links (issue 12 follow-up): a room resolves to its appointment, read alike ---
+    "getRoomAppointment": row("GET /api/v1/rooms/{room_id}", APPOINTMENT_OBJECT,
         (A, N, A, N), (A, A, N, N), (A, A, A, N), (A, A, A, N), (A, A, A, N)),
     "fhirReadAppointment": row("GET /fhir/R4/Appointment/{appointment_id}", APPOINTMENT_OBJECT,
         (A, N, A, N), (A, A, N, N), (A, A, A, N), (A, A, A, N), (A, A, A, N)),
@@ -432,6 +435,20 @@ async def prepare(world: SchedulingWorld, op: str, role: Role | None, target: Ta
             )
         case "getAppointment" | "fhirReadAppointment":
             prep.params["appointment_id"] = world.appointments[target]
+        # --- join links (issue 12 follow-up): the room of that appointment ---
+        case "getRoomAppointment":
+            appointment_id = world.appointments[target]
+            room_id: str = await pool.fetchval(
+                "INSERT INTO consultations (appointment_id, room_id, join_opens_at,"
+                " join_closes_at) SELECT id, $2, starts_at, ends_at FROM appointments"
+                " WHERE id = $1 ON CONFLICT (appointment_id) DO UPDATE"
+                " SET room_id = consultations.room_id RETURNING room_id",
+                appointment_id,
+                secrets.token_urlsafe(24),
+            )
+            prep.params["room_id"] = cast(UUID, room_id)  # an opaque string, not a UUID
+            if str(appointment_id) in world.foreign:
+                world.foreign.add(room_id)
         case _ if op in PREPARED_STATUS:
             begun = world.past_slot() if op == "markNoShow" else None
             appointment_id = await world.appointment(target, PREPARED_STATUS[op], begun)

@@ -37,6 +37,10 @@ UNDOCUMENTED = {
     ("GET", "/socket.io/"),
     ("POST", "/socket.io/"),
     ("OPTIONS", "/socket.io/"),
+    # --- web pages (issue 12, part A): files, not REST operations (docs/pages.md) ---
+    ("GET", "/"),
+    ("GET", "/{name}.html"),
+    ("GET", "/static/{path}"),
 }
 
 

@@ -1,4 +1,8 @@
-"""Views of the schedule: the doctor's iCalendar feed and the FHIR R4 resources."""
+"""Views of the schedule: the doctor's iCalendar feed and the FHIR R4 resources.
+
+The FHIR models of fhir.resources used here are R4B (4.3.0), not R4; the resources
+checked have the same elements in both. R4 validity is Medplum's (test_fhir_validate.py).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from fhir.resources.R4B.bundle import Bundle as FhirBundle
 from fhir.resources.R4B.schedule import Schedule as FhirSchedule
 
 from teleconsult.core.identity import Role
+from tests.fhirvalidate import assert_outcome
 from tests.test_scheduling_api import _book, _next_weekday_at, _open_calendar
 from tests.world import Tenant, assert_problem
 
@@ -83,10 +88,11 @@ async def test_fhir_appointment_is_valid_r4_and_scoped(
     references = {p.actor.reference for p in resource.participant if p.actor is not None}
     assert f"Patient/{tenant[Role.PATIENT].user_id}" in references
     assert tenant.other_patient is not None
-    await assert_problem(
+    # FHIR errors are OperationOutcomes (issue 14, F)
+    await assert_outcome(
         await client.get(url, headers=tenant.other_patient.headers), 404, "not_found"
     )
-    await assert_problem(
+    await assert_outcome(
         await client.get(url, headers=other_tenant[Role.ADMIN].headers), 404, "not_found"
     )
 

@@ -374,7 +374,7 @@ def _run_schemathesis(
     ]
     # cwd: schemathesis looks for a config file in the working directory and its parents.
     result = subprocess.run(
-        command, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False
     )
     report = f"{result.stdout}\n{result.stderr}"
     print(report)  # shown by `pytest -rP`: coverage and warnings of a passing run

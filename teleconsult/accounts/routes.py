@@ -9,7 +9,7 @@ from uuid import UUID
 from aiohttp import web
 from pydantic import BaseModel, Field, StringConstraints
 
-from teleconsult.accounts import device_tokens
+from teleconsult.accounts import browser_session, device_tokens
 from teleconsult.accounts.records import ClinicRecord, IssuedTokens, UserRecord
 from teleconsult.accounts.service import AccountService
 from teleconsult.api.models import (
@@ -94,6 +94,31 @@ class SignIn(Tokens):
             "at the next sign-in (browsers get it as the `tc_device` cookie too)."
         ),
     ]
+
+
+# --- browser session transport (issue 12, part A; accounts/browser_session.py) ---
+
+
+class BrowserTokens(BaseModel):
+    """A sign-in or refresh in the browser's cookie transport: no refresh or device
+    token in the body, they travel in HttpOnly cookies."""
+
+    access_token: str
+    token_type: Literal["Bearer"] = "Bearer"
+    expires_in: int
+    user: User
+    session_transport: Literal["cookie"] = "cookie"
+
+    @classmethod
+    def of(cls, issued: IssuedTokens) -> BrowserTokens:
+        return cls(
+            access_token=issued.access_token,
+            expires_in=issued.expires_in,
+            user=User.of(issued.user),
+        )
+
+
+# --- end browser session transport ---
 
 
 class Registration(BaseModel):
@@ -195,7 +220,12 @@ async def login(req: ApiRequest) -> web.Response:
     sends the device token of an earlier sign-in to this account (`device_token`,
     or the `tc_device` cookie a browser got) has attempts of its own, so someone
     guessing elsewhere cannot lock it out; sign-ins without one share the account's
-    few (429 with Retry-After)."""
+    few (429 with Retry-After).
+
+    With the header `X-Session-Transport: cookie` (the web pages) the answer is a
+    `BrowserTokens`: no `refresh_token` nor `device_token` in the body; the refresh
+    token is set as the HttpOnly, SameSite=Strict cookie `tc_refresh` (path
+    `/api/v1/auth/`), exchanged at `POST /api/v1/auth/session/refresh`."""
     body = req.body(LoginBody)
     cookie = device_tokens.split_cookie(req.request.cookies.get(DEVICE_COOKIE))
     presented = ([body.device_token] if body.device_token else []) + cookie
@@ -203,8 +233,17 @@ async def login(req: ApiRequest) -> web.Response:
         body.email, body.password, ip=req.ip, device_tokens_presented=presented
     )
     assert issued.device_token is not None
-    answer = SignIn(**Tokens.of(issued).model_dump(), device_token=issued.device_token)
+    browser = browser_session.wants_cookie(req.request)
+    answer: BaseModel = (
+        BrowserTokens.of(issued)
+        if browser
+        else SignIn(**Tokens.of(issued).model_dump(), device_token=issued.device_token)
+    )
     resp = web.Response(body=answer.model_dump_json(), content_type="application/json")
+    if browser:  # issue 12, part A: the refresh token goes in its HttpOnly cookie
+        browser_session.set_refresh_cookie(
+            req.request, resp, issued.refresh_token, _svc(req).refresh_token_ttl
+        )
     resp.set_cookie(
         DEVICE_COOKIE,
         device_tokens.join_cookie(issued.device_token, cookie, drop=issued.replaced_device_token),
@@ -233,6 +272,34 @@ async def refresh(req: ApiRequest) -> Tokens:
     (code `refresh_reused`): someone else may hold a copy."""
     body = req.body(RefreshBody)
     return Tokens.of(await _svc(req).refresh(body.refresh_token, ip=req.ip))
+
+
+@api.op(
+    "POST",
+    "/api/v1/auth/session/refresh",
+    operation_id="refreshBrowserSession",
+    summary="Exchange the browser's refresh cookie for an access token (cookie transport)",
+    tag="auth",
+    action=None,
+    response=BrowserTokens,
+    errors=(401, 403),
+)
+async def refresh_browser_session(req: ApiRequest) -> web.Response:
+    """For the web pages (issue 12, part A): reads the `tc_refresh` cookie a sign-in
+    with `X-Session-Transport: cookie` set, rotates it (the same single-use rule as
+    `/auth/refresh`) and answers a fresh access token. Requires the header
+    `X-Session-Transport: cookie` and no foreign `Origin` (403), a CSRF defence on top
+    of SameSite=Strict; no or a spent cookie is a 401 (`refresh_invalid`,
+    `refresh_reused`)."""
+    token = browser_session.check_cookie_request(req.request)
+    issued = await _svc(req).refresh(token, ip=req.ip)
+    resp = web.Response(
+        body=BrowserTokens.of(issued).model_dump_json(), content_type="application/json"
+    )
+    browser_session.set_refresh_cookie(
+        req.request, resp, issued.refresh_token, _svc(req).refresh_token_ttl
+    )
+    return resp
 
 
 @api.op(
@@ -273,8 +340,13 @@ async def register(req: ApiRequest) -> Registration:
     action=Action.SESSION_END,
     status=204,
 )
-async def logout(req: ApiRequest) -> None:
+async def logout(req: ApiRequest) -> web.Response:
+    """With `X-Session-Transport: cookie`, the answer also clears the `tc_refresh` cookie."""
     await _svc(req).logout(req.principal, ip=req.ip)
+    resp = web.Response(status=204)
+    if browser_session.wants_cookie(req.request):  # issue 12, part A
+        browser_session.clear_refresh_cookie(req.request, resp)
+    return resp
 
 
 @api.op(

@@ -77,6 +77,11 @@ class AccountService:
         self._device_key = device_tokens.device_key(settings.jwt_secret)
 
     @property
+    def refresh_token_ttl(self) -> int:
+        """How long a refresh token (and a browser's refresh cookie) lives, in seconds."""
+        return self._settings.refresh_ttl
+
+    @property
     def device_token_ttl(self) -> int:
         """How long a device token (and a browser's device cookie) lives, in seconds."""
         return self._settings.device_token_ttl

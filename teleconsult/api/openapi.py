@@ -43,6 +43,25 @@ def _problem(status: int) -> dict[str, Any]:
     }
 
 
+def _fhir_outcome(status: int) -> dict[str, Any]:  # fhir (issue 14, F)
+    text = "Accepted, in progress" if status < 400 else _ERROR_TEXT.get(status, "Error")
+    return {
+        "description": text + " (an OperationOutcome)",
+        "content": {
+            "application/fhir+json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["resourceType", "issue"],
+                    "properties": {
+                        "resourceType": {"const": "OperationOutcome"},
+                        "issue": {"type": "array", "minItems": 1},
+                    },
+                }
+            }
+        },
+    }
+
+
 def _error_statuses(op: Operation) -> list[int]:
     statuses = set(op.errors)
     if op.body is not None or op.query is not None:
@@ -142,7 +161,9 @@ def build_openapi(operations: list[Operation]) -> dict[str, Any]:
         else:
             responses[str(op.status)] = {"description": "Success, no content"}
         for status in _error_statuses(op):
-            responses[str(status)] = _problem(status)
+            # fhir (issue 14, F): errors under /fhir/ are OperationOutcomes (fhir/outcome.py)
+            fhir = op.path.startswith("/fhir/")
+            responses[str(status)] = _fhir_outcome(status) if fhir else _problem(status)
         for status, model in op.alternatives:
             responses[str(status)] = {
                 "description": "See the body",

@@ -56,7 +56,23 @@ class ErrorCode(StrEnum):
     INVALID_SDP = "invalid_sdp"
     PEER_ADDRESS_REFUSED = "peer_address_refused"
     NO_CONSULTATION = "no_consultation"
+    # --- recordings (issue 13, part R) ---
+    RECORDING_CONSENT_REQUIRED = "recording_consent_required"
+    RECORDING_NOT_READY = "recording_not_ready"
+    RANGE_NOT_SATISFIABLE = "range_not_satisfiable"
+    # --- end recordings ---
     RATE_LIMITED = "rate_limited"
+    # --- payments (issue 15) ---
+    IDEMPOTENCY_KEY_REQUIRED = "idempotency_key_required"
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+    IDEMPOTENCY_KEY_IN_FLIGHT = "idempotency_key_in_flight"
+    PAYMENT_REQUIRED = "payment_required"
+    PAYMENT_IN_PROGRESS = "payment_in_progress"
+    NOT_PAYABLE = "not_payable"
+    PROVIDER_NOT_CONFIGURED = "provider_not_configured"
+    PROVIDER_REFUSED = "provider_refused"
+    PROVIDER_UNAVAILABLE = "provider_unavailable"
+    BAD_WEBHOOK_SIGNATURE = "bad_webhook_signature"
     INTERNAL = "internal_error"
     UNAVAILABLE = "unavailable"
 
@@ -175,6 +191,20 @@ class RateLimited(ClientError):
     def __init__(self, detail: str, *, retry_after: int) -> None:
         super().__init__(detail, headers={"Retry-After": str(max(1, retry_after))})
         self.retry_after = retry_after
+
+
+class RangeNotSatisfiable(ClientError):
+    """HTTP 416: a Range outside the representation (issue 13, part R)."""
+
+    status = 416
+    default_code = ErrorCode.RANGE_NOT_SATISFIABLE
+    title = "Range not satisfiable"
+
+
+class PaymentRequired(ClientError):  # --- payments (issue 15) ---
+    status = 402
+    default_code = ErrorCode.PAYMENT_REQUIRED
+    title = "Payment required"
 
 
 class Unavailable(ClientError):
@@ -297,8 +327,50 @@ ERROR_MEANINGS: Final[Mapping[ErrorCode, CodeMeaning]] = {
     ErrorCode.NO_CONSULTATION: CodeMeaning(
         (422,), "the appointment has no video or audio consultation"
     ),
+    # --- recordings (issue 13, part R) ---
+    ErrorCode.RECORDING_CONSENT_REQUIRED: CodeMeaning(
+        (409,), "the patient has not consented to recording this consultation (or withdrew)"
+    ),
+    ErrorCode.RECORDING_NOT_READY: CodeMeaning(
+        (409,), "the recording is still being made or sealed, failed, or has expired"
+    ),
+    ErrorCode.RANGE_NOT_SATISFIABLE: CodeMeaning(
+        (416,), "the `Range` asks for bytes the media does not have; `Content-Range` gives its size"
+    ),
+    # --- end recordings ---
     ErrorCode.RATE_LIMITED: CodeMeaning(
         (429,), "too many requests: wait `Retry-After` seconds", retry=True
+    ),
+    # --- payments (issue 15) ---
+    ErrorCode.IDEMPOTENCY_KEY_REQUIRED: CodeMeaning(
+        (400,), "a POST that creates or moves money needs an `Idempotency-Key` header"
+    ),
+    ErrorCode.IDEMPOTENCY_KEY_REUSED: CodeMeaning(
+        (422,), "that `Idempotency-Key` was used for a different request: use a new key"
+    ),
+    ErrorCode.IDEMPOTENCY_KEY_IN_FLIGHT: CodeMeaning(
+        (409,), "the first request with that `Idempotency-Key` is still running", retry=True
+    ),
+    ErrorCode.PAYMENT_REQUIRED: CodeMeaning(
+        (402,), "pay the invoice first; the fields name `invoice_id`, `amount` and `currency`"
+    ),
+    ErrorCode.PAYMENT_IN_PROGRESS: CodeMeaning(
+        (409,), "the invoice already has a payment under way or paid", retry=True
+    ),
+    ErrorCode.NOT_PAYABLE: CodeMeaning(
+        (409, 422), "the invoice or payment is not in a state that allows this"
+    ),
+    ErrorCode.PROVIDER_NOT_CONFIGURED: CodeMeaning(
+        (422,), "this server has no such payment provider configured"
+    ),
+    ErrorCode.PROVIDER_REFUSED: CodeMeaning(
+        (422,), "the payment provider refused the payment (number, amount, currency)"
+    ),
+    ErrorCode.PROVIDER_UNAVAILABLE: CodeMeaning(
+        (503,), "the payment provider did not answer; the payment stays pending", retry=True
+    ),
+    ErrorCode.BAD_WEBHOOK_SIGNATURE: CodeMeaning(
+        (401,), "a provider webhook whose signature does not verify"
     ),
     ErrorCode.INTERNAL: CodeMeaning((500,), "the server failed (and logged it)", retry=True),
     ErrorCode.UNAVAILABLE: CodeMeaning(

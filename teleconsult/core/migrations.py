@@ -82,6 +82,25 @@ RUNTIME_TABLE_PRIVILEGES: dict[str, str] = {
     "audit_head": "SELECT, UPDATE",
     "audit_checkpoints": "SELECT, INSERT",
     "schema_migrations": "SELECT",
+    # --- payments (issue 15): the ledger is append-only ---
+    "ledger_transactions": "SELECT, INSERT",
+    "ledger_postings": "SELECT, INSERT",
+    # --- records (issue 14, part R): nothing of a record is deleted. UPDATE stays where
+    # re-keying (`records rotate-key`) or an ending needs it; the triggers of 0016/0017
+    # narrow it to exactly that on note versions and prescriptions.
+    "clinical_note_versions": "SELECT, INSERT, UPDATE",
+    "prescriptions": "SELECT, INSERT, UPDATE",
+    "break_glass_accesses": "SELECT, INSERT, UPDATE",
+    "consents": "SELECT, INSERT, UPDATE",
+    "care_team_members": "SELECT, INSERT, UPDATE",
+    "vital_signs": "SELECT, INSERT",
+    "medication_statements": "SELECT, INSERT, UPDATE",
+    "record_keys": "SELECT, INSERT, UPDATE",
+    "care_plans": "SELECT, INSERT, UPDATE",
+    "record_changes": "SELECT, INSERT",
+    "documents": "SELECT, INSERT, UPDATE",
+    "document_versions": "SELECT, INSERT",
+    # --- end records ---
 }
 assert set(AUDIT_TABLES) <= set(RUNTIME_TABLE_PRIVILEGES)
 DATA_PRIVILEGES = "SELECT, INSERT, UPDATE, DELETE"

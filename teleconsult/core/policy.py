@@ -63,6 +63,52 @@ class Action(StrEnum):
     TURN_CREDENTIALS = "turn.credentials"
     NETWORK_TEST_RUN = "network_test.run"
     NETWORK_TEST_READ = "network_test.read"
+    # --- payments (issue 15) ---
+    INVOICE_READ = "invoice.read"
+    PAYMENT_START = "payment.start"
+    PAYMENT_DESK = "payment.desk"
+    PAYMENT_REPORT = "payment.report"
+    PAYMENT_SETTINGS = "payment.settings"
+    # --- fhir (issue 14, part F) ---
+    FHIR_DIRECTORY_READ = "fhir.directory.read"
+    FHIR_PATIENT_READ = "fhir.patient.read"
+    FHIR_ENCOUNTER_READ = "fhir.encounter.read"
+    FHIR_EVERYTHING = "fhir.everything"
+    FHIR_CLINICAL_READ = "fhir.clinical.read"
+    FHIR_EXPORT = "fhir.export"
+    # --- end fhir ---
+    # --- recordings (issue 13, part R) ---
+    RECORDING_CONSENT = "recording.consent"
+    RECORDING_START = "recording.start"
+    RECORDING_READ = "recording.read"
+    RECORDING_PLAY = "recording.play"
+    RECORDING_RETENTION = "recording.retention"
+    # --- end recordings ---
+    # --- records (issue 14, part R) ---
+    CONSENT_MANAGE = "consent.manage"
+    CARE_TEAM_MANAGE = "care_team.manage"
+    BREAK_GLASS = "record.break_glass"
+    PROFILE_READ = "profile.read"
+    PROFILE_WRITE = "profile.write"
+    PATIENT_LOOKUP = "patient.lookup"
+    SUMMARY_READ = "summary.read"
+    SUMMARY_WRITE = "summary.write"
+    HOUSEHOLD_MANAGE = "household.manage"
+    HOUSEHOLD_READ = "household.read"
+    VITALS_READ = "vitals.read"
+    VITALS_WRITE = "vitals.write"
+    NOTE_READ = "note.read"
+    NOTE_AMEND = "note.amend"
+    PRESCRIPTION_ISSUE = "prescription.issue"
+    PRESCRIPTION_READ = "prescription.read"
+    MEDICATION_READ = "medication.read"
+    MEDICATION_WRITE = "medication.write"
+    CARE_PLAN_READ = "care_plan.read"
+    CARE_PLAN_WRITE = "care_plan.write"
+    RECORD_SYNC = "record.sync"
+    DOCUMENT_READ = "document.read"
+    DOCUMENT_WRITE = "document.write"
+    # --- end records ---
 
 
 ROLE_RULES: dict[Action, frozenset[Role]] = {
@@ -111,6 +157,72 @@ ROLE_RULES: dict[Action, frozenset[Role]] = {
     # appointment, a patient only their own).
     Action.NETWORK_TEST_RUN: CLINICAL | {Role.PATIENT},
     Action.NETWORK_TEST_READ: ALL,
+    # --- payments (issue 15) --- A patient reads and pays their own invoices (scoped
+    # by the invoice's patient); the front desk and admins their clinic's, and only they
+    # take cash, refund and waive. Doctors and nurses see no bills.
+    Action.INVOICE_READ: frozenset({Role.PATIENT, Role.RECEPTIONIST, Role.ADMIN}),
+    Action.PAYMENT_START: frozenset({Role.PATIENT, Role.RECEPTIONIST, Role.ADMIN}),
+    Action.PAYMENT_DESK: frozenset({Role.RECEPTIONIST, Role.ADMIN}),
+    Action.PAYMENT_REPORT: frozenset({Role.RECEPTIONIST, Role.ADMIN}),
+    Action.PAYMENT_SETTINGS: ADMIN,
+    # --- fhir (issue 14, part F; docs/fhir.md) ---
+    # Practitioners and the clinic (Organization) are the clinic's directory, as
+    # DOCTOR_READ. Patient resources follow PATIENT_READ (a patient: their own).
+    # Encounters follow APPOINTMENT_READ (a doctor: their own). Patient/$everything:
+    # the patient themself, or clinical staff with a care relationship. $export: a
+    # doctor (their own patients), an admin (the clinic's non-clinical resources);
+    # it never yields more than the caller could read resource by resource.
+    Action.FHIR_DIRECTORY_READ: ALL,
+    Action.FHIR_PATIENT_READ: STAFF | {Role.PATIENT},
+    Action.FHIR_ENCOUNTER_READ: ALL,
+    Action.FHIR_EVERYTHING: CLINICAL | {Role.PATIENT},
+    # Observation, Consent: records.access decides per patient (self, guardian, or a
+    # clinician's care relationship, consent or break-glass); front desk and admins never.
+    Action.FHIR_CLINICAL_READ: CLINICAL | {Role.PATIENT},
+    Action.FHIR_EXPORT: ADMIN | {Role.DOCTOR},
+    # --- end fhir ---
+    # --- recordings (issue 13, part R; docs/rtc.md, "Recordings") ---
+    # Only the consultation's patient gives or withdraws consent; only its doctor
+    # starts a recording (through the SFU, no route). The state and the list are
+    # scoped like the appointment (a doctor: their own; a patient: their own). The
+    # media plays to the consultation's doctor and to its patient (right of access);
+    # no other role hears it.
+    Action.RECORDING_CONSENT: frozenset({Role.PATIENT}),
+    Action.RECORDING_START: frozenset({Role.DOCTOR}),
+    Action.RECORDING_READ: ALL,
+    Action.RECORDING_PLAY: frozenset({Role.DOCTOR, Role.PATIENT}),
+    # A clinic's retention period is its admins' to set.
+    Action.RECORDING_RETENTION: ADMIN,
+    # --- end recordings ---
+    # --- records (issue 14, part R; docs/records.md) ---
+    # The role may try; records/access.py decides per patient in SQL (self, guardian,
+    # appointment, care team, consent, break-glass). Front desk and admins never read
+    # clinical data; they keep the demographic profile and the organisational parts.
+    Action.CONSENT_MANAGE: frozenset({Role.PATIENT}),
+    Action.CARE_TEAM_MANAGE: ADMIN,
+    Action.BREAK_GLASS: CLINICAL,
+    Action.PROFILE_READ: STAFF | {Role.PATIENT},
+    Action.PROFILE_WRITE: frozenset({Role.RECEPTIONIST, Role.ADMIN, Role.PATIENT}),
+    Action.PATIENT_LOOKUP: STAFF,
+    Action.SUMMARY_READ: CLINICAL | {Role.PATIENT},
+    Action.SUMMARY_WRITE: CLINICAL,
+    Action.HOUSEHOLD_MANAGE: frozenset({Role.RECEPTIONIST, Role.ADMIN}),
+    Action.HOUSEHOLD_READ: STAFF | {Role.PATIENT},
+    Action.VITALS_READ: CLINICAL | {Role.PATIENT},
+    Action.VITALS_WRITE: CLINICAL | {Role.PATIENT},
+    Action.NOTE_READ: CLINICAL | {Role.PATIENT},
+    Action.NOTE_AMEND: CLINICAL,
+    Action.PRESCRIPTION_ISSUE: frozenset({Role.DOCTOR}),
+    Action.PRESCRIPTION_READ: CLINICAL | {Role.PATIENT},
+    Action.MEDICATION_READ: CLINICAL | {Role.PATIENT},
+    Action.MEDICATION_WRITE: CLINICAL | {Role.PATIENT},
+    Action.CARE_PLAN_READ: CLINICAL | {Role.PATIENT},
+    Action.CARE_PLAN_WRITE: CLINICAL,
+    # Changes to every record the caller may see (scoped per patient and part).
+    Action.RECORD_SYNC: CLINICAL | {Role.PATIENT},
+    Action.DOCUMENT_READ: CLINICAL | {Role.PATIENT},
+    Action.DOCUMENT_WRITE: CLINICAL | {Role.PATIENT},
+    # --- end records ---
 }
 
 

@@ -10,6 +10,7 @@ run under the data folder, so a development checkout holds no secret.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import ipaddress
@@ -17,6 +18,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from nacl.signing import SigningKey
 
 from teleconsult.core.errors import ConfigError
+from teleconsult.core.payment_settings import (  # --- payments (issue 15) ---
+    PaymentSettings,
+    load_payment_settings,
+)
 
 # OWASP Password Storage Cheat Sheet: argon2id with at least 19 MiB, t=2, p=1.
 OWASP_MIN_MEMLIMIT_KIB = 19 * 1024
@@ -367,6 +373,334 @@ def _rtc_public_ips(e: _Env) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Addr
     return tuple(found)
 
 
+# --- records (issue 14) ---
+@dataclass(frozen=True)
+class RecordsSettings:
+    """Master keys that wrap each clinic's field-encryption keys (docs/records.md).
+
+    ``RECORDS_KEYS`` (or ``RECORDS_KEYS_FILE``): ``version:64-hex`` entries separated by
+    commas or lines; the highest version wraps new keys, the others still unwrap old
+    ones until ``teleconsult records rotate-key`` has re-wrapped everything. Without it,
+    a key is generated at first run into ``<data_dir>/records-keys`` (0600).
+    """
+
+    master_keys: tuple[tuple[int, bytes], ...] = ()
+
+    @property
+    def current_version(self) -> int:
+        return max(version for version, _ in self.master_keys)
+
+
+def _records_keys(variable: str, text: str) -> tuple[tuple[int, bytes], ...]:
+    keys: dict[int, bytes] = {}
+    for part in re.split(r"[,\n]", text):
+        if not part.strip():
+            continue
+        version, _, key_hex = part.strip().partition(":")
+        try:
+            number, key = int(version), bytes.fromhex(key_hex)
+        except ValueError:
+            number, key = 0, b""
+        if not 0 < number < 2**31 or len(key) != 32 or number in keys:
+            raise ConfigError(
+                variable, "expected distinct version:key entries, e.g. 1:<64 hex characters>"
+            )
+        keys[number] = key
+    if not keys:
+        raise ConfigError(variable, "name at least one master key, e.g. 1:<64 hex characters>")
+    return tuple(sorted(keys.items()))
+
+
+def _records(e: _Env, data_dir: Path) -> RecordsSettings:
+    raw = e.get("RECORDS_KEYS")
+    if raw is not None:
+        return RecordsSettings(master_keys=_records_keys("RECORDS_KEYS", raw))
+    path = data_dir / "records-keys"
+    _private_dir(data_dir)
+    if not path.exists():
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(f"1:{secrets.token_bytes(32).hex()}\n")
+        try:
+            os.link(tmp, path)  # never replaces a key another process made meanwhile
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return RecordsSettings(master_keys=_records_keys(str(path), path.read_text(encoding="ascii")))
+
+
+# --- end records (issue 14) ---
+
+
+# --- fhir export (issue 14, part F) ---
+@dataclass(frozen=True)
+class FhirSettings:
+    """Bulk Data ``$export`` jobs (docs/fhir.md).
+
+    Files go under ``FHIR_EXPORT_DIR`` (default ``<data_dir>/fhir-exports``), which
+    every server process running exports must share. A worker holds a job by a lease
+    of ``FHIR_EXPORT_LEASE_SECONDS`` that it renews while it writes; a job whose lease
+    ran out (its server died) is taken over and resumed. ``FHIR_EXPORT_RETRY_AFTER``
+    is the status poll interval clients are told (polling faster answers 429).
+    ``FHIR_EXPORT_MAX_ROWS_PER_SECOND`` (0: unlimited) spares the database.
+    """
+
+    export_dir: Path = Path("var/fhir-exports")
+    lease_seconds: int = 30
+    poll_interval: float = 1.0
+    retry_after: int = 2
+    max_rows_per_second: int = 0
+    expire_hours: int = 24
+    run_in_server: bool = True
+
+
+def _fhir(e: _Env, data_dir: Path) -> FhirSettings:
+    raw = e.get("FHIR_EXPORT_DIR")
+    return FhirSettings(
+        export_dir=Path(raw).resolve() if raw else data_dir / "fhir-exports",
+        lease_seconds=e.integer("FHIR_EXPORT_LEASE_SECONDS", 30, minimum=1, maximum=3600),
+        poll_interval=e.number("FHIR_EXPORT_POLL_INTERVAL", 1.0, minimum=0.05),
+        retry_after=e.integer("FHIR_EXPORT_RETRY_AFTER", 2, minimum=1, maximum=3600),
+        max_rows_per_second=e.integer("FHIR_EXPORT_MAX_ROWS_PER_SECOND", 0, minimum=0),
+        expire_hours=e.integer("FHIR_EXPORT_EXPIRE_HOURS", 24, minimum=1, maximum=24 * 30),
+        run_in_server=e.flag("FHIR_EXPORT_IN_SERVER", True),
+    )
+
+
+# --- end fhir export (issue 14, part F) ---
+
+
+# --- livekit (issue 13, part L) ---
+@dataclass(frozen=True)
+class LiveKitSettings:
+    """The LiveKit SFU backend (``SFU=livekit``; docs/rtc.md, "LiveKit").
+
+    ``url`` is LiveKit's server URL (``LIVEKIT_URL``, http(s) or ws(s)); the API key
+    and secret (``LIVEKIT_API_KEY``, ``LIVEKIT_API_SECRET`` or ``_FILE``) sign join
+    tokens and RoomService/Egress calls, and verify LiveKit's webhooks. Join
+    tokens live ``token_ttl_minutes``. A webhook older than ``webhook_max_age``
+    seconds is refused; event ids are remembered 24 hours. A recording with no
+    news for ``egress_check_seconds`` is looked up with ListEgress, and ended as
+    failed when LiveKit still has no final state after ``egress_deadline_seconds``.
+    ``egress_dir`` is where egress writes files (a folder it shares with us).
+    """
+
+    url: str | None = None
+    api_key: str = ""
+    api_secret: str = field(repr=False, default="")
+    token_ttl_minutes: int = 10
+    webhook_max_age: int = 300
+    egress_check_seconds: int = 60
+    egress_deadline_seconds: int = 3600
+    egress_dir: Path = Path("var/livekit-egress")
+
+    @property
+    def enabled(self) -> bool:
+        return self.url is not None
+
+
+def _livekit(e: _Env, data_dir: Path) -> LiveKitSettings:
+    url = e.url("LIVEKIT_URL", ("http", "https", "ws", "wss"))
+    key = e.get("LIVEKIT_API_KEY") or ""
+    secret = e.get("LIVEKIT_API_SECRET") or ""
+    if url is not None and not key:
+        raise ConfigError("LIVEKIT_API_KEY", "required with LIVEKIT_URL")
+    if url is not None and len(secret) < 32:
+        raise ConfigError("LIVEKIT_API_SECRET", "required with LIVEKIT_URL, 32 characters or more")
+    check = e.integer("LIVEKIT_EGRESS_CHECK_SECONDS", 60, minimum=1, maximum=3600)
+    return LiveKitSettings(
+        url=url,
+        api_key=key,
+        api_secret=secret,
+        token_ttl_minutes=e.integer("LIVEKIT_TOKEN_TTL_MINUTES", 10, minimum=1, maximum=60),
+        webhook_max_age=e.integer("LIVEKIT_WEBHOOK_MAX_AGE", 300, minimum=10, maximum=3600),
+        egress_check_seconds=check,
+        egress_deadline_seconds=e.integer(
+            "LIVEKIT_EGRESS_DEADLINE_SECONDS", 3600, minimum=check, maximum=7 * 86400
+        ),
+        egress_dir=Path(e.text("LIVEKIT_EGRESS_DIR", str(data_dir / "livekit-egress"))).resolve(),
+    )
+
+
+# --- end livekit (issue 13, part L) ---
+
+
+# --- sfu / janus (issue 13, part J) ---
+@dataclass(frozen=True)
+class SfuSettings:
+    """Which SFU takes rooms past peer to peer (``SFU=none|janus|livekit``; docs/rtc.md).
+
+    Janus: ``janus_url`` is its HTTP API (``JANUS_URL``); without it the server starts
+    its own Janus on 127.0.0.1 (the ``janus`` binary must be installed).
+    ``janus_admin_key`` is VideoRoom's ``admin_key`` of an external Janus
+    (``JANUS_ADMIN_KEY`` or ``_FILE``). ``janus_room_key`` derives room numbers and
+    secrets (``JANUS_ROOM_KEY`` or ``_FILE``; generated under the data folder).
+    ``janus_recordings`` is where Janus writes .mjr files (a folder it shares with
+    us; 0700). ``janus_ice_enforce_list`` limits the interfaces our own Janus gathers
+    on; ``janus_rtp_port_range`` its RTP ports. A room on the SFU holds ``max_peers``.
+    """
+
+    kind: str = "none"
+    janus_url: str | None = None
+    janus_admin_key: str | None = field(repr=False, default=None)
+    janus_room_key: str = field(repr=False, default="")
+    janus_recordings: Path = Path("var/janus/recordings")
+    janus_workdir: Path = Path("var/janus")
+    janus_ice_enforce_list: str | None = None
+    janus_rtp_port_range: str = "20000-40000"
+    max_peers: int = 8
+
+
+def _sfu(e: _Env, data_dir: Path, livekit: LiveKitSettings) -> SfuSettings:
+    kind = e.choice("SFU", "none", ("none", "janus", "livekit"))
+    if kind == "livekit" and not livekit.enabled:
+        raise ConfigError("SFU", "SFU=livekit needs LIVEKIT_URL")
+    url = e.url("JANUS_URL", ("http", "https"))
+    if kind == "janus" and url is None and shutil.which("janus") is None:
+        raise ConfigError("SFU", "SFU=janus needs JANUS_URL or the janus binary (apt: janus)")
+    ports = e.text("JANUS_RTP_PORT_RANGE", "20000-40000")
+    if not re.fullmatch(r"\d{4,5}-\d{4,5}", ports):
+        raise ConfigError("JANUS_RTP_PORT_RANGE", "expected MIN-MAX, e.g. 20000-40000")
+    enforce = e.get("JANUS_ICE_ENFORCE_LIST")
+    if enforce is not None and not re.fullmatch(r"[A-Za-z0-9_.:,-]+", enforce):
+        raise ConfigError("JANUS_ICE_ENFORCE_LIST", "interface names or addresses, comma-separated")
+    room_key = e.get("JANUS_ROOM_KEY")
+    if kind == "janus" and room_key is None:
+        room_key = _dev_secret(data_dir, "janus_room_key")
+    workdir = Path(e.text("JANUS_WORKDIR", str(data_dir / "janus"))).resolve()
+    return SfuSettings(
+        kind=kind,
+        janus_url=url.rstrip("/") if url else None,
+        janus_admin_key=e.get("JANUS_ADMIN_KEY"),
+        janus_room_key=room_key or "",
+        janus_recordings=Path(
+            e.text("JANUS_RECORDINGS_DIR", str(workdir / "recordings"))
+        ).resolve(),
+        janus_workdir=workdir,
+        janus_ice_enforce_list=enforce,
+        janus_rtp_port_range=ports,
+        max_peers=e.integer("SFU_MAX_PEERS", 8, minimum=3, maximum=50),
+    )
+
+
+# --- end sfu / janus (issue 13, part J) ---
+
+
+# --- recordings (issue 13, part R) ---
+@dataclass(frozen=True)
+class RecordingSettings:
+    """Recordings sealed at rest (docs/rtc.md, "Recordings").
+
+    ``keys`` are the master keys as (version, 32-byte key), newest first
+    (``RECORDING_KEYS`` = ``2:base64,1:base64`` or ``RECORDING_KEYS_FILE``, one
+    entry a line); unset, one generated at first run into
+    ``<data_dir>/recording-keys`` (``keys_file``, 0600). ``storage`` is ``local``
+    (a folder, ``RECORDING_DIR``, default ``<data_dir>/recordings``) or ``s3``
+    (``RECORDING_S3_ENDPOINT``, ``_BUCKET``, ``_REGION``, ``_ACCESS_KEY``,
+    ``_SECRET_KEY``, ``_PREFIX``). Objects are sealed in ``chunk_size`` chunks.
+    The retention sweeper runs every ``sweep_seconds``.
+    """
+
+    keys: tuple[tuple[int, bytes], ...] = field(repr=False, default=())
+    keys_file: Path | None = None
+    storage: str = "local"
+    local_dir: Path = Path("var/recordings")
+    staging_dir: Path = Path("var/recordings-staging")
+    s3_endpoint: str | None = None
+    s3_bucket: str = ""
+    s3_region: str = "us-east-1"
+    s3_access_key: str = field(repr=False, default="")
+    s3_secret_key: str = field(repr=False, default="")
+    s3_prefix: str = ""
+    chunk_size: int = 64 * 1024
+    sweep_seconds: float = 60.0
+
+
+def parse_recording_keys(text: str) -> tuple[tuple[int, bytes], ...]:
+    """``2:base64,1:base64`` (commas or newlines), newest first; ValueError says why not."""
+    found: list[tuple[int, bytes]] = []
+    for part in text.replace("\n", ",").split(","):
+        entry = part.strip()
+        if not entry:
+            continue
+        version_text, colon, key_text = entry.partition(":")
+        if not colon or not version_text.strip().isdigit():
+            raise ValueError("each entry is VERSION:BASE64KEY, e.g. 2:q83v...=")
+        version = int(version_text)
+        if not 0 < version < 2**32:
+            raise ValueError(f"version {version} is out of range (1 to 4294967295)")
+        try:
+            key = base64.b64decode(key_text.strip(), validate=True)
+        except ValueError:
+            raise ValueError(f"key {version} is not base64") from None
+        if len(key) != 32:
+            raise ValueError(f"key {version} is {len(key)} bytes, not 32")
+        found.append((version, key))
+    versions = [v for v, _ in found]
+    if not found:
+        raise ValueError("no key given")
+    if len(set(versions)) != len(versions):
+        raise ValueError("versions must be distinct")
+    if versions[0] != max(versions):
+        raise ValueError("list the newest (highest) version first")
+    return tuple(found)
+
+
+def _dev_recording_keys(data_dir: Path) -> Path:
+    """``<data_dir>/recording-keys`` (0600), created with one key on first use."""
+    path = data_dir / "recording-keys"
+    _private_dir(data_dir)
+    if not path.exists():
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write("1:" + base64.b64encode(secrets.token_bytes(32)).decode("ascii") + "\n")
+        try:
+            os.link(tmp, path)  # never replaces keys another process made meanwhile
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path
+
+
+def _recording(e: _Env, data_dir: Path) -> RecordingSettings:
+    raw = e.get("RECORDING_KEYS")
+    keys_file = None
+    if raw is None:
+        keys_file = _dev_recording_keys(data_dir)
+        raw = keys_file.read_text(encoding="ascii")
+    try:
+        keys = parse_recording_keys(raw)
+    except ValueError as exc:
+        raise ConfigError("RECORDING_KEYS", str(exc)) from None
+    storage = e.choice("RECORDING_STORAGE", "local", ("local", "s3"))
+    endpoint = e.url("RECORDING_S3_ENDPOINT", ("http", "https"))
+    bucket = e.text("RECORDING_S3_BUCKET", "")
+    if storage == "s3" and (endpoint is None or not bucket):
+        raise ConfigError("RECORDING_STORAGE", "s3 needs RECORDING_S3_ENDPOINT and _BUCKET")
+    return RecordingSettings(
+        keys=keys,
+        keys_file=keys_file,
+        storage=storage,
+        local_dir=Path(e.text("RECORDING_DIR", str(data_dir / "recordings"))).resolve(),
+        staging_dir=data_dir / "recordings-staging",
+        s3_endpoint=endpoint,
+        s3_bucket=bucket,
+        s3_region=e.text("RECORDING_S3_REGION", "us-east-1"),
+        s3_access_key=e.text("RECORDING_S3_ACCESS_KEY", ""),
+        s3_secret_key=e.text("RECORDING_S3_SECRET_KEY", ""),
+        s3_prefix=e.text("RECORDING_S3_PREFIX", ""),
+        chunk_size=e.integer("RECORDING_CHUNK_SIZE", 64 * 1024, minimum=1024, maximum=16 << 20),
+        sweep_seconds=e.number("RECORDING_SWEEP_SECONDS", 60.0, minimum=0.05),
+    )
+
+
+# --- end recordings (issue 13, part R) ---
+
+
 @dataclass(frozen=True)
 class LogSettings:
     level: str = "INFO"
@@ -390,6 +724,13 @@ class Settings:
     signal: SignalSettings = field(default_factory=SignalSettings)
     rtc: RtcSettings = field(default_factory=RtcSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    payments: PaymentSettings = field(default_factory=PaymentSettings)  # payments (issue 15)
+    # --- recordings (issue 13, part R) ---
+    recording: RecordingSettings = field(default_factory=RecordingSettings)
+    records: RecordsSettings = field(default_factory=RecordsSettings)  # records (issue 14)
+    livekit: LiveKitSettings = field(default_factory=LiveKitSettings)  # livekit (issue 13 L)
+    fhir: FhirSettings = field(default_factory=FhirSettings)  # fhir export (issue 14, F)
+    sfu: SfuSettings = field(default_factory=SfuSettings)  # sfu / janus (issue 13, part J)
 
     def service_urls(self) -> dict[str, str]:
         """The external services these settings point at, by variable name."""
@@ -757,6 +1098,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     public_url = e.url("PUBLIC_URL", ("http", "https")) or f"http://{http.host}:{http.port}"
     turn = _turn(e, data_dir, public_url, jwt_secret)
     audit = _audit(e, data_dir)
+    records = _records(e, data_dir)  # records (issue 14)
+    livekit = _livekit(e, data_dir)  # livekit (issue 13, part L)
+    fhir = _fhir(e, data_dir)  # fhir export (issue 14, F)
     return Settings(
         data_dir=data_dir,
         http=http,
@@ -773,4 +1117,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         signal=signal,
         rtc=rtc,
         audit=audit,
+        recording=_recording(e, data_dir),  # --- recordings (issue 13, part R) ---
+        records=records,  # records (issue 14)
+        livekit=livekit,  # livekit (issue 13, part L)
+        fhir=fhir,  # fhir export (issue 14, F)
+        sfu=_sfu(e, data_dir, livekit),  # sfu / janus (issue 13, part J)
+        payments=load_payment_settings(e, public_url.rstrip("/")),  # payments (issue 15)
     )

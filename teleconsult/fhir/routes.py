@@ -1,7 +1,7 @@
 """FHIR R4 read views of scheduling: Appointment, Schedule and Slot (``/fhir/R4/...``).
 
 The same services and the same authorization as the REST API; these only change
-the shape of the answer. Errors are problem documents like the rest of the API.
+the shape of the answer. Errors are OperationOutcomes (``outcome.py``, issue 14).
 """
 
 from __future__ import annotations

@@ -10,12 +10,11 @@ from aiohttp import web
 from pydantic import BaseModel, StringConstraints
 
 from teleconsult.accounts.records import UserRecord
-from teleconsult.api.models import Body, IsoDate, Name, PageQuery, Patch, Phone
+from teleconsult.api.models import IsoDate, Name, PageQuery, Patch, Phone
 from teleconsult.api.pagination import cut_page, decode_cursor
 from teleconsult.api.registry import Api, ApiRequest
 from teleconsult.core.policy import Action
 from teleconsult.records.service import PatientService
-from teleconsult.records.store import NoteRecord
 
 PATIENTS = web.AppKey("patients", PatientService)
 api = Api()
@@ -59,33 +58,6 @@ class PatientPatch(Patch):
     full_name: Name | None = None
     phone: Phone | None = None
     date_of_birth: IsoDate | None = None
-
-
-class Note(BaseModel):
-    id: UUID
-    patient_id: UUID
-    author_id: UUID
-    body: str
-    created_at: datetime
-
-    @classmethod
-    def of(cls, note: NoteRecord) -> Note:
-        return cls(
-            id=note.id,
-            patient_id=note.patient_id,
-            author_id=note.author_id,
-            body=note.body,
-            created_at=note.created_at,
-        )
-
-
-class NotePage(BaseModel):
-    items: list[Note]
-    next_cursor: str | None
-
-
-class NoteBody(Body):
-    body: Annotated[str, StringConstraints(min_length=1, max_length=20000, pattern=r"\S")]
 
 
 def _svc(req: ApiRequest) -> PatientService:
@@ -142,43 +114,3 @@ async def update_patient(req: ApiRequest) -> Patient:
     changes = req.body(PatientPatch).changes()
     patient = await _svc(req).update(req.principal, req.params["patient_id"], changes, ip=req.ip)
     return Patient.of(patient)
-
-
-@api.op(
-    "GET",
-    "/api/v1/patients/{patient_id}/notes",
-    operation_id="listPatientNotes",
-    summary="Clinical notes on a patient (clinicians, and the patient)",
-    tag="patients",
-    action=Action.NOTE_LIST,
-    query=PageQuery,
-    response=NotePage,
-)
-async def list_notes(req: ApiRequest) -> NotePage:
-    query = req.query(PageQuery)
-    notes = await _svc(req).list_notes(
-        req.principal,
-        req.params["patient_id"],
-        after=decode_cursor(query.cursor),
-        limit=query.limit + 1,
-        ip=req.ip,
-    )
-    page, cursor = cut_page(notes, query.limit)
-    return NotePage(items=[Note.of(n) for n in page], next_cursor=cursor)
-
-
-@api.op(
-    "POST",
-    "/api/v1/patients/{patient_id}/notes",
-    operation_id="createPatientNote",
-    summary="Add a clinical note to a patient's record",
-    tag="patients",
-    action=Action.NOTE_CREATE,
-    body=NoteBody,
-    response=Note,
-    status=201,
-)
-async def create_note(req: ApiRequest) -> Note:
-    body = req.body(NoteBody)
-    note = await _svc(req).add_note(req.principal, req.params["patient_id"], body.body, ip=req.ip)
-    return Note.of(note)

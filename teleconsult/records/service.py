@@ -1,4 +1,5 @@
-"""Patient records: demographics and clinical notes. Every read and change is audited."""
+"""Patient demographics (rows of ``users``). Every read and change is audited. Clinical
+notes moved to ``records/notes`` (versioned, encrypted)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,6 @@ from teleconsult.accounts.records import UserRecord
 from teleconsult.audit import AuditEvent, AuditTrail
 from teleconsult.core.identity import Principal, Role
 from teleconsult.core.policy import Scope, ensure_in_scope
-from teleconsult.records import store
-from teleconsult.records.store import NoteRecord
 
 
 class PatientService:
@@ -109,41 +108,3 @@ class PatientService:
                 conn=conn,
             )
         return updated
-
-    async def list_notes(
-        self,
-        principal: Principal,
-        patient_id: UUID,
-        *,
-        after: tuple[datetime, UUID] | None,
-        limit: int,
-        ip: str | None,
-    ) -> list[NoteRecord]:
-        async with self._pool.acquire() as conn:
-            await self._load(conn, principal, patient_id)
-            notes = await store.list_notes(conn, patient_id=patient_id, after=after, limit=limit)
-            await self._audit.record(
-                self._event(principal, "patient.notes.read", patient_id, ip, results=len(notes)),
-                conn,
-            )
-        return notes
-
-    async def add_note(
-        self, principal: Principal, patient_id: UUID, body: str, *, ip: str | None
-    ) -> NoteRecord:
-        async with self._pool.acquire() as conn, conn.transaction():
-            patient = await self._load(conn, principal, patient_id)
-            note = await store.insert_note(
-                conn,
-                clinic_id=patient.clinic_id,
-                patient_id=patient_id,
-                author_id=principal.user_id,
-                body=body,
-            )
-            await self._audit.record(
-                self._event(
-                    principal, "patient.notes.create", patient_id, ip, note_id=str(note.id)
-                ),
-                conn=conn,
-            )
-        return note

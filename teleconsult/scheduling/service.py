@@ -27,6 +27,7 @@ from teleconsult.core.errors import (
     Conflict,
     ErrorCode,
     Forbidden,
+    NotFound,
     Unprocessable,
 )
 from teleconsult.core.identity import Principal, Role
@@ -219,6 +220,23 @@ class SchedulingService:
             consultation = await store.get_consultation_for_appointment(conn, appointment_id)
             await self._audit.record(
                 self._appointment_event(principal, "appointment.read", appointment, ip), conn
+            )
+        return Booked(appointment, consultation)
+
+    # --- join links (issue 12 follow-up): /join/<room id> resolves its appointment ---
+    async def get_by_room(self, principal: Principal, room_id: str, *, ip: str | None) -> Booked:
+        """The appointment whose consultation room this is, scoped like ``get`` (an
+        unknown room and one out of scope are the same 404), audited as a read."""
+        async with self._pool.acquire() as conn:
+            consultation = await store.get_consultation_by_room(conn, room_id)
+            if consultation is None:
+                raise NotFound("appointment not found")
+            appointment = await self._load(conn, principal, consultation.appointment_id)
+            await self._audit.record(
+                self._appointment_event(
+                    principal, "appointment.read", appointment, ip, via="join_link"
+                ),
+                conn,
             )
         return Booked(appointment, consultation)
 

@@ -10,13 +10,17 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from dataclasses import replace as dataclass_replace  # payments (issue 15)
+from datetime import timedelta  # payments (issue 15)
+from typing import Any, cast
 from uuid import UUID
 
+import aiohttp  # payments (issue 15)
 import asyncpg
 import socketio
 from aiohttp import web
 
+from teleconsult.accounts import browser_session  # web pages (issue 12, part A)
 from teleconsult.accounts import routes as accounts_routes
 from teleconsult.accounts.service import AccountService
 from teleconsult.api import headers, ops
@@ -48,7 +52,12 @@ from teleconsult.core.ratelimit import RateLimiter, create_rate_limiter
 from teleconsult.core.revocation import Revocations
 from teleconsult.core.settings import Settings
 from teleconsult.core.tokens import TokenService
+from teleconsult.fhir import export_routes as fhir_export_routes  # fhir (issue 14, F)
 from teleconsult.fhir import routes as fhir_routes
+from teleconsult.fhir import search_routes as fhir_search_routes  # fhir (issue 14, F)
+from teleconsult.fhir.export import ExportService, ExportWorker  # fhir (issue 14, F)
+from teleconsult.fhir.outcome import fhir_outcome_middleware  # fhir (issue 14, F)
+from teleconsult.fhir.service import FhirService  # fhir (issue 14, F)
 from teleconsult.messaging import mqtt_routes, wire
 from teleconsult.messaging import routes as messaging_routes
 from teleconsult.messaging import store as messaging_store
@@ -62,17 +71,44 @@ from teleconsult.messaging.offline import OfflineNotifier
 from teleconsult.messaging.routes import CHAT
 from teleconsult.messaging.service import MessagingService
 from teleconsult.notifications.worker import BackgroundWorker
+from teleconsult.pages import routes as pages_routes  # web pages (issue 12, part A)
+from teleconsult.payments import routes as payments_routes  # payments (issue 15)
+from teleconsult.payments.idempotency import IdempotencyKeys  # payments (issue 15)
+from teleconsult.payments.providers import build_providers  # payments (issue 15)
+from teleconsult.payments.reconcile import Reconciler  # payments (issue 15)
+from teleconsult.payments.service import PaymentService  # payments (issue 15)
+from teleconsult.payments.simulators import build_simulators  # payments (issue 15)
+from teleconsult.payments.simulators.app import demo_settings  # payments (issue 15)
 from teleconsult.realtime.guard import SessionGuard
 from teleconsult.realtime.hub import Hub
 from teleconsult.realtime.presence import create_presence
 from teleconsult.realtime.server import attach_socketio, outside_realtime
-from teleconsult.records import routes as patients_routes
-from teleconsult.records.service import PatientService
+
+# --- recordings (issue 13, part R) ---
+from teleconsult.recording import routes as recording_routes
+from teleconsult.recording.blobs import open_blob_store
+from teleconsult.recording.keys import KeyRing
+from teleconsult.recording.service import RecordingService, RoomRecordingState
+from teleconsult.recording.sfu_events import RecordingIntake  # livekit (issue 13, part L)
+from teleconsult.recording.sweeper import RetentionSweeper
+
+# --- end recordings ---
+# --- records (issue 14, part R) ---
+from teleconsult.records import http as records_http
+from teleconsult.records.base import RecordsDeps
+from teleconsult.records.fieldcrypt import FieldCrypt
+
+# --- end records ---
+from teleconsult.rtc import livekit_routes  # livekit (issue 13, part L)
 from teleconsult.rtc import routes as rtc_routes
 from teleconsult.rtc.addresses import PeerAddressPolicy
+from teleconsult.rtc.janus_runtime import janus_backend  # sfu / janus (issue 13, part J)
+from teleconsult.rtc.livekit_runtime import livekit_backend  # livekit (issue 13, part L)
 from teleconsult.rtc.network_test import NetworkTestRunner
 from teleconsult.rtc.service import NetworkTestService
-from teleconsult.scheduling import feed_routes
+from teleconsult.rtc.sfu import Sfu, SfuEvent  # sfu / janus (issue 13, part J)
+from teleconsult.rtc.sfu_relay import SfuRelay  # sfu / janus (issue 13, part J)
+from teleconsult.scheduling import feed_routes, join_routes  # join: issue 12 follow-up
 from teleconsult.scheduling import routes as scheduling_routes
 from teleconsult.scheduling.availability import AvailabilityService
 from teleconsult.scheduling.feeds import CalendarFeedService
@@ -80,6 +116,7 @@ from teleconsult.scheduling.service import SchedulingService
 from teleconsult.signaling.namespace import SIGNALING, SignalNamespace, signal_hub
 from teleconsult.signaling.rooms import create_rooms
 from teleconsult.signaling.service import SignalingService
+from teleconsult.signaling.sfu_bridge import SfuBridge  # sfu / janus (issue 13, part J)
 from teleconsult.turn import routes as turn_routes
 from teleconsult.turn.service import TurnService
 
@@ -107,14 +144,21 @@ def all_operations() -> list[Operation]:
     return [
         *ops.api.operations,
         *accounts_routes.api.operations,
-        *patients_routes.api.operations,
+        *records_http.operations(),  # records (issue 14)
         *audit_routes.api.operations,
         *scheduling_routes.api.operations,
         *feed_routes.api.operations,
+        *join_routes.api.operations,  # join links (issue 12 follow-up)
         *fhir_routes.api.operations,
+        # fhir (issue 14, F): export first, so /Patient/$export wins over /Patient/{id}
+        *fhir_export_routes.api.operations,
+        *fhir_search_routes.api.operations,
         *messaging_routes.api.operations,
         *turn_routes.api.operations,
         *rtc_routes.api.operations,
+        *livekit_routes.api.operations,  # livekit (issue 13, part L)
+        *recording_routes.api.operations,  # recordings (issue 13, part R)
+        *payments_routes.api.operations,  # payments (issue 15)
     ]
 
 
@@ -201,7 +245,10 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[REFUSALS] = AuditedRefusals(
         audit, app[LIMITER], per_minute=settings.audit.refusals_per_minute, metrics=app.get(METRICS)
     )
-    app[patients_routes.PATIENTS] = PatientService(pool=pool, audit=audit)
+    # --- records (issue 14, part R): field keys unwrapped by the configured master keys
+    crypt = FieldCrypt(dict(settings.records.master_keys))
+    records_http.install(app, RecordsDeps(pool=pool, audit=audit, crypt=crypt))
+    # --- end records ---
     app[audit_routes.AUDIT_TRAIL] = audit
     calendars = AvailabilityService(pool=pool, audit=audit)
     app[scheduling_routes.CALENDARS] = calendars
@@ -254,10 +301,20 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=[
             outside_realtime(m)
-            for m in (request_id_middleware, metrics.middleware, problem_middleware)
+            for m in (
+                request_id_middleware,
+                metrics.middleware,
+                fhir_outcome_middleware,  # fhir (issue 14, F): OperationOutcome under /fhir/
+                problem_middleware,
+            )
         ],
         client_max_size=settings.http.max_body_bytes,
     )
+    if settings.payments.demo:  # payments (issue 15): the demo clinic's providers
+        sim_app, sims = build_simulators(webhook_base=settings.payments.callback_base_url)
+        app.add_subapp("/_simulators", sim_app)
+        demo = demo_settings(settings.payments, sims, f"{settings.public_url}/_simulators")
+        settings = dataclass_replace(settings, payments=demo)
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[MAX_BODY_BYTES] = settings.http.max_body_bytes
@@ -276,20 +333,64 @@ def create_app(settings: Settings) -> web.Application:
             "/metrics", metrics.handler_for(settings.http.metrics_token), name="metrics"
         )
     headers.install(app)
+    # --- web pages (issue 12, part A): /, /<page>.html, /static/ after the API's routes ---
+    pages_routes.install(app)
+    app[browser_session.SECURE_COOKIES] = settings.public_url.startswith("https:")
 
     realtime = attach_socketio(app, settings.chat)
     app[REALTIME] = realtime
     app.on_shutdown.append(_close_realtime)
 
     _add_resources(app)
+    app.cleanup_ctx.append(_record_documents)  # records (issue 14, part R)
+    app.cleanup_ctx.append(_payments)  # payments (issue 15): before _signaling (the gate)
+    app.cleanup_ctx.append(_recording_sweeper)  # recordings (issue 13, part R)
     app.cleanup_ctx.append(_rtc)
+    app.cleanup_ctx.append(_livekit)  # livekit (issue 13, part L)
     app.cleanup_ctx.append(_guard)
     app.cleanup_ctx.append(_chat)
+    app.cleanup_ctx.append(_janus)  # sfu / janus (issue 13, part J)
     app.cleanup_ctx.append(_signaling)
     app.cleanup_ctx.append(_mqtt)
     app.cleanup_ctx.append(_notifications)
+    app.cleanup_ctx.append(_fhir)  # fhir (issue 14, F)
     app.cleanup_ctx.append(EventLoopLagMonitor(metrics).cleanup_ctx)
     return app
+
+
+# --- fhir (issue 14, part F) ---
+async def _fhir(app: web.Application) -> AsyncIterator[None]:
+    """FHIR reads and Bulk Data exports; the export worker runs here unless turned off."""
+    settings = app[SETTINGS]
+    # Records and invoices (issues 14 and 15, E2): the encrypted records' views decrypt
+    # with the records' field keys.
+    crypt = app[records_http.RECORDS_DEPS].crypt
+    fhir = FhirService(
+        pool=app[POOL], audit=app[AUDIT], base_url=f"{settings.public_url}/fhir/R4", crypt=crypt
+    )
+    app[fhir_search_routes.FHIR] = fhir
+    app[fhir_export_routes.EXPORTS] = ExportService(
+        pool=app[POOL], audit=app[AUDIT], settings=settings.fhir
+    )
+    worker = None
+    if settings.fhir.run_in_server:
+        worker = ExportWorker(
+            pool=app[POOL],
+            audit=app[AUDIT],
+            tables=fhir.tables,
+            settings=settings.fhir,
+            crypt=crypt,
+        )
+        app[fhir_export_routes.EXPORT_WORKER] = worker
+        await worker.start()
+    try:
+        yield
+    finally:
+        if worker is not None:
+            await worker.close()
+
+
+# --- end fhir ---
 
 
 async def _guard(app: web.Application) -> AsyncIterator[None]:
@@ -363,6 +464,79 @@ async def _rtc(app: web.Application) -> AsyncIterator[None]:
         await runner.close()
 
 
+# --- livekit (issue 13, part L) ---
+async def _livekit(app: web.Application) -> AsyncIterator[None]:
+    """With LIVEKIT_URL: the LiveKit SFU, its webhook intake and reconciler."""
+    settings = app[SETTINGS].livekit
+    if not settings.enabled:
+        yield
+        return
+    recordings = RecordingIntake(app[recording_routes.RECORDINGS])
+
+    async def hand_over(event: SfuEvent) -> None:
+        """A finished egress file goes straight to the recording store to be sealed
+        (idempotent: the intake may hand a recording's end on more than once)."""
+        await recordings.handle(event)
+
+    async with livekit_backend(settings, app[POOL], app[AUDIT]) as (sfu, intake):
+        sfu.on_event(hand_over)
+        app[livekit_routes.LIVEKIT_SFU] = sfu
+        app[livekit_routes.LIVEKIT_INTAKE] = intake
+        yield
+
+
+# --- end livekit (issue 13, part L) ---
+
+
+# --- recordings (issue 13, part R) ---
+async def _recordings(app: web.Application) -> AsyncIterator[None]:
+    """Recordings sealed at rest: the blob store and the service (also for the CLI)."""
+    settings = app[SETTINGS].recording
+    blobs = open_blob_store(settings)
+    app[recording_routes.RECORDINGS] = RecordingService(
+        pool=app[POOL],
+        audit=app[AUDIT],
+        blobs=blobs,
+        keys=KeyRing.of(settings.keys),
+        chunk_size=settings.chunk_size,
+    )
+    try:
+        yield
+    finally:
+        await blobs.close()
+
+
+async def _recording_sweeper(app: web.Application) -> AsyncIterator[None]:
+    """Expire recordings past their clinic's retention, every RECORDING_SWEEP_SECONDS
+    (several processes may: rows are locked while one works on them)."""
+    sweeper = RetentionSweeper(
+        app[recording_routes.RECORDINGS], period=app[SETTINGS].recording.sweep_seconds
+    )
+    sweeper.start()
+    try:
+        yield
+    finally:
+        await sweeper.stop()
+
+
+# --- end recordings (issue 13, part R) ---
+
+
+# --- records (issue 14, part R) ---
+async def _record_documents(app: web.Application) -> AsyncIterator[None]:
+    """Patient documents, sealed in a blob store of the recordings' kind and keys."""
+    settings = app[SETTINGS].recording
+    blobs = open_blob_store(settings)
+    records_http.install_documents(app, blobs, KeyRing.of(settings.keys))
+    try:
+        yield
+    finally:
+        await blobs.close()
+
+
+# --- end records ---
+
+
 async def _close_realtime(app: web.Application) -> None:
     """On shutdown, before any service stops: end every Socket.IO connection now.
 
@@ -380,6 +554,50 @@ async def _close_realtime(app: web.Application) -> None:
             await socket.close(wait=False)
         server.eio.sockets.pop(sid, None)
     await server.shutdown()
+
+
+# --- sfu / janus (issue 13, part J) ---
+SFU_BACKEND = web.AppKey("sfu_backend", object)
+SFU_RELAY = web.AppKey("sfu_relay", object)
+
+
+async def _janus(app: web.Application) -> AsyncIterator[None]:
+    """With SFU=janus: Janus (ours on loopback unless JANUS_URL), whose finished
+    recordings go straight to the recording store to be sealed."""
+    settings = app[SETTINGS].sfu
+    if settings.kind != "janus":
+        yield
+        return
+
+    async def hand_over(event: SfuEvent) -> None:
+        """Recording events go to the recording store's intake (seal, or fail; an
+        unknown recording's file is removed unsealed)."""
+        await RecordingIntake(app[recording_routes.RECORDINGS]).handle(event)
+
+    async with janus_backend(settings, hand_over) as sfu:
+        app[SFU_BACKEND] = sfu
+        app[SFU_RELAY] = sfu
+        yield
+
+
+def _sfu_bridge(app: web.Application, publish: Any) -> SfuBridge | None:
+    """The SFU that takes rooms past peer to peer (SFU=janus|livekit), or None."""
+    kind = app[SETTINGS].sfu.kind
+    sfu: Sfu | None = None
+    relay: SfuRelay | None = None
+    if kind == "janus":
+        sfu = cast(Sfu, app[SFU_BACKEND])
+        relay = cast(SfuRelay, app[SFU_RELAY])
+    elif kind == "livekit" and livekit_routes.LIVEKIT_SFU in app:
+        sfu = cast(Sfu, app[livekit_routes.LIVEKIT_SFU])
+    if sfu is None:
+        return None
+    recordings = app.get(recording_routes.RECORDINGS)
+    begin = recordings.begin if recordings else None
+    return SfuBridge(sfu, relay, publish, begin_recording=begin)
+
+
+# --- end sfu / janus (issue 13, part J) ---
 
 
 async def _signaling(app: web.Application) -> AsyncIterator[None]:
@@ -405,8 +623,17 @@ async def _signaling(app: web.Application) -> AsyncIterator[None]:
         settings=settings.signal,
         ice=ice_servers,
         network=app[rtc_routes.NETWORK_TESTS].latest_for,
+        sfu=_sfu_bridge(app, hub.publish),  # sfu / janus (issue 13, part J)
+        sfu_max_peers=settings.sfu.max_peers,
+        gate=app[payments_routes.PAYMENTS].ensure_paid,  # payments (issue 15)
     )
     app[SIGNALING] = service
+    if recording_routes.RECORDINGS in app:  # sfu / janus (issue 13, part J)
+
+        async def recording_changed(state: RoomRecordingState) -> None:
+            await service.recording_changed(state.appointment_id, state.consent, state.recording)
+
+        app[recording_routes.RECORDINGS].on_change(recording_changed)
     namespace = SignalNamespace(
         signaling=service, guard=app[GUARD], hub=hub, settings=settings.chat
     )
@@ -420,6 +647,39 @@ async def _signaling(app: web.Application) -> AsyncIterator[None]:
         await service.close()
         await hub.close()
         await rooms.close()
+
+
+# --- payments (issue 15) ---
+async def _payments(app: web.Application) -> AsyncIterator[None]:
+    """The payment service, its providers' HTTP session, idempotency keys, and this
+    process's reconciler (several processes share the pending payments by lease)."""
+    settings = app[SETTINGS].payments
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=settings.request_timeout))
+    service = PaymentService(
+        pool=app[POOL],
+        audit=app[AUDIT],
+        providers=build_providers(settings, session),
+        settings=settings,
+    )
+    keys = IdempotencyKeys(
+        app[POOL],
+        ttl=timedelta(hours=settings.idempotency_ttl_hours),
+        # A request holds its key at most this long: token and call, each bounded.
+        lease=3 * settings.request_timeout + 5,
+    )
+    app[payments_routes.PAYMENTS] = service
+    app[payments_routes.IDEMPOTENCY] = keys
+    reconciler = Reconciler(app[POOL], service, settings, keys=keys)
+    if settings.reconcile_in_server:
+        reconciler.start()
+    try:
+        yield
+    finally:
+        await reconciler.stop()
+        await session.close()
+
+
+# --- end payments ---
 
 
 async def _mqtt(app: web.Application) -> AsyncIterator[None]:
@@ -459,7 +719,8 @@ async def _notifications(app: web.Application) -> AsyncIterator[None]:
 
 
 def _add_resources(app: web.Application) -> None:
-    app.cleanup_ctx.extend([_database, _audit, _bus, _limiter, _services])
+    # _recordings: recordings (issue 13, part R), also for `teleconsult recordings`
+    app.cleanup_ctx.extend([_database, _audit, _bus, _limiter, _services, _recordings])
 
 
 async def _audit(app: web.Application) -> AsyncIterator[None]:

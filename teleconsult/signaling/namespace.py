@@ -51,7 +51,18 @@ NAMESPACE = "/signal"
 # The bus channel of the /signal hub: one subscription per process.
 CHANNEL = "tc.signal"
 SIGNALING = web.AppKey("signaling", SignalingService)
-EVENTS = ("join", "admit", "decline", "remove", "invite", "signal", "leave", "auth")
+EVENTS = (
+    "join",
+    "admit",
+    "decline",
+    "remove",
+    "invite",
+    "signal",
+    "sfu",
+    "record",
+    "leave",
+    "auth",
+)
 
 
 def signal_hub(server: socketio.AsyncServer, bus: Bus, settings: ChatSettings) -> Hub:
@@ -197,6 +208,18 @@ class SignalNamespace(LiveNamespace):
                 )
             await service.relay(conn.principal, room, me, req_s.to, message)
             return {}
+        if event == "sfu":
+            req_sfu = acks.parse(sw.SfuRequest, data)
+            if len(req_sfu.sdp or "") > service.settings.max_message_bytes:
+                raise BadRequest(
+                    "the SDP is too large",
+                    code=ErrorCode.PAYLOAD_TOO_LARGE,
+                    fields=[FieldError("data.sdp", "too large")],
+                )
+            return await service.sfu_signal(conn.principal, room, me, req_sfu)
+        if event == "record":
+            on = acks.parse(sw.RecordRequest, data).on
+            return await service.record(conn.principal, room, me, on)
         if event in ("admit", "decline", "remove"):
             target = acks.parse(sw.PeerRequest, data).peer_id
             action: dict[str, Callable[..., Awaitable[None]]] = {

@@ -15,6 +15,8 @@ Rules:
 * The doctor is admitted at once; everyone else waits until the doctor
   admits them. The doctor sees who waits, with their last network test.
 * A peer-to-peer room holds ``max_p2p_peers``; past that, ``sfu_required``.
+  With an SFU (sfu_bridge.py) a room moves to it at its third admission and holds
+  ``sfu_max_peers``; removals go through the SFU too.
   The doctor is never turned away from their own room.
 * A peer whose socket drops keeps its place for ``grace_seconds`` and comes
   back with the same peer id (``reconnected``); the others are told both
@@ -54,6 +56,7 @@ from teleconsult.signaling.rooms import (
     new_link,
     new_peer_id,
 )
+from teleconsult.signaling.sfu_bridge import SfuBridge
 from teleconsult.signaling.store import NewEvent
 
 # Room events to record: room id, events in order, whether to open the consultation.
@@ -67,6 +70,8 @@ IceProvider = Callable[[UUID], tuple[list[dict[str, Any]], float | None]]
 NetworkLookup = Callable[[UUID, UUID], Awaitable[Mapping[str, Any] | None]]
 # Called with a peer id before anyone can learn of that peer (its socket listens).
 Listen = Callable[[str], None]
+# payments (issue 15): (appointment, clinic) -> raises PaymentRequired while unpaid.
+PaymentGate = Callable[[UUID, UUID], Awaitable[None]]
 
 
 class Outbox(Protocol):
@@ -107,8 +112,16 @@ class SignalingService:
         settings: SignalSettings,
         ice: IceProvider | None = None,
         network: NetworkLookup | None = None,
+        sfu: SfuBridge | None = None,
+        sfu_max_peers: int = 8,
+        gate: PaymentGate | None = None,  # payments (issue 15)
     ) -> None:
         self._pool = pool
+        self._gate = gate  # payments (issue 15): raises payment_required under pay_before
+        # With an SFU a room leaves peer-to-peer at its third admission (sfu_bridge.py)
+        # and holds up to ``sfu_max_peers``; without, ``max_p2p_peers``.
+        self._sfu = sfu
+        self._max_peers = sfu_max_peers if sfu is not None else settings.max_p2p_peers
         self._rooms = rooms
         self._outbox = outbox
         self._settings = settings
@@ -127,6 +140,8 @@ class SignalingService:
         """Wait for the room events still being written."""
         await self._records.close()
         await self._access.close()
+        if self._sfu is not None:
+            await self._sfu.close()
 
     async def _read_access(self, asks: Sequence[tuple[str, UUID]]) -> list[store.RoomAccess | None]:
         async with self._pool.acquire() as conn:
@@ -216,6 +231,9 @@ class SignalingService:
         if access is None:
             raise NotFound("room not found")
         role = self._role(principal, access)
+        # payments (issue 15): only a pay_before clinic costs the join a statement more.
+        if role == "patient" and self._gate is not None and access.payment_gate == "pay_before":
+            await self._gate(access.appointment_id, access.clinic_id)
         candidate = Peer(
             peer_id=new_peer_id(),
             user_id=principal.user_id,
@@ -227,8 +245,10 @@ class SignalingService:
             link=new_link(),
         )
         listen(candidate.peer_id)
+        if self._sfu is not None:
+            self._sfu.remember(room_id, access.appointment_id)
         entry = await self._rooms.enter(
-            room_id, candidate, rejoin=peer_id, max_peers=self._settings.max_p2p_peers
+            room_id, candidate, rejoin=peer_id, max_peers=self._max_peers
         )
         peer, others = entry.peer, list(entry.others)
         if entry.outcome == "rejoined":
@@ -244,6 +264,9 @@ class SignalingService:
             opens = peer.status == "admitted" and bool(_admitted(others))
         await self._record(room_id, events, open_if=opens)
         self._tell_gone(entry.gone, others)
+        if self._sfu is not None:
+            for gone in entry.gone:
+                await self._sfu.left(room_id, gone, empty=False)
         if entry.outcome == "full":
             raise Conflict(
                 f"this call already has {len(others)} people; more need the SFU",
@@ -259,9 +282,20 @@ class SignalingService:
         else:
             for other in _admitted(others):
                 self.notify([other], "peer_joined", self._view(other, peer))
-        return Joined(
-            room_id, peer, self._answer(peer, others), rejoined=entry.outcome == "rejoined"
-        )
+        answer = self._answer(peer, others)
+        if self._sfu is not None and peer.status == "admitted":
+            await self._on_sfu(answer, room_id, peer, others)
+        return Joined(room_id, peer, answer, rejoined=entry.outcome == "rejoined")
+
+    async def _on_sfu(
+        self, answer: dict[str, Any], room_id: str, peer: Peer, others: Sequence[Peer]
+    ) -> None:
+        """Add the SFU grant to an admitted peer's answer when the room is (now) on it."""
+        assert self._sfu is not None
+        view = await self._sfu.admitted(room_id, peer, others)
+        if view is not None:
+            answer["mode"] = "sfu"
+            answer["sfu"] = view
 
     def _answer(self, peer: Peer, others: Sequence[Peer]) -> dict[str, Any]:
         ice, refresh_at = self._ice(peer.user_id)
@@ -276,7 +310,10 @@ class SignalingService:
             "ice_servers": ice,
             "ice_refresh_at": refresh_at,
             "grace_seconds": self._settings.grace_seconds,
-            "max_peers": self._settings.max_p2p_peers,
+            "max_peers": self._max_peers,
+            # "sfu" (with the peer's grant) once admitted to a room on the SFU: _on_sfu.
+            "mode": "p2p",
+            "backend": self._sfu.backend if self._sfu is not None else "none",
         }
 
     @staticmethod
@@ -321,6 +358,8 @@ class SignalingService:
             events.append(NewEvent("ended"))
         await self._record(room_id, events)
         self._tell_gone([change.peer], change.others)
+        if self._sfu is not None:
+            await self._sfu.left(room_id, change.peer, empty=not change.others)
 
     async def leave(self, room_id: str, peer_id: str, link: str) -> None:
         """The socket holding the peer (``link``) leaves the room; nothing if it lost it."""
@@ -346,9 +385,7 @@ class SignalingService:
 
     async def admit(self, principal: Principal, room_id: str, peer_id: str, target: str) -> None:
         await self._doctor_in(principal, room_id, peer_id)
-        outcome, change = await self._rooms.admit(
-            room_id, target, max_peers=self._settings.max_p2p_peers
-        )
+        outcome, change = await self._rooms.admit(room_id, target, max_peers=self._max_peers)
         if outcome == "absent":
             raise NotFound("nobody with that peer id is in the room")
         if outcome == "full":
@@ -360,7 +397,10 @@ class SignalingService:
         peer, others = change.peer, change.others
         admitted = _admitted(others)
         await self._record(room_id, [_event("admitted", peer)], open_if=bool(admitted))
-        self.notify([peer], "admitted", self._answer(peer, others))
+        answer = self._answer(peer, others)
+        if self._sfu is not None:
+            await self._on_sfu(answer, room_id, peer, others)
+        self.notify([peer], "admitted", answer)
         for other in admitted:
             self.notify([other], "peer_joined", self._view(other, peer))
 
@@ -378,6 +418,8 @@ class SignalingService:
         if peer is None or peer.peer_id == peer_id:
             raise NotFound("nobody else with that peer id is in the room")
         self.notify([peer], kind, {"by": peer_id})
+        if self._sfu is not None and kind == "removed":
+            await self._sfu.removed(room_id, peer)
         change = await self._rooms.drop(room_id, target)
         if change is not None:
             await self._dropped(room_id, change, kind)
@@ -405,6 +447,41 @@ class SignalingService:
         if other is None or other.status != "admitted" or other.peer_id == me.peer_id:
             raise NotFound("no admitted peer with that id in this room")
         self.notify([other], "signal", {"from": peer_id, **message})
+
+    async def sfu_signal(
+        self, principal: Principal, room_id: str, peer_id: str, request: Any
+    ) -> dict[str, Any]:
+        """An admitted peer's message for the SFU (wire.SfuRequest; sfu_bridge.py)."""
+        if self._sfu is None:
+            raise Conflict("this server has no SFU", code=ErrorCode.CONFLICT)
+        peers = await self._rooms.peers(room_id)
+        me = peers.get(peer_id)
+        if me is None or me.user_id != principal.user_id:
+            raise Conflict("join the room first", code=ErrorCode.NOT_IN_ROOM)
+        if me.status != "admitted":
+            raise Forbidden("wait until the doctor admits you", code=ErrorCode.NOT_ADMITTED)
+        return await self._sfu.signal(room_id, me, peers, request)
+
+    async def record(
+        self, principal: Principal, room_id: str, peer_id: str, on: bool
+    ) -> dict[str, Any]:
+        """The doctor starts or stops recording the room (on the SFU; sfu_bridge.py)."""
+        if self._sfu is None:
+            raise Conflict("recording needs an SFU (SFU=janus or livekit)", code=ErrorCode.CONFLICT)
+        peers = await self._doctor_in(principal, room_id, peer_id)
+        return await self._sfu.record(principal, room_id, peers[peer_id], peers, on)
+
+    async def recording_changed(
+        self, consultation_id: UUID, consent: bool, recording: bool
+    ) -> None:
+        """The recording store's state of a room changed: everyone in it is told."""
+        if self._sfu is None:
+            return
+        room_id = self._sfu.room_of(consultation_id)
+        if room_id is None:
+            return
+        peers = list((await self._rooms.peers(room_id)).values())
+        self.notify(peers, "recording", {"consent": consent, "recording": recording})
 
     # --- connection loss and the sweep ------------------------------------------------
 

@@ -32,6 +32,8 @@ class RoomAccess:
     join_closes_at: datetime
     # The asking user holds an invitation to the consultation (not revoked).
     invited: bool
+    # The clinic's payment gate ('pay_before', 'pay_after' or 'none'; migration 0021).
+    payment_gate: str
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,8 @@ SELECT $3::int AS ord, c.id AS consultation_id, a.id AS appointment_id, a.clinic
        $2 NOT IN (a.doctor_id, a.patient_id) AND EXISTS (
            SELECT 1 FROM consultation_invites i
            WHERE i.consultation_id = c.id AND i.user_id = $2 AND i.revoked_at IS NULL
-       ) AS invited
+       ) AS invited,
+       clinic_payment_gate(a.clinic_id) AS payment_gate
 FROM consultations c JOIN appointments a ON a.id = c.appointment_id
 WHERE c.room_id = $1
 """
@@ -81,7 +84,8 @@ SELECT q.ord, c.id AS consultation_id, a.id AS appointment_id, a.clinic_id, a.do
        q.user_id NOT IN (a.doctor_id, a.patient_id) AND EXISTS (
            SELECT 1 FROM consultation_invites i
            WHERE i.consultation_id = c.id AND i.user_id = q.user_id AND i.revoked_at IS NULL
-       ) AS invited
+       ) AS invited,
+       clinic_payment_gate(a.clinic_id) AS payment_gate
 FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS q(room_id, user_id, ord)
 JOIN consultations c ON c.room_id = q.room_id
 JOIN appointments a ON a.id = c.appointment_id

@@ -45,3 +45,25 @@ class SignalRequest(Event):
         if self.kind == "candidate" and self.candidate is None:
             raise ValueError("a candidate message needs its candidate")
         return self
+
+
+class SfuRequest(Event):
+    """A message for the SFU, relayed on the sender's own SFU session (Janus)."""
+
+    kind: Literal["publish", "subscribe", "answer", "candidate", "leave"]
+    sdp: str | None = None
+    peers: Annotated[list[PeerId], Field(max_length=16)] = []
+    target: Literal["publisher", "subscriber"] = "publisher"
+    candidate: Candidate | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> SfuRequest:
+        if self.kind in ("publish", "answer") and not self.sdp:
+            raise ValueError(f"a {self.kind} needs its sdp")
+        if self.kind == "subscribe" and not self.peers:
+            raise ValueError("a subscribe names the peers to receive")
+        return self
+
+
+class RecordRequest(Event):
+    on: bool

@@ -1,0 +1,248 @@
+"""MTN MoMo Collection: requesttopay, its status, and its (unsigned) callback.
+
+* ``POST /collection/token/`` with Basic ``user_id:api_key`` and
+  ``Ocp-Apim-Subscription-Key`` gives a bearer token (``expires_in`` seconds).
+* ``POST /collection/v1_0/requesttopay`` with ``X-Reference-Id`` (a UUID we choose:
+  the provider's idempotency key, and what we query by), ``X-Target-Environment``,
+  ``X-Callback-Url``; body ``amount`` (string, major units), ``currency``,
+  ``externalId``, ``payer {partyIdType: MSISDN, partyId}``, ``payerMessage``,
+  ``payeeNote``. Answered 202 with no body; 409 for a reference used before.
+* ``GET /collection/v1_0/requesttopay/{referenceId}``: ``status`` PENDING,
+  SUCCESSFUL or FAILED (with ``reason``), ``financialTransactionId``.
+* The callback is a PUT (or POST) to the callback URL with the status body. It is
+  not signed, so it is only a hint to query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+import time
+from collections.abc import Mapping
+from uuid import UUID
+
+import aiohttp
+
+from teleconsult.core.payment_settings import MomoSettings
+from teleconsult.payments.money import Money, parse_major
+from teleconsult.payments.providers.base import (
+    BadCallback,
+    Callback,
+    Initiated,
+    Initiation,
+    ProviderError,
+    ProviderRefused,
+    ProviderState,
+    ProviderStatus,
+)
+
+_STATES: dict[str, ProviderState] = {
+    "PENDING": "pending",
+    "SUCCESSFUL": "succeeded",
+    "FAILED": "failed",
+    "REJECTED": "failed",
+    "TIMEOUT": "failed",
+}
+
+
+# MTN's failure reasons (the ``reason`` of a FAILED requesttopay) onto ours.
+REASONS: dict[str, str] = {
+    "APPROVAL_REJECTED": "cancelled_by_user",
+    "TRANSACTION_CANCELED": "cancelled_by_user",
+    "EXPIRED": "timeout",
+    "NOT_ENOUGH_FUNDS": "insufficient_funds",
+    "PAYER_LIMIT_REACHED": "declined",
+    "PAYEE_NOT_ALLOWED_TO_RECEIVE": "declined",
+    "NOT_ALLOWED": "declined",
+    "NOT_ALLOWED_TARGET_ENVIRONMENT": "declined",
+    "COULD_NOT_PERFORM_TRANSACTION": "declined",
+    "PAYER_NOT_FOUND": "payer_not_found",
+    "PAYEE_NOT_FOUND": "declined",
+    "INVALID_CALLBACK_URL_HOST": "declined",
+    "INVALID_CURRENCY": "declined",
+    "INTERNAL_PROCESSING_ERROR": "provider_error",
+    "SERVICE_UNAVAILABLE": "provider_error",
+    "RESOURCE_NOT_FOUND": "reference_not_found",
+    # A status of TIMEOUT or REJECTED without a reason.
+    "TIMEOUT": "timeout",
+    "REJECTED": "declined",
+}
+_PARTY = re.compile(r"^\+?[0-9]{8,15}$")
+
+
+def _reason(value: object) -> str | None:
+    if isinstance(value, dict):  # older API versions: {"code": ..., "message": ...}
+        value = value.get("code") or value.get("message")
+    return None if value is None else str(value)[:200]
+
+
+def normalise(state: ProviderState, raw: str | None) -> str | None:
+    """Our reason (base.REASONS) for MTN's ``raw`` one; None unless failed."""
+    if state != "failed":
+        return None
+    return REASONS.get((raw or "").strip().upper(), "declined")
+
+
+def _status_of(body: object) -> tuple[str, ProviderState, Mapping[str, object]]:
+    if not isinstance(body, dict) or not isinstance(body.get("status"), str):
+        raise BadCallback("not a requesttopay status")
+    state = _STATES.get(body["status"].upper())
+    if state is None:
+        raise BadCallback(f"unknown status {body['status']!r}")
+    return body["status"].upper(), state, body
+
+
+def _amount(body: Mapping[str, object]) -> tuple[int | None, str | None]:
+    currency = body.get("currency")
+    amount = body.get("amount")
+    if not isinstance(currency, str) or not isinstance(amount, str | int):
+        return None, None
+    try:
+        return parse_major(str(amount), currency).minor, currency
+    except Exception:
+        return None, None
+
+
+class MomoProvider:
+    name = "momo"
+
+    def __init__(self, settings: MomoSettings, session: aiohttp.ClientSession) -> None:
+        self._s = settings
+        self._http = session
+        self._token: tuple[str, float] | None = None
+        self._token_lock = asyncio.Lock()
+
+    def reference_for(self, payment_id: UUID) -> str:
+        return str(payment_id)
+
+    def _headers(self, token: str) -> dict[str, str]:
+        return {
+            "Authorization": f"Bearer {token}",
+            "X-Target-Environment": self._s.target_environment,
+            "Ocp-Apim-Subscription-Key": self._s.subscription_key,
+        }
+
+    async def _bearer(self) -> str:
+        async with self._token_lock:
+            if self._token and self._token[1] > time.monotonic() + 30:
+                return self._token[0]
+            basic = base64.b64encode(f"{self._s.user_id}:{self._s.api_key}".encode()).decode()
+            try:
+                async with self._http.post(
+                    f"{self._s.base_url}/collection/token/",
+                    headers={
+                        "Authorization": f"Basic {basic}",
+                        "Ocp-Apim-Subscription-Key": self._s.subscription_key,
+                    },
+                ) as resp:
+                    body = await resp.json(content_type=None)
+                    if resp.status != 200:
+                        raise ProviderError(f"momo token: {resp.status} {body}")
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                raise ProviderError(f"momo token: {exc!r}") from exc
+            token = str(body["access_token"])
+            self._token = (token, time.monotonic() + float(body.get("expires_in", 3600)))
+            return token
+
+    def check(self, request: Initiation) -> None:
+        if not request.payer or not _PARTY.match(request.payer):
+            raise ProviderRefused("a mobile money number (8 to 15 digits) is required")
+        if request.amount <= 0:
+            raise ProviderRefused("the amount must be positive")
+
+    async def initiate(self, request: Initiation) -> Initiated:
+        reference = self.reference_for(request.payment_id)
+        self.check(request)
+        assert request.payer is not None
+        body = {
+            "amount": Money(request.amount, request.currency).major_string(),
+            "currency": request.currency,
+            "externalId": str(request.payment_id),
+            "payer": {"partyIdType": "MSISDN", "partyId": request.payer.lstrip("+")},
+            "payerMessage": request.description[:160],
+            "payeeNote": request.description[:160],
+        }
+        token = await self._bearer()
+        headers = self._headers(token) | {
+            "X-Reference-Id": reference,
+            "X-Callback-Url": request.callback_url,
+        }
+        try:
+            async with self._http.post(
+                f"{self._s.base_url}/collection/v1_0/requesttopay", json=body, headers=headers
+            ) as resp:
+                text = await resp.text()
+                # 409: this reference exists, so an earlier attempt got through.
+                if resp.status in (202, 409):
+                    return Initiated(reference)
+                if resp.status == 401:
+                    self._token = None
+                if 400 <= resp.status < 500 and resp.status != 401:
+                    raise ProviderRefused(f"momo {resp.status}: {text[:160]}")
+                raise ProviderError(f"momo requesttopay: {resp.status} {text[:160]}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ProviderError(f"momo requesttopay: {exc!r}") from exc
+
+    async def query(self, reference: str) -> ProviderStatus:
+        token = await self._bearer()
+        try:
+            async with self._http.get(
+                f"{self._s.base_url}/collection/v1_0/requesttopay/{reference}",
+                headers=self._headers(token),
+            ) as resp:
+                body = await resp.json(content_type=None)
+                if resp.status == 404:
+                    # Not (yet) known: a request we gave up on may still land. Pending
+                    # until the payment expires (service.expire decides then).
+                    return ProviderStatus(
+                        "pending", reason="reference_not_found", raw_reason="RESOURCE_NOT_FOUND"
+                    )
+                if resp.status == 401:
+                    self._token = None
+                if resp.status != 200:
+                    raise ProviderError(f"momo status: {resp.status}")
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise ProviderError(f"momo status: {exc!r}") from exc
+        try:
+            status, state, fields = _status_of(body)
+        except BadCallback as exc:
+            raise ProviderError(exc.reason) from None
+        amount, currency = _amount(fields)
+        raw = _reason(fields.get("reason")) or (status if state == "failed" else None)
+        return ProviderStatus(
+            state,
+            amount=amount,
+            currency=currency,
+            reason=normalise(state, raw),
+            transaction_id=_reason(fields.get("financialTransactionId")),
+            raw_reason=raw,
+        )
+
+    def parse_callback(self, headers: Mapping[str, str], body: bytes) -> Callback:
+        try:
+            document = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise BadCallback("not JSON") from None
+        status, state, fields = _status_of(document)
+        reference = fields.get("referenceId") or headers.get("X-Reference-Id")
+        if not isinstance(reference, str):
+            # MoMo's callback body carries externalId: ours is the payment id, which is
+            # also the reference we chose.
+            reference = fields.get("externalId")
+        if not isinstance(reference, str) or not reference:
+            raise BadCallback("no reference")
+        amount, currency = _amount(fields)
+        raw = _reason(fields.get("reason")) or (status if state == "failed" else None)
+        return Callback(
+            reference=reference,
+            event=status,
+            state=state,
+            verified=False,
+            amount=amount,
+            currency=currency,
+            reason=normalise(state, raw),
+            transaction_id=_reason(fields.get("financialTransactionId")),
+            raw_reason=raw,
+        )

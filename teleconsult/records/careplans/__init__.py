@@ -1,0 +1,1 @@
+"""Patient records: care plans (docs/records.md)."""

@@ -1,0 +1,1 @@
+"""Patient records: consents (docs/records.md)."""

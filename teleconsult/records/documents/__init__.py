@@ -1,0 +1,1 @@
+"""Patient records: documents (docs/records.md, "Documents")."""

@@ -1,0 +1,1 @@
+"""Patient records: households (docs/records.md)."""

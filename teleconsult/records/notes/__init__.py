@@ -1,0 +1,1 @@
+"""Patient records: notes (docs/records.md)."""

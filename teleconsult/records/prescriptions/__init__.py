@@ -1,0 +1,1 @@
+"""Patient records: prescriptions (docs/records.md)."""

@@ -1,0 +1,1 @@
+"""Patient records: profiles (docs/records.md)."""

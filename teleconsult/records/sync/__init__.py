@@ -1,0 +1,1 @@
+"""Patient records: the change feed for offline apps (docs/records.md, "Sync")."""

@@ -1,0 +1,1 @@
+"""Patient records: vitals (docs/records.md)."""

@@ -1,0 +1,254 @@
+"""Consultation rooms on an SFU: when a room leaves peer-to-peer, who gets which grant,
+and the SDP relay for backends browsers do not reach (Janus).
+
+Rules (docs/signaling.md, "SFU rooms"):
+* A room is peer to peer until a third person is admitted; from then on it is an
+  SFU room until it empties. Every admitted peer is told ``mode`` with its own
+  grant; whoever is admitted later gets the grant in its ``admitted`` answer.
+* The doctor always gets a grant (the doctor is never locked out of their room).
+* Removing someone goes through :meth:`Sfu.remove`: their token is forgotten and
+  they are kicked, so the same credentials cannot bring them back.
+* The SFU room is closed when the last peer leaves.
+* Only the doctor records (``record``), on the SFU: a peer-to-peer room moves to the
+  SFU first. The recording store (``begin``) refuses without the patient's consent,
+  and the SFU's recording is then stopped at once. Everyone in the room is told
+  ``recording`` when the store's state changes (:meth:`SignalingService.recording_changed`).
+
+Which rooms are on the SFU is kept in this process (the processes that hold a
+room's peers each learn it from the admission they handle, or from the room's
+size); identities are our user ids, as text. Transport-free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+from uuid import UUID
+
+from teleconsult.core.errors import (
+    BadRequest,
+    ClientError,
+    Conflict,
+    ErrorCode,
+    Forbidden,
+    NotFound,
+)
+from teleconsult.core.identity import Principal
+from teleconsult.core.tasks import cancel_and_wait
+from teleconsult.rtc.sfu import RIGHTS, JoinGrant, Sfu, SfuRole
+from teleconsult.rtc.sfu_relay import SfuRelay
+from teleconsult.signaling.rooms import Peer
+
+logger = logging.getLogger(__name__)
+
+# A room goes to the SFU when this many people are admitted.
+SFU_FROM = 3
+ROLES = {"doctor": SfuRole.DOCTOR, "patient": SfuRole.PATIENT, "guest": SfuRole.GUEST}
+
+# The /signal hub's publish: addresses (peer ids), event, data.
+Publish = Callable[[Iterable[str], str, Mapping[str, Any]], None]
+# The recording store's begin(principal, consultation id, the SFU's recording id):
+# refuses (a ClientError) without the patient's consent.
+BeginRecording = Callable[[Principal, UUID, str], Awaitable[Any]]
+
+
+def identity(peer: Peer) -> str:
+    return str(peer.user_id)
+
+
+def grant_view(grant: JoinGrant) -> dict[str, Any]:
+    """What one participant is told of its grant (never a room or API secret)."""
+    return {
+        "backend": grant.backend,
+        "identity": grant.identity,
+        "role": str(grant.role),
+        "expires_at": grant.expires_at.isoformat(),
+        "relay": grant.backend == "janus",
+        **grant.details,
+    }
+
+
+class SfuBridge:
+    def __init__(
+        self,
+        sfu: Sfu,
+        relay: SfuRelay | None,
+        publish: Publish,
+        *,
+        begin_recording: BeginRecording | None = None,
+    ) -> None:
+        self._sfu = sfu
+        self._relay = relay
+        self._publish = publish
+        self._begin_recording = begin_recording
+        self._recordings: dict[str, str] = {}  # room id → the SFU's recording id
+        self._consultations: dict[str, UUID] = {}
+        self._on_sfu: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _notify(self, peers: Iterable[Peer], event: str, data: Mapping[str, Any]) -> None:
+        addresses = [p.peer_id for p in peers]
+        if addresses:
+            self._publish(addresses, event, data)
+
+    @property
+    def backend(self) -> str:
+        return self._sfu.name
+
+    def remember(self, room_id: str, consultation_id: UUID) -> None:
+        self._consultations[room_id] = consultation_id
+
+    def mode(self, room_id: str) -> str:
+        return "sfu" if room_id in self._on_sfu else "p2p"
+
+    def _consultation(self, room_id: str) -> UUID:
+        found = self._consultations.get(room_id)
+        if found is None:
+            raise Conflict("join the room first", code=ErrorCode.NOT_IN_ROOM)
+        return found
+
+    async def _grant(self, room_id: str, peer: Peer) -> dict[str, Any]:
+        consultation = self._consultation(room_id)
+        return grant_view(await self._sfu.grant(consultation, identity(peer), ROLES[peer.role]))
+
+    async def admitted(
+        self, room_id: str, peer: Peer, others: Iterable[Peer]
+    ) -> dict[str, Any] | None:
+        """``peer`` is admitted (a doctor who joined, a peer admitted or back): its SFU
+        grant when the room is on the SFU, after moving the room there when this
+        admission makes it ``SFU_FROM`` people (everyone else is told ``mode``)."""
+        admitted = [p for p in others if p.status == "admitted" and p.peer_id != peer.peer_id]
+        if room_id not in self._on_sfu and len(admitted) + 1 < SFU_FROM:
+            return None
+        await self._move(room_id, admitted)
+        return await self._grant(room_id, peer)
+
+    async def _move(self, room_id: str, admitted: Iterable[Peer]) -> None:
+        """Put the room on the SFU (once); each of ``admitted`` is told with its grant."""
+        if room_id in self._on_sfu:
+            return
+        await self._sfu.create_room(self._consultation(room_id))
+        self._on_sfu.add(room_id)
+        for other in admitted:
+            view = await self._grant(room_id, other)
+            self._notify([other], "mode", {"mode": "sfu", "sfu": view})
+
+    async def removed(self, room_id: str, peer: Peer) -> None:
+        """``peer`` was removed by the doctor: its credentials stop working."""
+        consultation = self._consultations.get(room_id)
+        if consultation is not None and room_id in self._on_sfu:
+            await self._sfu.remove(consultation, identity(peer))
+
+    async def left(self, room_id: str, peer: Peer, *, empty: bool) -> None:
+        consultation = self._consultations.get(room_id)
+        if empty:
+            self._consultations.pop(room_id, None)  # joining again remembers it
+        if consultation is None or room_id not in self._on_sfu:
+            return
+        if self._relay is not None:
+            await self._relay.leave_media(consultation, identity(peer))
+        if empty:
+            self._on_sfu.discard(room_id)
+            self._recordings.pop(room_id, None)  # close_room stops it
+            await self._sfu.close_room(consultation)
+
+    # --- recording --------------------------------------------------------------------
+
+    async def record(
+        self, principal: Principal, room_id: str, me: Peer, peers: Mapping[str, Peer], on: bool
+    ) -> dict[str, Any]:
+        """The doctor starts (``on``) or stops the room's recording."""
+        if me.role not in ROLES or not RIGHTS[ROLES[me.role]].record:
+            raise Forbidden("only the consultation's doctor records it")
+        if self._begin_recording is None:
+            raise Conflict("this server does not record", code=ErrorCode.CONFLICT)
+        consultation = self._consultation(room_id)
+        running = self._recordings.get(room_id)
+        if not on:
+            if running is not None:
+                del self._recordings[room_id]
+                await self._sfu.stop_recording(consultation, running)
+            return {"recording": False}
+        if running is not None:
+            return {"recording": True}
+        admitted = [p for p in peers.values() if p.status == "admitted"]
+        others = [p for p in admitted if p.peer_id != me.peer_id]
+        await self._move(room_id, others)
+        # The doctor's own grant, for the answer (the others were told ``mode``).
+        view = await self._grant(room_id, me)
+        backend_id = await self._sfu.start_recording(consultation)
+        try:
+            await self._begin_recording(principal, consultation, backend_id)
+        except BaseException:
+            # Refused (no consent) or failed: nothing is kept of what was recorded.
+            await self._sfu.stop_recording(consultation, backend_id)
+            raise
+        self._recordings[room_id] = backend_id
+        return {"recording": True, "mode": "sfu", "sfu": view}
+
+    def room_of(self, consultation_id: UUID) -> str | None:
+        for room_id, found in self._consultations.items():
+            if found == consultation_id:
+                return room_id
+        return None
+
+    # --- the relay --------------------------------------------------------------------
+
+    async def signal(
+        self, room_id: str, me: Peer, peers: Mapping[str, Peer], request: Any
+    ) -> dict[str, Any]:
+        """One SFU message of an admitted peer: ``publish`` (an offer; answers the SFU's
+        answer), ``subscribe`` (peer ids; answers the SFU's offer), ``answer``,
+        ``candidate``, ``leave``."""
+        if self._relay is None:
+            raise ClientError(
+                f"the {self.backend} SFU is joined directly with the grant, not over /signal"
+            )
+        if room_id not in self._on_sfu:
+            raise Conflict("this room is peer to peer", code=ErrorCode.CONFLICT)
+        consultation, who = self._consultation(room_id), identity(me)
+        kind = request.kind
+        if kind == "publish":
+            answer = await self._relay.publish(consultation, who, request.sdp)
+            self._announce(room_id, consultation, me, peers)
+            return {"sdp": answer}
+        if kind == "subscribe":
+            feeds = []
+            for peer_id in request.peers:
+                other = peers.get(peer_id)
+                if other is None or other.status != "admitted" or other.peer_id == me.peer_id:
+                    raise NotFound("no admitted peer with that id in this room")
+                feeds.append(identity(other))
+            return {"sdp": await self._relay.subscribe(consultation, who, feeds)}
+        if kind == "answer":
+            await self._relay.answer(consultation, who, request.sdp)
+            return {}
+        if kind == "candidate":
+            candidate = request.candidate.model_dump() if request.candidate else None
+            await self._relay.trickle(consultation, who, request.target, candidate)
+            return {}
+        if kind == "leave":
+            await self._relay.leave_media(consultation, who)
+            return {}
+        raise BadRequest(f"unknown SFU message {kind!r}")
+
+    def _announce(
+        self, room_id: str, consultation: UUID, me: Peer, peers: Mapping[str, Peer]
+    ) -> None:
+        """Once the publisher's media is up, the others may subscribe to it."""
+        relay = self._relay
+        assert relay is not None
+        others = [p for p in peers.values() if p.status == "admitted" and p.peer_id != me.peer_id]
+
+        async def tell() -> None:
+            if await relay.wait_live(consultation, identity(me)):
+                self._notify(others, "sfu_published", {"peer_id": me.peer_id})
+
+        task = asyncio.create_task(tell(), name="sfu-announce")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        await cancel_and_wait(list(self._tasks))

@@ -1,0 +1,378 @@
+"""/signal with an SFU (SFU=janus, our own Janus on loopback): the room leaves peer to
+peer at the third admission, everyone is told with their own grant, the doctor is
+never locked out, a removal goes through the SFU, and media is relayed over /signal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from teleconsult.client.signal import SignalClient, SignalError
+from teleconsult.core.errors import ConfigError
+from teleconsult.core.identity import Principal, Role
+from teleconsult.core.settings import load_settings
+from teleconsult.recording.routes import RECORDINGS
+from teleconsult.rtc.janus import UNAUTHORIZED, JanusError, JanusSession
+from teleconsult.rtc.janus_sfu import JanusSfu
+from teleconsult.server.app import POOL, SETTINGS, SFU_BACKEND
+from teleconsult.signaling.sfu_bridge import ROLES
+from tests.conftest import StartServer, settings_env
+from tests.januskit import ICE_INTERFACES, SfuPeer, require_janus, wait_for
+from tests.signalkit import open_room
+from tests.world import Account, Tenant, make_tenant
+
+Client = TestClient[Any, Any]
+
+
+@pytest.fixture
+async def sfu_server(start_server: StartServer, tmp_path: Path) -> Client:
+    require_janus()
+    return await start_server(
+        SFU="janus",
+        JANUS_WORKDIR=str(tmp_path / "janus"),
+        JANUS_ICE_ENFORCE_LIST=ICE_INTERFACES,
+    )
+
+
+@pytest.fixture
+async def people(sfu_server: Client) -> Tenant:
+    return await make_tenant(sfu_server.app[POOL], sfu_server, name="Sfu")
+
+
+def _url(client: Client) -> str:
+    return str(client.make_url("")).rstrip("/")
+
+
+@contextlib.asynccontextmanager
+async def _signal(client: Client, *accounts: Account) -> AsyncIterator[list[SignalClient]]:
+    clients = [SignalClient(_url(client), a.access_token) for a in accounts]
+    try:
+        for c in clients:
+            await c.connect()
+        yield clients
+    finally:
+        for c in clients:
+            await c.close()
+
+
+async def _three_in(
+    client: Client, tenant: Tenant, doctor: SignalClient, patient: SignalClient, nurse: SignalClient
+) -> tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Doctor, patient, then the invited nurse admitted; the three SFU grants."""
+    room = await open_room(client.app[POOL], tenant)
+    first = await doctor.join(room)
+    assert (first["mode"], first["backend"]) == ("p2p", "janus") and "sfu" not in first
+    await patient.join(room)
+    await doctor.call("admit", {"peer_id": patient.peer_id})
+    two = await patient.next_event("admitted")
+    assert two["mode"] == "p2p" and "sfu" not in two  # two people: still peer to peer
+    await doctor.call("invite", {"user_id": str(tenant[Role.NURSE].user_id)})
+    await nurse.join(room)
+    await doctor.call("admit", {"peer_id": nurse.peer_id})
+    third = await nurse.next_event("admitted")
+    assert third["mode"] == "sfu"
+    told = [await c.next_event("mode") for c in (doctor, patient)]
+    assert all(t["mode"] == "sfu" for t in told)
+    return room, told[0]["sfu"], told[1]["sfu"], third["sfu"]
+
+
+async def test_the_third_admission_moves_everyone_to_the_sfu_with_own_grants(
+    sfu_server: Client, people: Tenant
+) -> None:
+    async with _signal(
+        sfu_server, people[Role.DOCTOR], people[Role.PATIENT], people[Role.NURSE]
+    ) as (doctor, patient, nurse):
+        _, d, p, n = await _three_in(sfu_server, people, doctor, patient, nurse)
+        grants = {"doctor": d, "patient": p, "guest": n}
+        for role, grant in grants.items():
+            assert grant["backend"] == "janus" and grant["relay"] is True
+            assert grant["role"] == role
+            assert set(grant) == {
+                "backend", "identity", "role", "expires_at", "relay", "room", "token", "feed"
+            }  # fmt: skip
+        assert len({g["room"] for g in grants.values()}) == 1
+        assert len({g["token"] for g in grants.values()}) == 3  # each only its own
+        assert d["identity"] == str(people[Role.DOCTOR].user_id)
+
+
+async def test_the_doctor_who_drops_out_of_an_sfu_room_comes_back_with_a_grant(
+    sfu_server: Client, people: Tenant
+) -> None:
+    async with _signal(
+        sfu_server, people[Role.DOCTOR], people[Role.PATIENT], people[Role.NURSE]
+    ) as (doctor, patient, nurse):
+        room, d, _, _ = await _three_in(sfu_server, people, doctor, patient, nurse)
+        await doctor.call("leave")
+        again = SignalClient(_url(sfu_server), people[Role.DOCTOR].access_token)
+        try:
+            await again.connect()
+            back = await again.join(room)
+            assert back["status"] == "admitted" and back["mode"] == "sfu"
+            assert back["sfu"]["room"] == d["room"] and back["sfu"]["token"] == d["token"]
+        finally:
+            await again.close()
+
+
+async def test_a_removed_guest_cannot_join_the_sfu_again_with_its_old_token(
+    sfu_server: Client, people: Tenant
+) -> None:
+    sfu = sfu_server.app[SFU_BACKEND]
+    assert isinstance(sfu, JanusSfu)
+    async with (
+        _signal(sfu_server, people[Role.DOCTOR], people[Role.PATIENT], people[Role.NURSE]) as (
+            doctor,
+            patient,
+            nurse,
+        ),
+        aiohttp.ClientSession() as http,
+    ):
+        _, _, _, n = await _three_in(sfu_server, people, doctor, patient, nurse)
+        janus = await JanusSession.create(http, sfu.url)
+        try:
+            handle = await janus.attach()
+            join = {
+                "request": "join",
+                "ptype": "publisher",
+                "room": n["room"],
+                "id": n["feed"],
+                "display": n["identity"],
+                "token": n["token"],
+            }
+            await janus.request(handle, join)  # the grant works...
+            await doctor.call("remove", {"peer_id": nurse.peer_id})
+            assert await nurse.next_event("removed") == {"by": doctor.peer_id}
+            handle = await janus.attach()
+            with pytest.raises(JanusError) as refused:
+                await janus.request(handle, join)  # ...and no more after the removal
+            assert refused.value.code == UNAUTHORIZED
+        finally:
+            await janus.destroy()
+
+
+async def test_sfu_messages_need_an_sfu_room_and_a_wellformed_body(
+    sfu_server: Client, people: Tenant
+) -> None:
+    room = await open_room(sfu_server.app[POOL], people)
+    async with _signal(sfu_server, people[Role.DOCTOR]) as (doctor,):
+        await doctor.join(room)
+        with pytest.raises(SignalError) as p2p:
+            await doctor.call("sfu", {"kind": "publish", "sdp": "v=0"})
+        assert p2p.value.code == "conflict"
+        for bad in ({"kind": "publish"}, {"kind": "subscribe"}, {"kind": "nope"}):
+            with pytest.raises(SignalError) as refused:
+                await doctor.call("sfu", bad)
+            assert refused.value.code == "validation_failed"
+
+
+async def test_without_an_sfu_the_answer_says_peer_to_peer(
+    client: Client, app_pool: asyncpg.Pool, tenant: Tenant
+) -> None:
+    room = await open_room(app_pool, tenant)
+    async with _signal(client, tenant[Role.DOCTOR]) as (doctor,):
+        answer = await doctor.join(room)
+        assert (answer["mode"], answer["backend"]) == ("p2p", "none")
+
+
+@pytest.mark.slow
+async def test_three_peers_exchange_media_through_janus_over_signal(
+    sfu_server: Client, people: Tenant
+) -> None:
+    async with _signal(
+        sfu_server, people[Role.DOCTOR], people[Role.PATIENT], people[Role.NURSE]
+    ) as clients:
+        await _three_in(sfu_server, people, *clients)
+        # Audio only: aiortc drops the second of two video streams in one subscription.
+        media = [SfuPeer(str(i), video=False) for i in range(3)]
+        try:
+            for c, m in zip(clients, media, strict=True):
+                answer = await c.call("sfu", {"kind": "publish", "sdp": await m.offer()})
+                await m.published(answer["sdp"])
+            for c, m in zip(clients, media, strict=True):
+                others = [o.peer_id for o in clients if o is not c]
+                # Each hears that the other two went live, then receives them.
+                heard = {(await c.next_event("sfu_published", within=30))["peer_id"]}
+                heard.add((await c.next_event("sfu_published", within=30))["peer_id"])
+                assert heard == set(others)
+                offer = await c.call("sfu", {"kind": "subscribe", "peers": others})
+                await c.call("sfu", {"kind": "answer", "sdp": await m.answer(offer["sdp"])})
+            for m in media:
+                await wait_for(lambda m=m: _receiving(m, 2))
+                before = await m.inbound_packets()
+                await wait_for(lambda m=m, before=before: _grew(m, before))
+        finally:
+            await asyncio.gather(*(m.close() for m in media))
+
+
+async def _receiving(peer: SfuPeer, n: int) -> bool:
+    counts = await peer.inbound_packets()
+    return len(counts) >= n and all(c > 0 for c in counts.values())
+
+
+async def _grew(peer: SfuPeer, before: dict[str, int]) -> bool:
+    now = await peer.inbound_packets()
+    return all(now.get(k, 0) > v for k, v in before.items())
+
+
+def _principal(account: Account) -> Principal:
+    return Principal(account.user_id, account.clinic_id, account.role, account.user_id)
+
+
+@pytest.mark.slow
+async def test_a_janus_recording_is_sealed_by_the_recording_store_and_no_plaintext_stays(
+    sfu_server: Client, people: Tenant
+) -> None:
+    app = sfu_server.app
+    sfu, recordings = app[SFU_BACKEND], app[RECORDINGS]
+    assert isinstance(sfu, JanusSfu)
+    room = await open_room(app[POOL], people)
+    appointment = await app[POOL].fetchval(
+        "SELECT appointment_id FROM consultations WHERE room_id = $1", room
+    )
+    await recordings.give_consent(_principal(people[Role.PATIENT]), appointment)
+    media = [SfuPeer("doctor"), SfuPeer("patient")]
+    try:
+        for role, m in zip((Role.DOCTOR, Role.PATIENT), media, strict=True):
+            who = str(people[role].user_id)
+            await sfu.grant(appointment, who, ROLES[role.value])
+            await m.published(await sfu.publish(appointment, who, await m.offer()))
+            assert await sfu.wait_live(appointment, who)
+        backend_id = await sfu.start_recording(appointment)
+        started = await recordings.begin(_principal(people[Role.DOCTOR]), appointment, backend_id)
+        assert started.state == "recording"
+        folder = Path(app[SETTINGS].sfu.janus_workdir) / "recordings"
+        folder = folder / str(sfu.room_number(appointment))
+
+        async def written() -> bool:
+            mjr = list(folder.glob("*.mjr"))
+            return len(mjr) == 4 and all(p.stat().st_size > 20_000 for p in mjr)
+
+        await wait_for(written, within=60)
+        await sfu.stop_recording(appointment, backend_id)
+        await sfu.wait_recordings()
+    finally:
+        await asyncio.gather(*(m.close() for m in media))
+    sealed = await recordings.find(appointment, backend_id)
+    assert sealed is not None and sealed.state == "ready", sealed
+    assert sealed.content_type == "video/webm" and (sealed.size or 0) > 0
+    assert list(folder.iterdir()) == []  # no .mjr, no part, no plaintext WebM
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"SFU": "livekit"}, "SFU"),
+        ({"SFU": "mediasoup"}, "SFU"),
+        ({"SFU": "janus", "JANUS_RTP_PORT_RANGE": "lots"}, "JANUS_RTP_PORT_RANGE"),
+        ({"SFU": "janus", "JANUS_ICE_ENFORCE_LIST": 'lo"; rm'}, "JANUS_ICE_ENFORCE_LIST"),
+        ({"SFU": "janus", "JANUS_URL": "ftp://janus"}, "JANUS_URL"),
+    ],
+)
+def test_bad_sfu_settings_name_the_variable(
+    database_url: str, tmp_path: Path, env: dict[str, str], variable: str
+) -> None:
+
+    with pytest.raises(ConfigError) as bad:
+        load_settings(settings_env(database_url, tmp_path, **env))
+    assert bad.value.variable == variable
+
+
+@pytest.mark.slow
+async def test_the_doctor_records_over_signal_only_with_consent_and_both_sides_are_told(
+    sfu_server: Client, people: Tenant
+) -> None:
+    app = sfu_server.app
+    room = await open_room(app[POOL], people)
+    appointment = await app[POOL].fetchval(
+        "SELECT appointment_id FROM consultations WHERE room_id = $1", room
+    )
+    async with _signal(sfu_server, people[Role.DOCTOR], people[Role.PATIENT]) as (doctor, patient):
+        await doctor.join(room)
+        await patient.join(room)
+        await doctor.call("admit", {"peer_id": patient.peer_id})
+        await patient.next_event("admitted")
+        with pytest.raises(SignalError) as refused:
+            await doctor.call("record", {"on": True})
+        assert refused.value.code == "recording_consent_required"
+        with pytest.raises(SignalError) as not_doctor:
+            await patient.call("record", {"on": True})
+        assert not_doctor.value.code == "forbidden"
+        resp = await sfu_server.post(
+            f"/api/v1/appointments/{appointment}/recording-consent",
+            headers=people[Role.PATIENT].headers,
+        )
+        assert resp.status in (200, 201), await resp.text()
+        # A peer-to-peer call moves to the SFU to be recorded.
+        started = await doctor.call("record", {"on": True})
+        assert started["recording"] is True and started["mode"] == "sfu"
+        assert (await patient.next_event("mode"))["mode"] == "sfu"
+        for side in (doctor, patient):
+            told = await side.next_event("recording")
+            while not told["recording"]:  # the consent's own change comes first
+                told = await side.next_event("recording")
+            assert told == {"consent": True, "recording": True}
+        media = [SfuPeer("doctor"), SfuPeer("patient")]
+        try:
+            for c, m in zip((doctor, patient), media, strict=True):
+                answer = await c.call("sfu", {"kind": "publish", "sdp": await m.offer()})
+                await m.published(answer["sdp"])
+            sfu = app[SFU_BACKEND]
+            assert isinstance(sfu, JanusSfu)
+            folder = Path(app[SETTINGS].sfu.janus_workdir) / "recordings"
+            folder = folder / str(sfu.room_number(appointment))
+
+            async def written() -> bool:
+                mjr = list(folder.glob("*.mjr"))
+                return len(mjr) == 4 and all(p.stat().st_size > 20_000 for p in mjr)
+
+            await wait_for(written, within=60)
+            assert (await doctor.call("record", {"on": False}))["recording"] is False
+            await sfu.wait_recordings()
+        finally:
+            await asyncio.gather(*(m.close() for m in media))
+        told = await patient.next_event("recording")
+        while told["recording"]:
+            told = await patient.next_event("recording")
+        assert told == {"consent": True, "recording": False}
+    state, found = await app[RECORDINGS].list_for(_principal(people[Role.DOCTOR]), appointment)
+    assert not state.recording and [r.state for r in found] == ["ready"]
+    assert list(folder.iterdir()) == []
+
+
+async def test_the_sfu_room_is_destroyed_when_the_last_peer_leaves(
+    sfu_server: Client, people: Tenant
+) -> None:
+    sfu = sfu_server.app[SFU_BACKEND]
+    assert isinstance(sfu, JanusSfu)
+    async with (
+        _signal(sfu_server, people[Role.DOCTOR], people[Role.PATIENT], people[Role.NURSE]) as (
+            doctor,
+            patient,
+            nurse,
+        ),
+        aiohttp.ClientSession() as http,
+    ):
+        _, d, _, _ = await _three_in(sfu_server, people, doctor, patient, nurse)
+        janus = await JanusSession.create(http, sfu.url)
+        try:
+            handle = await janus.attach()
+
+            async def exists() -> bool:
+                data, _ = await janus.request(handle, {"request": "exists", "room": d["room"]})
+                return bool(data["exists"])
+
+            assert await exists()
+            for c in (nurse, patient):
+                await c.call("leave")
+            assert await exists()  # the doctor is still there
+            await doctor.call("leave")
+            assert not await exists()
+        finally:
+            await janus.destroy()

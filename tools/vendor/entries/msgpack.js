@@ -1,0 +1,2 @@
+// The msgpack codec the chat wire format uses.
+export { decode, encode } from "@msgpack/msgpack";
