@@ -74,11 +74,30 @@ async def start(
 async def until_final(pool: asyncpg.Pool, payment_id: str, within: float = 20.0) -> str:
     async with asyncio.timeout(within):
         while True:
-            status = await pool.fetchval("SELECT status FROM payments WHERE id = $1",
-                                         UUID(payment_id))  # fmt: skip
+            status = await status_of(pool, payment_id)
             if status != "pending":
                 return str(status)
             await asyncio.sleep(0.05)
+
+
+async def status_of(pool: asyncpg.Pool, payment_id: str) -> str:
+    return str(await pool.fetchval("SELECT status FROM payments WHERE id = $1", UUID(payment_id)))
+
+
+async def pending_card_payment(
+    pw: PayWorld, pool: asyncpg.Pool, clinic: Tenant
+) -> tuple[UUID, dict[str, Any]]:
+    """A card payment started on a new invoice; the payer answers long after the test."""
+    pw.sims.card.behaviour.decide_after = 30
+    invoice_id = await new_invoice(pool, clinic)
+    return invoice_id, await (await start(pw, clinic, invoice_id, "card")).json()
+
+
+def charge_success(reference: str, amount: int = 150_000, txn_id: int = 1) -> bytes:
+    """A Paystack ``charge.success`` webhook body (unsigned)."""
+    return json.dumps({"event": "charge.success", "data": {
+        "status": "success", "reference": reference, "amount": amount,
+        "currency": "KES", "id": txn_id}}).encode()  # fmt: skip
 
 
 async def credits(pool: asyncpg.Pool, invoice_id: UUID) -> list[tuple[str, int]]:
@@ -189,20 +208,15 @@ async def test_card_webhooks_are_verified_with_either_secret_during_rotation(
 async def test_a_badly_signed_webhook_is_refused_and_audited(
     pw: PayWorld, pool: asyncpg.Pool, clinic: Tenant
 ) -> None:
-    pw.sims.card.behaviour.decide_after = 30
-    invoice_id = await new_invoice(pool, clinic)
-    payment = await (await start(pw, clinic, invoice_id, "card")).json()
-    body = json.dumps({"event": "charge.success", "data": {
-        "status": "success", "reference": payment["provider_reference"], "amount": 150_000,
-        "currency": "KES", "id": 1}}).encode()  # fmt: skip
+    _, payment = await pending_card_payment(pw, pool, clinic)
+    body = charge_success(payment["provider_reference"])
     for signature in (sign("sk_test_" + "x" * 40, body), "", "zz"):
         resp = await pw.client.post(
             WEBHOOK.format("card"), data=body,
             headers={"Content-Type": "application/json", SIGNATURE_HEADER: signature},
         )  # fmt: skip
         await assert_problem(resp, 401, "bad_webhook_signature")
-    assert await pool.fetchval("SELECT status FROM payments WHERE id = $1",
-                               UUID(payment["id"])) == "pending"  # fmt: skip
+    assert await status_of(pool, payment["id"]) == "pending"
     refused = await pool.fetchval(
         "SELECT count(*) FROM (SELECT action FROM audit_intake UNION ALL "
         "SELECT action FROM audit_log) a WHERE action = 'payment.callback.refused'"
@@ -213,21 +227,16 @@ async def test_a_badly_signed_webhook_is_refused_and_audited(
 async def test_signed_webhook_with_wrong_amount_or_unknown_reference_changes_nothing(
     pw: PayWorld, pool: asyncpg.Pool, clinic: Tenant
 ) -> None:
-    pw.sims.card.behaviour.decide_after = 30
-    invoice_id = await new_invoice(pool, clinic)
-    payment = await (await start(pw, clinic, invoice_id, "card")).json()
+    _, payment = await pending_card_payment(pw, pool, clinic)
     secret = pw.sims.card.secret_key
     for reference, amount in ((payment["provider_reference"], 1), ("tc_nobody", 150_000)):
-        body = json.dumps({"event": "charge.success", "data": {
-            "status": "success", "reference": reference, "amount": amount,
-            "currency": "KES", "id": 1}}).encode()  # fmt: skip
+        body = charge_success(reference, amount)
         resp = await pw.client.post(
             WEBHOOK.format("card"), data=body,
             headers={"Content-Type": "application/json", SIGNATURE_HEADER: sign(secret, body)},
         )  # fmt: skip
         assert (await resp.json())["result"] == "ignored"
-    assert await pool.fetchval("SELECT status FROM payments WHERE id = $1",
-                               UUID(payment["id"])) == "pending"  # fmt: skip
+    assert await status_of(pool, payment["id"]) == "pending"
     ignored = await pool.fetch(
         "SELECT detail->>'reason' AS why FROM (SELECT action, detail FROM audit_intake "
         "UNION ALL SELECT action, detail FROM audit_log) a "
@@ -240,12 +249,8 @@ async def test_signed_webhook_with_wrong_amount_or_unknown_reference_changes_not
 async def test_duplicated_signed_webhooks_credit_once(
     pw: PayWorld, pool: asyncpg.Pool, clinic: Tenant
 ) -> None:
-    pw.sims.card.behaviour.decide_after = 30
-    invoice_id = await new_invoice(pool, clinic)
-    payment = await (await start(pw, clinic, invoice_id, "card")).json()
-    body = json.dumps({"event": "charge.success", "data": {
-        "status": "success", "reference": payment["provider_reference"], "amount": 150_000,
-        "currency": "KES", "id": 7}}).encode()  # fmt: skip
+    invoice_id, payment = await pending_card_payment(pw, pool, clinic)
+    body = charge_success(payment["provider_reference"], txn_id=7)
     headers = {"Content-Type": "application/json",
                SIGNATURE_HEADER: sign(pw.sims.card.secret_key, body)}  # fmt: skip
     answers = await asyncio.gather(

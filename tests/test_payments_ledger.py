@@ -119,33 +119,24 @@ async def test_an_unbalanced_transaction_is_refused_at_commit(
     app_pool: asyncpg.Pool, tenant: Tenant
 ) -> None:
     async with app_pool.acquire() as conn:
-        with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="does not balance"):
-            async with conn.transaction():
-                txn = await conn.fetchval(
-                    "INSERT INTO ledger_transactions (clinic_id, kind) VALUES ($1, 'waiver') "
-                    "RETURNING id",
-                    tenant.clinic_id,
-                )
-                await conn.execute(
-                    "INSERT INTO ledger_postings (transaction_id, clinic_id, account, currency, "
-                    "amount) VALUES ($1, $2, 'cash', 'KES', 100), ($1, $2, 'revenue', 'KES', -99)",
-                    txn,
-                    tenant.clinic_id,
-                )
-        # Balanced in one currency but not in another: refused too.
-        with pytest.raises(asyncpg.IntegrityConstraintViolationError):
-            async with conn.transaction():
-                txn = await conn.fetchval(
-                    "INSERT INTO ledger_transactions (clinic_id, kind) VALUES ($1, 'waiver') "
-                    "RETURNING id",
-                    tenant.clinic_id,
-                )
-                await conn.execute(
-                    "INSERT INTO ledger_postings (transaction_id, clinic_id, account, currency, "
-                    "amount) VALUES ($1, $2, 'cash', 'KES', 100), ($1, $2, 'revenue', 'XOF', -100)",
-                    txn,
-                    tenant.clinic_id,
-                )
+        # 100 KES against 99 KES; then balanced in one currency but not in another.
+        for currency, amount in (("KES", -99), ("XOF", -100)):
+            with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="does not balance"):
+                async with conn.transaction():
+                    txn = await conn.fetchval(
+                        "INSERT INTO ledger_transactions (clinic_id, kind) VALUES ($1, 'waiver') "
+                        "RETURNING id",
+                        tenant.clinic_id,
+                    )
+                    await conn.execute(
+                        "INSERT INTO ledger_postings (transaction_id, clinic_id, account, "
+                        "currency, amount) VALUES ($1, $2, 'cash', 'KES', 100), "
+                        "($1, $2, 'revenue', $3, $4)",
+                        txn,
+                        tenant.clinic_id,
+                        currency,
+                        amount,
+                    )
         # Postings added one by one balance at commit: accepted.
         async with conn.transaction():
             await post(

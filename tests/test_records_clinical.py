@@ -269,7 +269,8 @@ async def test_a_prescription_verifies_for_a_third_party_and_not_after_one_byte_
     public.verify(DOMAIN + canonical, signature)  # plain pynacl, nothing of ours
     assert public.encode() == key.verify_key.encode()
     tampered = bytearray(canonical)
-    tampered[canonical.index(b"21")] = ord("9")  # quantity 21 -> 91
+    # Quantity 21 -> 91 (found by its key: a bare "21" may stand in an id or a time).
+    tampered[canonical.index(b'"quantity":21') + len(b'"quantity":')] = ord("9")
     with pytest.raises(BadSignatureError):
         public.verify(DOMAIN + bytes(tampered), signature)
 

@@ -63,6 +63,19 @@ async def _signal(client: Client, *accounts: Account) -> AsyncIterator[list[Sign
             await c.close()
 
 
+@contextlib.asynccontextmanager
+async def _janus_session(client: Client) -> AsyncIterator[JanusSession]:
+    """A Janus session of the test's own on the server's SFU, destroyed at the end."""
+    sfu = client.app[SFU_BACKEND]
+    assert isinstance(sfu, JanusSfu)
+    async with aiohttp.ClientSession() as http:
+        janus = await JanusSession.create(http, sfu.url)
+        try:
+            yield janus
+        finally:
+            await janus.destroy()
+
+
 async def _three_in(
     client: Client, tenant: Tenant, doctor: SignalClient, patient: SignalClient, nurse: SignalClient
 ) -> tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -124,37 +137,31 @@ async def test_the_doctor_who_drops_out_of_an_sfu_room_comes_back_with_a_grant(
 async def test_a_removed_guest_cannot_join_the_sfu_again_with_its_old_token(
     sfu_server: Client, people: Tenant
 ) -> None:
-    sfu = sfu_server.app[SFU_BACKEND]
-    assert isinstance(sfu, JanusSfu)
     async with (
         _signal(sfu_server, people[Role.DOCTOR], people[Role.PATIENT], people[Role.NURSE]) as (
             doctor,
             patient,
             nurse,
         ),
-        aiohttp.ClientSession() as http,
+        _janus_session(sfu_server) as janus,
     ):
         _, _, _, n = await _three_in(sfu_server, people, doctor, patient, nurse)
-        janus = await JanusSession.create(http, sfu.url)
-        try:
-            handle = await janus.attach()
-            join = {
-                "request": "join",
-                "ptype": "publisher",
-                "room": n["room"],
-                "id": n["feed"],
-                "display": n["identity"],
-                "token": n["token"],
-            }
-            await janus.request(handle, join)  # the grant works...
-            await doctor.call("remove", {"peer_id": nurse.peer_id})
-            assert await nurse.next_event("removed") == {"by": doctor.peer_id}
-            handle = await janus.attach()
-            with pytest.raises(JanusError) as refused:
-                await janus.request(handle, join)  # ...and no more after the removal
-            assert refused.value.code == UNAUTHORIZED
-        finally:
-            await janus.destroy()
+        handle = await janus.attach()
+        join = {
+            "request": "join",
+            "ptype": "publisher",
+            "room": n["room"],
+            "id": n["feed"],
+            "display": n["identity"],
+            "token": n["token"],
+        }
+        await janus.request(handle, join)  # the grant works...
+        await doctor.call("remove", {"peer_id": nurse.peer_id})
+        assert await nurse.next_event("removed") == {"by": doctor.peer_id}
+        handle = await janus.attach()
+        with pytest.raises(JanusError) as refused:
+            await janus.request(handle, join)  # ...and no more after the removal
+        assert refused.value.code == UNAUTHORIZED
 
 
 async def test_sfu_messages_need_an_sfu_room_and_a_wellformed_body(
@@ -349,30 +356,24 @@ async def test_the_doctor_records_over_signal_only_with_consent_and_both_sides_a
 async def test_the_sfu_room_is_destroyed_when_the_last_peer_leaves(
     sfu_server: Client, people: Tenant
 ) -> None:
-    sfu = sfu_server.app[SFU_BACKEND]
-    assert isinstance(sfu, JanusSfu)
     async with (
         _signal(sfu_server, people[Role.DOCTOR], people[Role.PATIENT], people[Role.NURSE]) as (
             doctor,
             patient,
             nurse,
         ),
-        aiohttp.ClientSession() as http,
+        _janus_session(sfu_server) as janus,
     ):
         _, d, _, _ = await _three_in(sfu_server, people, doctor, patient, nurse)
-        janus = await JanusSession.create(http, sfu.url)
-        try:
-            handle = await janus.attach()
+        handle = await janus.attach()
 
-            async def exists() -> bool:
-                data, _ = await janus.request(handle, {"request": "exists", "room": d["room"]})
-                return bool(data["exists"])
+        async def exists() -> bool:
+            data, _ = await janus.request(handle, {"request": "exists", "room": d["room"]})
+            return bool(data["exists"])
 
-            assert await exists()
-            for c in (nurse, patient):
-                await c.call("leave")
-            assert await exists()  # the doctor is still there
-            await doctor.call("leave")
-            assert not await exists()
-        finally:
-            await janus.destroy()
+        assert await exists()
+        for c in (nurse, patient):
+            await c.call("leave")
+        assert await exists()  # the doctor is still there
+        await doctor.call("leave")
+        assert not await exists()

@@ -54,44 +54,17 @@ from teleconsult.core.settings import FhirSettings
 from teleconsult.core.tasks import cancel_and_wait
 from teleconsult.fhir import export_store, store
 from teleconsult.fhir.export_store import ExportFile, ExportJob
-from teleconsult.fhir.service import BILLING_TYPES, CLINICAL_SCOPES, has_basis
+from teleconsult.fhir.service import BILLING_TYPES, CLINICAL_SCOPES, COMPARTMENT_ORDER, has_basis
 from teleconsult.fhir.store import Filter, Reach, Table
 from teleconsult.fhir.views import operation_outcome
 from teleconsult.records.fieldcrypt import FieldCrypt
 
 logger = logging.getLogger(__name__)
 
-# Every type $export can write, in the order files are written.
-EXPORT_TYPES = (
-    "Organization",
-    "Practitioner",
-    "Patient",
-    "Appointment",
-    "Encounter",
-    "Observation",
-    "Consent",
-    # --- records and invoices (issues 14 and 15) ---
-    "Condition",
-    "AllergyIntolerance",
-    "MedicationRequest",
-    "MedicationStatement",
-    "DocumentReference",
-    "Invoice",
-)
 # Patient- and Group-level exports: the patients' compartments.
-PATIENT_TYPES = (
-    "Patient",
-    "Appointment",
-    "Encounter",
-    "Observation",
-    "Consent",
-    "Condition",
-    "AllergyIntolerance",
-    "MedicationRequest",
-    "MedicationStatement",
-    "DocumentReference",
-    "Invoice",
-)
+PATIENT_TYPES = COMPARTMENT_ORDER
+# Every type $export can write, in the order files are written.
+EXPORT_TYPES = ("Organization", "Practitioner", *PATIENT_TYPES)
 # Admins export administrative resources only: no clinical read (records/access.py).
 ADMIN_EXCLUDED = frozenset(CLINICAL_SCOPES)
 # Doctors read no invoices (payments authorization: the patient, front desk, admins).

@@ -7,7 +7,7 @@ several resources (a profile's conditions, a prescription's items): paging is by
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from teleconsult.fhir import record_views as rv
@@ -29,36 +29,33 @@ def _unkeyed(row: Mapping[str, Any]) -> Resource:
     raise AssertionError("a keyed table is rendered with the clinic's keys")
 
 
+def _profile_table(
+    resource_type: str, column: str, view: Callable[[ClinicKeys, Mapping[str, Any]], list[Resource]]
+) -> Table:
+    """A type read from one encrypted list of the patient's profile (one row a patient)."""
+    return Table(
+        resource_type,
+        f"SELECT p.patient_id AS id, p.clinic_id, p.patient_id, p.{column}, "
+        "p.updated_at FROM patient_profiles p",
+        id_column="p.patient_id",
+        clinic_column="p.clinic_id",
+        updated_column="p.updated_at",
+        to_resource=_unkeyed,
+        patient_column="p.patient_id",
+        base_where=(f"p.{column} IS NOT NULL",),
+        keyed_view=view,
+        composite_ids=True,
+    )
+
+
 def record_tables(public_url: str) -> dict[str, Table]:
     def documents(keys: ClinicKeys, row: Mapping[str, Any]) -> list[Resource]:
         return rv.document_reference_resources(keys, row, public_url=public_url)
 
     return {
-        "Condition": Table(
-            "Condition",
-            "SELECT p.patient_id AS id, p.clinic_id, p.patient_id, p.conditions_ct, "
-            "p.updated_at FROM patient_profiles p",
-            id_column="p.patient_id",
-            clinic_column="p.clinic_id",
-            updated_column="p.updated_at",
-            to_resource=_unkeyed,
-            patient_column="p.patient_id",
-            base_where=("p.conditions_ct IS NOT NULL",),
-            keyed_view=rv.condition_resources,
-            composite_ids=True,
-        ),
-        "AllergyIntolerance": Table(
-            "AllergyIntolerance",
-            "SELECT p.patient_id AS id, p.clinic_id, p.patient_id, p.allergies_ct, "
-            "p.updated_at FROM patient_profiles p",
-            id_column="p.patient_id",
-            clinic_column="p.clinic_id",
-            updated_column="p.updated_at",
-            to_resource=_unkeyed,
-            patient_column="p.patient_id",
-            base_where=("p.allergies_ct IS NOT NULL",),
-            keyed_view=rv.allergy_resources,
-            composite_ids=True,
+        "Condition": _profile_table("Condition", "conditions_ct", rv.condition_resources),
+        "AllergyIntolerance": _profile_table(
+            "AllergyIntolerance", "allergies_ct", rv.allergy_resources
         ),
         "MedicationRequest": Table(
             "MedicationRequest",

@@ -39,6 +39,15 @@ from teleconsult.fhir.store import Filter, Reach, Resource, Table
 from teleconsult.records.access import ensure_clinical_access
 from teleconsult.records.fieldcrypt import ClinicKeys, FieldCrypt
 
+# The record and billing types (issues 14 and 15), in the order they are listed and written.
+RECORD_TYPES = (
+    "Condition",
+    "AllergyIntolerance",
+    "MedicationRequest",
+    "MedicationStatement",
+    "DocumentReference",
+    "Invoice",
+)
 # Types read and searched generically (Appointment, Schedule and Slot have their
 # own routes through the scheduling services).
 SEARCH_TYPES = (
@@ -48,13 +57,7 @@ SEARCH_TYPES = (
     "Encounter",
     "Observation",
     "Consent",
-    # --- records and invoices (issues 14 and 15) ---
-    "Condition",
-    "AllergyIntolerance",
-    "MedicationRequest",
-    "MedicationStatement",
-    "DocumentReference",
-    "Invoice",
+    *RECORD_TYPES,
 )
 # Clinical types and the records scope a caller needs a basis for.
 CLINICAL_SCOPES = {
@@ -66,29 +69,17 @@ CLINICAL_SCOPES = {
     "MedicationStatement": "medications",
     "DocumentReference": "documents",
 }
-# Types in a patient's compartment (filtered by patient for a patient caller).
-COMPARTMENT_TYPES = frozenset({"Patient", "Appointment", "Encounter", "Invoice", *CLINICAL_SCOPES})
+# A patient's compartment (filtered by patient for a patient caller), in the order
+# $everything and a patient-level $export write it.
+COMPARTMENT_ORDER = ("Patient", "Appointment", "Encounter", "Observation", "Consent", *RECORD_TYPES)
+COMPARTMENT_TYPES = frozenset(COMPARTMENT_ORDER)
 # Types a doctor sees only for their own appointments.
 OWN_DOCTOR_TYPES = frozenset({"Appointment", "Encounter"})
 # Invoices follow the payments authorization: a patient their own, the front desk and
 # admins the clinic's; clinicians never (policy INVOICE_READ).
 BILLING_TYPES = frozenset({"Invoice"})
 # What $everything gathers around a patient, in this order.
-EVERYTHING_TYPES = (
-    "Patient",
-    "Organization",
-    "Practitioner",
-    "Appointment",
-    "Encounter",
-    "Observation",
-    "Consent",
-    "Condition",
-    "AllergyIntolerance",
-    "MedicationRequest",
-    "MedicationStatement",
-    "DocumentReference",
-    "Invoice",
-)
+EVERYTHING_TYPES = ("Patient", "Organization", "Practitioner", *COMPARTMENT_ORDER[1:])
 
 
 @dataclass(frozen=True)

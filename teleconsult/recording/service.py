@@ -391,26 +391,8 @@ class RecordingService:
         """Authorize, audit (in the transaction that reads the row) and open a playback
         of the bytes ``range_header`` asks for; only the chunks they touch are read."""
         async with self._pool.acquire() as conn, conn.transaction():
-            recording = await store.get_recording(conn, recording_id, lock="share")
-            appointment = (
-                await scheduling.get_appointment(conn, recording.appointment_id)
-                if recording
-                else None
-            )
-            ensure_in_scope(
-                principal,
-                Scope(appointment.clinic_id, appointment.patient_id, appointment.doctor_id)
-                if appointment
-                else None,
-                "recording",
-            )
-            assert recording is not None and appointment is not None
-            if principal.role is Role.DOCTOR and appointment.doctor_id != principal.user_id:
-                raise NotFound("recording not found")
-            if recording.state != "ready" or recording.size is None:
-                raise Conflict(
-                    f"the recording is {recording.state}", code=ErrorCode.RECORDING_NOT_READY
-                )
+            recording, appointment = await self._playable(conn, principal, recording_id, "share")
+            assert recording.size is not None
             wanted = parse_range(range_header, recording.size)
             detail: dict[str, str | int] = {
                 "appointment_id": str(appointment.id),
@@ -443,12 +425,20 @@ class RecordingService:
     async def check_playable(self, principal: Principal, recording_id: UUID) -> Recording:
         """The media route's checks, without a playback: before a ticket is issued."""
         async with self._pool.acquire() as conn:
-            recording = await store.get_recording(conn, recording_id)
-            appointment = (
-                await scheduling.get_appointment(conn, recording.appointment_id)
-                if recording
-                else None
-            )
+            recording, _ = await self._playable(conn, principal, recording_id)
+        return recording
+
+    async def _playable(
+        self, conn: asyncpg.Connection, principal: Principal, recording_id: UUID, lock: str = ""
+    ) -> tuple[Recording, Appointment]:
+        """A ready recording ``principal`` may play (a doctor: of their own appointment),
+        with its appointment; NotFound outside their scope, Conflict when not ready."""
+        recording = await store.get_recording(conn, recording_id, lock=lock)
+        appointment = (
+            await scheduling.get_appointment(conn, recording.appointment_id)
+            if recording
+            else None
+        )
         ensure_in_scope(
             principal,
             Scope(appointment.clinic_id, appointment.patient_id, appointment.doctor_id)
@@ -463,7 +453,7 @@ class RecordingService:
             raise Conflict(
                 f"the recording is {recording.state}", code=ErrorCode.RECORDING_NOT_READY
             )
-        return recording
+        return recording, appointment
 
     # --- end playback tickets ---
 

@@ -11,13 +11,9 @@ import functools
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace as dataclass_replace  # payments (issue 15)
-from datetime import timedelta  # payments (issue 15)
-from typing import Any, cast
+from typing import Any
 from uuid import UUID
 
-import aiohttp  # payments (issue 15)
-import asyncpg
-import socketio
 from aiohttp import web
 
 from teleconsult.accounts import browser_session  # web pages (issue 12, part A)
@@ -39,7 +35,7 @@ from teleconsult.api.registry import (
 from teleconsult.audit import AuditSequencer, AuditTrail, CheckpointSigner
 from teleconsult.audit import routes as audit_routes
 from teleconsult.core import db
-from teleconsult.core.bus import Bus, create_bus
+from teleconsult.core.bus import create_bus
 from teleconsult.core.embedded_pg import EmbeddedPostgres
 from teleconsult.core.errors import ConfigError
 from teleconsult.core.logging import request_id_middleware
@@ -48,23 +44,21 @@ from teleconsult.core.migrations import migrate, migrate_database
 from teleconsult.core.mqtt_probe import mqtt_reachable
 from teleconsult.core.outages import OUTAGE_FILTER, OUTAGES
 from teleconsult.core.passwords import PasswordHasher
-from teleconsult.core.ratelimit import RateLimiter, create_rate_limiter
+from teleconsult.core.ratelimit import create_rate_limiter
 from teleconsult.core.revocation import Revocations
 from teleconsult.core.settings import Settings
 from teleconsult.core.tokens import TokenService
 from teleconsult.fhir import export_routes as fhir_export_routes  # fhir (issue 14, F)
 from teleconsult.fhir import routes as fhir_routes
 from teleconsult.fhir import search_routes as fhir_search_routes  # fhir (issue 14, F)
-from teleconsult.fhir.export import ExportService, ExportWorker  # fhir (issue 14, F)
 from teleconsult.fhir.outcome import fhir_outcome_middleware  # fhir (issue 14, F)
-from teleconsult.fhir.service import FhirService  # fhir (issue 14, F)
 from teleconsult.messaging import mqtt_routes, wire
 from teleconsult.messaging import routes as messaging_routes
 from teleconsult.messaging import store as messaging_store
 from teleconsult.messaging.appender import Appender
 from teleconsult.messaging.chat import ChatService
 from teleconsult.messaging.directory import ThreadDirectory
-from teleconsult.messaging.mqtt_bridge import MqttBridge, mqtt_transport
+from teleconsult.messaging.mqtt_bridge import mqtt_transport
 from teleconsult.messaging.namespace import NAMESPACE as CHAT_NAMESPACE
 from teleconsult.messaging.namespace import ChatNamespace
 from teleconsult.messaging.offline import OfflineNotifier
@@ -73,10 +67,6 @@ from teleconsult.messaging.service import MessagingService
 from teleconsult.notifications.worker import BackgroundWorker
 from teleconsult.pages import routes as pages_routes  # web pages (issue 12, part A)
 from teleconsult.payments import routes as payments_routes  # payments (issue 15)
-from teleconsult.payments.idempotency import IdempotencyKeys  # payments (issue 15)
-from teleconsult.payments.providers import build_providers  # payments (issue 15)
-from teleconsult.payments.reconcile import Reconciler  # payments (issue 15)
-from teleconsult.payments.service import PaymentService  # payments (issue 15)
 from teleconsult.payments.simulators import build_simulators  # payments (issue 15)
 from teleconsult.payments.simulators.app import demo_settings  # payments (issue 15)
 from teleconsult.realtime.guard import SessionGuard
@@ -86,11 +76,7 @@ from teleconsult.realtime.server import attach_socketio, outside_realtime
 
 # --- recordings (issue 13, part R) ---
 from teleconsult.recording import routes as recording_routes
-from teleconsult.recording.blobs import open_blob_store
-from teleconsult.recording.keys import KeyRing
-from teleconsult.recording.service import RecordingService, RoomRecordingState
-from teleconsult.recording.sfu_events import RecordingIntake  # livekit (issue 13, part L)
-from teleconsult.recording.sweeper import RetentionSweeper
+from teleconsult.recording.service import RoomRecordingState
 
 # --- end recordings ---
 # --- records (issue 14, part R) ---
@@ -101,43 +87,67 @@ from teleconsult.records.fieldcrypt import FieldCrypt
 # --- end records ---
 from teleconsult.rtc import livekit_routes  # livekit (issue 13, part L)
 from teleconsult.rtc import routes as rtc_routes
-from teleconsult.rtc.addresses import PeerAddressPolicy
-from teleconsult.rtc.janus_runtime import janus_backend  # sfu / janus (issue 13, part J)
-from teleconsult.rtc.livekit_runtime import livekit_backend  # livekit (issue 13, part L)
-from teleconsult.rtc.network_test import NetworkTestRunner
-from teleconsult.rtc.service import NetworkTestService
-from teleconsult.rtc.sfu import Sfu, SfuEvent  # sfu / janus (issue 13, part J)
-from teleconsult.rtc.sfu_relay import SfuRelay  # sfu / janus (issue 13, part J)
 from teleconsult.scheduling import feed_routes, join_routes  # join: issue 12 follow-up
 from teleconsult.scheduling import routes as scheduling_routes
 from teleconsult.scheduling.availability import AvailabilityService
 from teleconsult.scheduling.feeds import CalendarFeedService
 from teleconsult.scheduling.service import SchedulingService
+from teleconsult.server.clinical import fhir_context, payments_context, record_documents_context
+from teleconsult.server.keys import (
+    AUDIT,
+    AUDIT_SEQUENCER,
+    BUS,
+    CHAT_NAMESPACE_KEY,
+    DATABASE_DSN,
+    DIRECTORY,
+    GUARD,
+    LIMITER,
+    METRICS,
+    MQTT_BRIDGE,
+    POOL,
+    REALTIME,
+    REVOCATIONS,
+    SETTINGS,
+    SIGNAL_NAMESPACE,
+)
+from teleconsult.server.media import (
+    SFU_BACKEND,
+    janus_context,
+    livekit_context,
+    recording_sweeper_context,
+    recordings_context,
+    rtc_context,
+    sfu_bridge,
+)
 from teleconsult.signaling.namespace import SIGNALING, SignalNamespace, signal_hub
 from teleconsult.signaling.rooms import create_rooms
 from teleconsult.signaling.service import SignalingService
-from teleconsult.signaling.sfu_bridge import SfuBridge  # sfu / janus (issue 13, part J)
 from teleconsult.turn import routes as turn_routes
 from teleconsult.turn.service import TurnService
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "AUDIT",
+    "AUDIT_SEQUENCER",
+    "BUS",
+    "CHAT_NAMESPACE_KEY",
+    "DATABASE_DSN",
+    "DIRECTORY",
+    "GUARD",
+    "LIMITER",
+    "METRICS",
+    "MQTT_BRIDGE",
+    "POOL",
+    "REALTIME",
+    "REVOCATIONS",
+    "SETTINGS",
+    "SFU_BACKEND",
+    "SIGNAL_NAMESPACE",
+    "all_operations",
+    "create_app",
+    "create_service_app",
+]
 
-SETTINGS = web.AppKey("settings", Settings)
-METRICS = web.AppKey("metrics", Metrics)
-POOL = web.AppKey("pool", asyncpg.Pool)
-BUS = web.AppKey("bus", Bus)
-LIMITER = web.AppKey("rate_limiter", RateLimiter)
-AUDIT = web.AppKey("audit", AuditTrail)
-AUDIT_SEQUENCER = web.AppKey("audit_sequencer", AuditSequencer)
-DATABASE_DSN = web.AppKey("database_dsn", str)
-SIGNAL_NAMESPACE = web.AppKey("signal_namespace", SignalNamespace)
-REALTIME = web.AppKey("realtime", socketio.AsyncServer)
-GUARD = web.AppKey("session_guard", SessionGuard)
-DIRECTORY = web.AppKey("thread_directory", ThreadDirectory)
-CHAT_NAMESPACE_KEY = web.AppKey("chat_namespace", ChatNamespace)
-MQTT_BRIDGE = web.AppKey("mqtt_bridge", MqttBridge)
-# Sessions that end: the accounts domain announces, every transport closes what it holds.
-REVOCATIONS = web.AppKey("revocations", Revocations)
+logger = logging.getLogger(__name__)
 
 
 def all_operations() -> list[Operation]:
@@ -342,55 +352,20 @@ def create_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(_close_realtime)
 
     _add_resources(app)
-    app.cleanup_ctx.append(_record_documents)  # records (issue 14, part R)
-    app.cleanup_ctx.append(_payments)  # payments (issue 15): before _signaling (the gate)
-    app.cleanup_ctx.append(_recording_sweeper)  # recordings (issue 13, part R)
-    app.cleanup_ctx.append(_rtc)
-    app.cleanup_ctx.append(_livekit)  # livekit (issue 13, part L)
+    app.cleanup_ctx.append(record_documents_context)  # records (issue 14, part R)
+    app.cleanup_ctx.append(payments_context)  # payments (issue 15): before _signaling (the gate)
+    app.cleanup_ctx.append(recording_sweeper_context)  # recordings (issue 13, part R)
+    app.cleanup_ctx.append(rtc_context)
+    app.cleanup_ctx.append(livekit_context)  # livekit (issue 13, part L)
     app.cleanup_ctx.append(_guard)
     app.cleanup_ctx.append(_chat)
-    app.cleanup_ctx.append(_janus)  # sfu / janus (issue 13, part J)
+    app.cleanup_ctx.append(janus_context)  # sfu / janus (issue 13, part J)
     app.cleanup_ctx.append(_signaling)
     app.cleanup_ctx.append(_mqtt)
     app.cleanup_ctx.append(_notifications)
-    app.cleanup_ctx.append(_fhir)  # fhir (issue 14, F)
+    app.cleanup_ctx.append(fhir_context)  # fhir (issue 14, F)
     app.cleanup_ctx.append(EventLoopLagMonitor(metrics).cleanup_ctx)
     return app
-
-
-# --- fhir (issue 14, part F) ---
-async def _fhir(app: web.Application) -> AsyncIterator[None]:
-    """FHIR reads and Bulk Data exports; the export worker runs here unless turned off."""
-    settings = app[SETTINGS]
-    # Records and invoices (issues 14 and 15, E2): the encrypted records' views decrypt
-    # with the records' field keys.
-    crypt = app[records_http.RECORDS_DEPS].crypt
-    fhir = FhirService(
-        pool=app[POOL], audit=app[AUDIT], base_url=f"{settings.public_url}/fhir/R4", crypt=crypt
-    )
-    app[fhir_search_routes.FHIR] = fhir
-    app[fhir_export_routes.EXPORTS] = ExportService(
-        pool=app[POOL], audit=app[AUDIT], settings=settings.fhir
-    )
-    worker = None
-    if settings.fhir.run_in_server:
-        worker = ExportWorker(
-            pool=app[POOL],
-            audit=app[AUDIT],
-            tables=fhir.tables,
-            settings=settings.fhir,
-            crypt=crypt,
-        )
-        app[fhir_export_routes.EXPORT_WORKER] = worker
-        await worker.start()
-    try:
-        yield
-    finally:
-        if worker is not None:
-            await worker.close()
-
-
-# --- end fhir ---
 
 
 async def _guard(app: web.Application) -> AsyncIterator[None]:
@@ -445,98 +420,6 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
         await presence.close()
 
 
-async def _rtc(app: web.Application) -> AsyncIterator[None]:
-    """The server's own WebRTC peers (pre-call network tests), all closed on shutdown."""
-    settings = app[SETTINGS].rtc
-    runner = NetworkTestRunner(
-        max_concurrent=settings.max_concurrent_tests,
-        max_seconds=settings.max_test_seconds,
-        peer_policy=PeerAddressPolicy.of(settings.allowed_peer_networks),
-        public_ips=settings.public_ips,
-    )
-    tests = NetworkTestService(pool=app[POOL], audit=app[AUDIT], runner=runner)
-    app[rtc_routes.NETWORK_TESTS] = tests
-    app[REVOCATIONS].add_handler(tests.on_revocation)  # _bus, an earlier context, made it
-    try:
-        yield
-    finally:
-        await tests.close()
-        await runner.close()
-
-
-# --- livekit (issue 13, part L) ---
-async def _livekit(app: web.Application) -> AsyncIterator[None]:
-    """With LIVEKIT_URL: the LiveKit SFU, its webhook intake and reconciler."""
-    settings = app[SETTINGS].livekit
-    if not settings.enabled:
-        yield
-        return
-    recordings = RecordingIntake(app[recording_routes.RECORDINGS])
-
-    async def hand_over(event: SfuEvent) -> None:
-        """A finished egress file goes straight to the recording store to be sealed
-        (idempotent: the intake may hand a recording's end on more than once)."""
-        await recordings.handle(event)
-
-    async with livekit_backend(settings, app[POOL], app[AUDIT]) as (sfu, intake):
-        sfu.on_event(hand_over)
-        app[livekit_routes.LIVEKIT_SFU] = sfu
-        app[livekit_routes.LIVEKIT_INTAKE] = intake
-        yield
-
-
-# --- end livekit (issue 13, part L) ---
-
-
-# --- recordings (issue 13, part R) ---
-async def _recordings(app: web.Application) -> AsyncIterator[None]:
-    """Recordings sealed at rest: the blob store and the service (also for the CLI)."""
-    settings = app[SETTINGS].recording
-    blobs = open_blob_store(settings)
-    app[recording_routes.RECORDINGS] = RecordingService(
-        pool=app[POOL],
-        audit=app[AUDIT],
-        blobs=blobs,
-        keys=KeyRing.of(settings.keys),
-        chunk_size=settings.chunk_size,
-    )
-    try:
-        yield
-    finally:
-        await blobs.close()
-
-
-async def _recording_sweeper(app: web.Application) -> AsyncIterator[None]:
-    """Expire recordings past their clinic's retention, every RECORDING_SWEEP_SECONDS
-    (several processes may: rows are locked while one works on them)."""
-    sweeper = RetentionSweeper(
-        app[recording_routes.RECORDINGS], period=app[SETTINGS].recording.sweep_seconds
-    )
-    sweeper.start()
-    try:
-        yield
-    finally:
-        await sweeper.stop()
-
-
-# --- end recordings (issue 13, part R) ---
-
-
-# --- records (issue 14, part R) ---
-async def _record_documents(app: web.Application) -> AsyncIterator[None]:
-    """Patient documents, sealed in a blob store of the recordings' kind and keys."""
-    settings = app[SETTINGS].recording
-    blobs = open_blob_store(settings)
-    records_http.install_documents(app, blobs, KeyRing.of(settings.keys))
-    try:
-        yield
-    finally:
-        await blobs.close()
-
-
-# --- end records ---
-
-
 async def _close_realtime(app: web.Application) -> None:
     """On shutdown, before any service stops: end every Socket.IO connection now.
 
@@ -554,50 +437,6 @@ async def _close_realtime(app: web.Application) -> None:
             await socket.close(wait=False)
         server.eio.sockets.pop(sid, None)
     await server.shutdown()
-
-
-# --- sfu / janus (issue 13, part J) ---
-SFU_BACKEND = web.AppKey("sfu_backend", object)
-SFU_RELAY = web.AppKey("sfu_relay", object)
-
-
-async def _janus(app: web.Application) -> AsyncIterator[None]:
-    """With SFU=janus: Janus (ours on loopback unless JANUS_URL), whose finished
-    recordings go straight to the recording store to be sealed."""
-    settings = app[SETTINGS].sfu
-    if settings.kind != "janus":
-        yield
-        return
-
-    async def hand_over(event: SfuEvent) -> None:
-        """Recording events go to the recording store's intake (seal, or fail; an
-        unknown recording's file is removed unsealed)."""
-        await RecordingIntake(app[recording_routes.RECORDINGS]).handle(event)
-
-    async with janus_backend(settings, hand_over) as sfu:
-        app[SFU_BACKEND] = sfu
-        app[SFU_RELAY] = sfu
-        yield
-
-
-def _sfu_bridge(app: web.Application, publish: Any) -> SfuBridge | None:
-    """The SFU that takes rooms past peer to peer (SFU=janus|livekit), or None."""
-    kind = app[SETTINGS].sfu.kind
-    sfu: Sfu | None = None
-    relay: SfuRelay | None = None
-    if kind == "janus":
-        sfu = cast(Sfu, app[SFU_BACKEND])
-        relay = cast(SfuRelay, app[SFU_RELAY])
-    elif kind == "livekit" and livekit_routes.LIVEKIT_SFU in app:
-        sfu = cast(Sfu, app[livekit_routes.LIVEKIT_SFU])
-    if sfu is None:
-        return None
-    recordings = app.get(recording_routes.RECORDINGS)
-    begin = recordings.begin if recordings else None
-    return SfuBridge(sfu, relay, publish, begin_recording=begin)
-
-
-# --- end sfu / janus (issue 13, part J) ---
 
 
 async def _signaling(app: web.Application) -> AsyncIterator[None]:
@@ -623,7 +462,7 @@ async def _signaling(app: web.Application) -> AsyncIterator[None]:
         settings=settings.signal,
         ice=ice_servers,
         network=app[rtc_routes.NETWORK_TESTS].latest_for,
-        sfu=_sfu_bridge(app, hub.publish),  # sfu / janus (issue 13, part J)
+        sfu=sfu_bridge(app, hub.publish),  # sfu / janus (issue 13, part J)
         sfu_max_peers=settings.sfu.max_peers,
         gate=app[payments_routes.PAYMENTS].ensure_paid,  # payments (issue 15)
     )
@@ -647,39 +486,6 @@ async def _signaling(app: web.Application) -> AsyncIterator[None]:
         await service.close()
         await hub.close()
         await rooms.close()
-
-
-# --- payments (issue 15) ---
-async def _payments(app: web.Application) -> AsyncIterator[None]:
-    """The payment service, its providers' HTTP session, idempotency keys, and this
-    process's reconciler (several processes share the pending payments by lease)."""
-    settings = app[SETTINGS].payments
-    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=settings.request_timeout))
-    service = PaymentService(
-        pool=app[POOL],
-        audit=app[AUDIT],
-        providers=build_providers(settings, session),
-        settings=settings,
-    )
-    keys = IdempotencyKeys(
-        app[POOL],
-        ttl=timedelta(hours=settings.idempotency_ttl_hours),
-        # A request holds its key at most this long: token and call, each bounded.
-        lease=3 * settings.request_timeout + 5,
-    )
-    app[payments_routes.PAYMENTS] = service
-    app[payments_routes.IDEMPOTENCY] = keys
-    reconciler = Reconciler(app[POOL], service, settings, keys=keys)
-    if settings.reconcile_in_server:
-        reconciler.start()
-    try:
-        yield
-    finally:
-        await reconciler.stop()
-        await session.close()
-
-
-# --- end payments ---
 
 
 async def _mqtt(app: web.Application) -> AsyncIterator[None]:
@@ -719,8 +525,8 @@ async def _notifications(app: web.Application) -> AsyncIterator[None]:
 
 
 def _add_resources(app: web.Application) -> None:
-    # _recordings: recordings (issue 13, part R), also for `teleconsult recordings`
-    app.cleanup_ctx.extend([_database, _audit, _bus, _limiter, _services, _recordings])
+    # recordings_context: recordings (issue 13, part R), also for `teleconsult recordings`
+    app.cleanup_ctx.extend([_database, _audit, _bus, _limiter, _services, recordings_context])
 
 
 async def _audit(app: web.Application) -> AsyncIterator[None]:

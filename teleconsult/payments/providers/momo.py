@@ -15,11 +15,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import re
-import time
 from collections.abc import Mapping
 from uuid import UUID
 
@@ -37,6 +35,7 @@ from teleconsult.payments.providers.base import (
     ProviderState,
     ProviderStatus,
 )
+from teleconsult.payments.providers.oauth import AccessToken
 
 _STATES: dict[str, ProviderState] = {
     "PENDING": "pending",
@@ -111,8 +110,7 @@ class MomoProvider:
     def __init__(self, settings: MomoSettings, session: aiohttp.ClientSession) -> None:
         self._s = settings
         self._http = session
-        self._token: tuple[str, float] | None = None
-        self._token_lock = asyncio.Lock()
+        self._token = AccessToken("momo token", default_expiry=3600)
 
     def reference_for(self, payment_id: UUID) -> str:
         return str(payment_id)
@@ -125,26 +123,16 @@ class MomoProvider:
         }
 
     async def _bearer(self) -> str:
-        async with self._token_lock:
-            if self._token and self._token[1] > time.monotonic() + 30:
-                return self._token[0]
-            basic = base64.b64encode(f"{self._s.user_id}:{self._s.api_key}".encode()).decode()
-            try:
-                async with self._http.post(
-                    f"{self._s.base_url}/collection/token/",
-                    headers={
-                        "Authorization": f"Basic {basic}",
-                        "Ocp-Apim-Subscription-Key": self._s.subscription_key,
-                    },
-                ) as resp:
-                    body = await resp.json(content_type=None)
-                    if resp.status != 200:
-                        raise ProviderError(f"momo token: {resp.status} {body}")
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                raise ProviderError(f"momo token: {exc!r}") from exc
-            token = str(body["access_token"])
-            self._token = (token, time.monotonic() + float(body.get("expires_in", 3600)))
-            return token
+        basic = base64.b64encode(f"{self._s.user_id}:{self._s.api_key}".encode()).decode()
+        return await self._token.get(
+            lambda: self._http.post(
+                f"{self._s.base_url}/collection/token/",
+                headers={
+                    "Authorization": f"Basic {basic}",
+                    "Ocp-Apim-Subscription-Key": self._s.subscription_key,
+                },
+            )
+        )
 
     def check(self, request: Initiation) -> None:
         if not request.payer or not _PARTY.match(request.payer):
@@ -178,7 +166,7 @@ class MomoProvider:
                 if resp.status in (202, 409):
                     return Initiated(reference)
                 if resp.status == 401:
-                    self._token = None
+                    self._token.forget()
                 if 400 <= resp.status < 500 and resp.status != 401:
                     raise ProviderRefused(f"momo {resp.status}: {text[:160]}")
                 raise ProviderError(f"momo requesttopay: {resp.status} {text[:160]}")
@@ -200,7 +188,7 @@ class MomoProvider:
                         "pending", reason="reference_not_found", raw_reason="RESOURCE_NOT_FOUND"
                     )
                 if resp.status == 401:
-                    self._token = None
+                    self._token.forget()
                 if resp.status != 200:
                     raise ProviderError(f"momo status: {resp.status}")
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:

@@ -19,10 +19,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -43,6 +41,7 @@ from teleconsult.payments.providers.base import (
     ProviderState,
     ProviderStatus,
 )
+from teleconsult.payments.providers.oauth import AccessToken
 
 NAIROBI = ZoneInfo("Africa/Nairobi")
 # The query's answer while the customer has not entered their PIN yet.
@@ -94,33 +93,22 @@ class MpesaProvider:
     def __init__(self, settings: MpesaSettings, session: aiohttp.ClientSession) -> None:
         self._s = settings
         self._http = session
-        self._token: tuple[str, float] | None = None
-        self._token_lock = asyncio.Lock()
+        self._token = AccessToken("mpesa oauth", default_expiry=3599)
 
     def reference_for(self, payment_id: UUID) -> None:
         return None  # Daraja names the CheckoutRequestID
 
     async def _bearer(self) -> str:
-        async with self._token_lock:
-            if self._token and self._token[1] > time.monotonic() + 30:
-                return self._token[0]
-            basic = base64.b64encode(
-                f"{self._s.consumer_key}:{self._s.consumer_secret}".encode()
-            ).decode()
-            try:
-                async with self._http.get(
-                    f"{self._s.base_url}/oauth/v1/generate",
-                    params={"grant_type": "client_credentials"},
-                    headers={"Authorization": f"Basic {basic}"},
-                ) as resp:
-                    body = await resp.json(content_type=None)
-                    if resp.status != 200:
-                        raise ProviderError(f"mpesa oauth: {resp.status} {body}")
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                raise ProviderError(f"mpesa oauth: {exc!r}") from exc
-            token = str(body["access_token"])
-            self._token = (token, time.monotonic() + float(body.get("expires_in", 3599)))
-            return token
+        basic = base64.b64encode(
+            f"{self._s.consumer_key}:{self._s.consumer_secret}".encode()
+        ).decode()
+        return await self._token.get(
+            lambda: self._http.get(
+                f"{self._s.base_url}/oauth/v1/generate",
+                params={"grant_type": "client_credentials"},
+                headers={"Authorization": f"Basic {basic}"},
+            )
+        )
 
     def _signed(self) -> dict[str, object]:
         stamp = timestamp()
@@ -140,7 +128,7 @@ class MpesaProvider:
             ) as resp:
                 answer = await resp.json(content_type=None)
                 if resp.status == 401:
-                    self._token = None
+                    self._token.forget()
                 if not isinstance(answer, dict):
                     raise ProviderError(f"mpesa {path}: not an object")
                 return resp.status, answer

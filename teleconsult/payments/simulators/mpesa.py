@@ -89,7 +89,8 @@ class MpesaSimulator(Simulator):
             return _error(500, "500.001.1001", "Wrong credentials")
         return None
 
-    async def process_request(self, request: web.Request) -> web.Response:
+    async def _signed_body(self, request: web.Request) -> dict[str, Any] | web.Response:
+        """The JSON body of a request with a valid token and password, or the refusal."""
         refused = self._auth_error(request)
         if refused is not None:
             return refused
@@ -99,8 +100,12 @@ class MpesaSimulator(Simulator):
         except Exception:
             return _error(400, "400.002.05", "Invalid Request Payload")
         refused = self._signature_error(body)
-        if refused is not None:
-            return refused
+        return body if refused is None else refused
+
+    async def process_request(self, request: web.Request) -> web.Response:
+        body = await self._signed_body(request)
+        if isinstance(body, web.Response):
+            return body
         checks = {
             "TransactionType": body.get("TransactionType")
             in ("CustomerPayBillOnline", "CustomerBuyGoodsOnline"),
@@ -142,17 +147,9 @@ class MpesaSimulator(Simulator):
         )
 
     async def query(self, request: web.Request) -> web.Response:
-        refused = self._auth_error(request)
-        if refused is not None:
-            return refused
-        try:
-            body = await request.json()
-            assert isinstance(body, dict)
-        except Exception:
-            return _error(400, "400.002.05", "Invalid Request Payload")
-        refused = self._signature_error(body)
-        if refused is not None:
-            return refused
+        body = await self._signed_body(request)
+        if isinstance(body, web.Response):
+            return body
         if await self.api_misbehaves():
             return _error(500, "500.003.02", "System is busy. Please try again in few minutes.")
         txn = self.truth.get(str(body.get("CheckoutRequestID")))

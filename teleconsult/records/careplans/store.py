@@ -24,7 +24,7 @@ class CarePlanRow:
     created_at: datetime
 
 
-_COLUMNS = "id, patient_id, author_id, plan_ct, starts_on, expires_at, ended_at, created_at"
+COLUMNS = "id, patient_id, author_id, plan_ct, starts_on, expires_at, ended_at, created_at"
 
 
 async def insert(
@@ -40,7 +40,7 @@ async def insert(
 ) -> CarePlanRow:
     row = await conn.fetchrow(
         f"INSERT INTO care_plans (id, clinic_id, patient_id, author_id, plan_ct, starts_on, "
-        f"expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {_COLUMNS}",
+        f"expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}",
         plan_id,
         clinic_id,
         patient_id,
@@ -55,8 +55,7 @@ async def insert(
 
 async def for_patient(conn: Conn, patient_id: UUID) -> list[CarePlanRow]:
     rows = await conn.fetch(
-        f"SELECT {_COLUMNS} FROM care_plans WHERE patient_id = $1 ORDER BY created_at, id "
-        "LIMIT 500",
+        f"SELECT {COLUMNS} FROM care_plans WHERE patient_id = $1 ORDER BY created_at, id LIMIT 500",
         patient_id,
     )
     return [CarePlanRow(**dict(row)) for row in rows]
@@ -64,7 +63,7 @@ async def for_patient(conn: Conn, patient_id: UUID) -> list[CarePlanRow]:
 
 async def get(conn: Conn, patient_id: UUID, plan_id: UUID) -> CarePlanRow | None:
     row = await conn.fetchrow(
-        f"SELECT {_COLUMNS} FROM care_plans WHERE id = $2 AND patient_id = $1",
+        f"SELECT {COLUMNS} FROM care_plans WHERE id = $2 AND patient_id = $1",
         patient_id,
         plan_id,
     )
@@ -74,7 +73,7 @@ async def get(conn: Conn, patient_id: UUID, plan_id: UUID) -> CarePlanRow | None
 async def end(conn: Conn, patient_id: UUID, plan_id: UUID) -> CarePlanRow | None:
     row = await conn.fetchrow(
         f"UPDATE care_plans SET ended_at = coalesce(ended_at, now()) "
-        f"WHERE id = $2 AND patient_id = $1 RETURNING {_COLUMNS}",
+        f"WHERE id = $2 AND patient_id = $1 RETURNING {COLUMNS}",
         patient_id,
         plan_id,
     )

@@ -27,10 +27,16 @@ class VersionRow:
     note_created_at: datetime
 
 
-_COLUMNS = (
+COLUMNS = (
     "v.id, v.note_id, v.version, v.patient_id, v.consultation_id, v.author_id, v.body_ct, "
     "v.supersedes, v.created_at"
 )
+# Versions (``v``) with when their note was written (its version 1, ``f``).
+SELECT_VERSIONS = f"""
+    SELECT {COLUMNS}, f.created_at AS note_created_at
+    FROM clinical_note_versions v
+    JOIN clinical_note_versions f ON f.note_id = v.note_id AND f.version = 1
+"""
 
 
 async def insert_first(
@@ -48,7 +54,7 @@ async def insert_first(
         INSERT INTO clinical_note_versions AS v (id, note_id, version, clinic_id, patient_id,
             consultation_id, author_id, body_ct)
         VALUES ($1, $1, 1, $2, $3, $4, $5, $6)
-        RETURNING {_COLUMNS}, v.created_at AS note_created_at
+        RETURNING {COLUMNS}, v.created_at AS note_created_at
         """,
         version_id,
         clinic_id,
@@ -64,9 +70,7 @@ async def insert_first(
 async def latest(conn: Conn, patient_id: UUID, note_id: UUID) -> VersionRow | None:
     row = await conn.fetchrow(
         f"""
-        SELECT {_COLUMNS}, f.created_at AS note_created_at
-        FROM clinical_note_versions v
-        JOIN clinical_note_versions f ON f.note_id = v.note_id AND f.version = 1
+        {SELECT_VERSIONS}
         WHERE v.note_id = $2 AND v.patient_id = $1
         ORDER BY v.version DESC LIMIT 1
         """,
@@ -93,7 +97,7 @@ async def insert_amendment(
             consultation_id, author_id, body_ct, supersedes)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
         ON CONFLICT (note_id, version) DO NOTHING
-        RETURNING {_COLUMNS}, $10::timestamptz AS note_created_at
+        RETURNING {COLUMNS}, $10::timestamptz AS note_created_at
         """,
         version_id,
         previous.note_id,
@@ -115,7 +119,7 @@ async def latest_page(
     """The newest version of each note, notes in the order they were written."""
     rows = await conn.fetch(
         f"""
-        SELECT {_COLUMNS}, f.created_at AS note_created_at
+        SELECT {COLUMNS}, f.created_at AS note_created_at
         FROM clinical_note_versions f
         JOIN LATERAL (
             SELECT * FROM clinical_note_versions x WHERE x.note_id = f.note_id
@@ -136,9 +140,7 @@ async def latest_page(
 async def history(conn: Conn, patient_id: UUID, note_id: UUID) -> list[VersionRow]:
     rows = await conn.fetch(
         f"""
-        SELECT {_COLUMNS}, f.created_at AS note_created_at
-        FROM clinical_note_versions v
-        JOIN clinical_note_versions f ON f.note_id = v.note_id AND f.version = 1
+        {SELECT_VERSIONS}
         WHERE v.note_id = $2 AND v.patient_id = $1
         ORDER BY v.version
         """,

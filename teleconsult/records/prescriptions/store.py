@@ -39,11 +39,11 @@ class MedicationRow:
     created_at: datetime
 
 
-_RX = (
+RX_COLUMNS = (
     "id, clinic_id, patient_id, doctor_id, number, document_ct, signature, device_id, "
     "signer_public_key, issued_at, expires_at, cancelled_at, created_at"
 )
-_MED = "id, patient_id, details_ct, status, recorded_by, created_at"
+MED_COLUMNS = "id, patient_id, details_ct, status, recorded_by, created_at"
 
 
 async def device_key(conn: Conn, device_id: UUID, user_id: UUID) -> bytes | None:
@@ -92,7 +92,7 @@ async def insert(
             issued_at, expires_at)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
         ON CONFLICT (number) DO NOTHING
-        RETURNING {_RX}
+        RETURNING {RX_COLUMNS}
         """,
         prescription_id,
         clinic_id,
@@ -112,7 +112,8 @@ async def insert(
 
 async def for_patient(conn: Conn, patient_id: UUID) -> list[PrescriptionRow]:
     rows = await conn.fetch(
-        f"SELECT {_RX} FROM prescriptions WHERE patient_id = $1 ORDER BY issued_at, id LIMIT 500",
+        f"SELECT {RX_COLUMNS} FROM prescriptions WHERE patient_id = $1 "
+        "ORDER BY issued_at, id LIMIT 500",
         patient_id,
     )
     return [PrescriptionRow(**dict(row)) for row in rows]
@@ -120,7 +121,7 @@ async def for_patient(conn: Conn, patient_id: UUID) -> list[PrescriptionRow]:
 
 async def by_number(conn: Conn, number: str, verification_hash: bytes) -> PrescriptionRow | None:
     row = await conn.fetchrow(
-        f"SELECT {_RX} FROM prescriptions WHERE number = $1 AND verification_hash = $2",
+        f"SELECT {RX_COLUMNS} FROM prescriptions WHERE number = $1 AND verification_hash = $2",
         number,
         verification_hash,
     )
@@ -134,7 +135,7 @@ async def cancel(
         f"""
         UPDATE prescriptions SET cancelled_at = now(), cancelled_by = $3
         WHERE id = $2 AND patient_id = $1 AND doctor_id = $3 AND cancelled_at IS NULL
-        RETURNING {_RX}
+        RETURNING {RX_COLUMNS}
         """,
         patient_id,
         prescription_id,
@@ -142,7 +143,8 @@ async def cancel(
     )
     if row is None:
         row = await conn.fetchrow(
-            f"SELECT {_RX} FROM prescriptions WHERE id = $2 AND patient_id = $1 AND doctor_id = $3",
+            f"SELECT {RX_COLUMNS} FROM prescriptions "
+            "WHERE id = $2 AND patient_id = $1 AND doctor_id = $3",
             patient_id,
             prescription_id,
             doctor_id,
@@ -162,7 +164,7 @@ async def insert_medication(
 ) -> MedicationRow:
     row = await conn.fetchrow(
         f"INSERT INTO medication_statements (id, clinic_id, patient_id, details_ct, status, "
-        f"recorded_by) VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_MED}",
+        f"recorded_by) VALUES ($1, $2, $3, $4, $5, $6) RETURNING {MED_COLUMNS}",
         medication_id,
         clinic_id,
         patient_id,
@@ -176,7 +178,7 @@ async def insert_medication(
 
 async def medications(conn: Conn, patient_id: UUID) -> list[MedicationRow]:
     rows = await conn.fetch(
-        f"SELECT {_MED} FROM medication_statements WHERE patient_id = $1 "
+        f"SELECT {MED_COLUMNS} FROM medication_statements WHERE patient_id = $1 "
         "ORDER BY created_at, id LIMIT 500",
         patient_id,
     )

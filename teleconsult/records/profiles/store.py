@@ -24,7 +24,7 @@ class ProfileRow:
     updated_at: datetime | None
 
 
-_COLUMNS = (
+COLUMNS = (
     "patient_id, sex, national_id_ct, emergency_contacts_ct, blood_type, allergies_ct, "
     "conditions_ct, updated_at"
 )
@@ -33,7 +33,7 @@ _COLUMNS = (
 async def get(conn: Conn, patient_id: UUID) -> ProfileRow:
     """The stored profile, or an empty one."""
     row = await conn.fetchrow(
-        f"SELECT {_COLUMNS} FROM patient_profiles WHERE patient_id = $1", patient_id
+        f"SELECT {COLUMNS} FROM patient_profiles WHERE patient_id = $1", patient_id
     )
     if row is None:
         return ProfileRow(patient_id, None, None, None, None, None, None, None)
@@ -69,7 +69,7 @@ async def upsert(
         VALUES ($1, $2, $3, {params})
         ON CONFLICT (patient_id) DO UPDATE SET {updates}, updated_at = now(),
             updated_by = EXCLUDED.updated_by
-        RETURNING {_COLUMNS}
+        RETURNING {COLUMNS}
         """,
         patient_id,
         clinic_id,

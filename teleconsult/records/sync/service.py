@@ -38,6 +38,7 @@ SCOPE: Final = {
     "profile": "profile",
     "care_plan": "summary",
 }
+assert set(SCOPE) == store.KINDS
 
 
 @dataclass(frozen=True)
@@ -117,18 +118,9 @@ class SyncService(RecordsService):
             return [row.object_id for row, _, _ in allowed if row.kind == kind]
 
         found: dict[tuple[str, UUID], Any] = {}
-        for note in await store.notes(conn, ids("note")):
-            found[("note", note.id)] = note
-        for vital in await store.vitals(conn, ids("vital")):
-            found[("vital", vital.id)] = vital
-        for med in await store.medications(conn, ids("medication")):
-            found[("medication", med.id)] = med
-        for rx in await store.prescriptions(conn, ids("prescription")):
-            found[("prescription", rx.id)] = rx
-        for profile in await store.profiles(conn, ids("profile")):
-            found[("profile", profile.patient_id)] = profile
-        for plan in await store.care_plans(conn, ids("care_plan")):
-            found[("care_plan", plan.id)] = plan
+        for kind in SCOPE:
+            for object_id, item in (await store.objects(conn, kind, ids(kind))).items():
+                found[(kind, object_id)] = item
         out: list[Change] = []
         for row, basis, clinical in allowed:
             item = found.get((row.kind, row.object_id))

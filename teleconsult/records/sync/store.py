@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Any, Final, TypeAlias
 from uuid import UUID
 
 import asyncpg
 
 from teleconsult.records.access import APPOINTMENT_CLOSES, APPOINTMENT_OPENS
-from teleconsult.records.careplans.store import CarePlanRow
-from teleconsult.records.notes.store import VersionRow
-from teleconsult.records.prescriptions.store import MedicationRow, PrescriptionRow
-from teleconsult.records.profiles.store import ProfileRow
-from teleconsult.records.vitals.store import VitalRecord
+from teleconsult.records.careplans import store as careplans
+from teleconsult.records.notes import store as notes
+from teleconsult.records.prescriptions import store as rx
+from teleconsult.records.profiles import store as profiles
+from teleconsult.records.vitals import store as vitals
 
 Conn: TypeAlias = "asyncpg.Connection | asyncpg.Pool"
 
@@ -67,59 +68,35 @@ async def changes(
     return [ChangeRow(**dict(row)) for row in rows]
 
 
-async def notes(conn: Conn, ids: list[UUID]) -> list[VersionRow]:
-    rows = await conn.fetch(
-        "SELECT v.id, v.note_id, v.version, v.patient_id, v.consultation_id, v.author_id, "
-        "v.body_ct, v.supersedes, v.created_at, f.created_at AS note_created_at "
-        "FROM clinical_note_versions v JOIN clinical_note_versions f "
-        "ON f.note_id = v.note_id AND f.version = 1 WHERE v.id = ANY($1::uuid[])",
-        ids,
-    )
-    return [VersionRow(**dict(row)) for row in rows]
+@dataclass(frozen=True)
+class _Part:
+    """How to read the changed objects of one kind: its own store's row type and columns."""
+
+    row: Callable[..., Any]
+    select: str
+    id_column: str = "id"  # the change's object id (a profile's is its patient's)
 
 
-async def vitals(conn: Conn, ids: list[UUID]) -> list[VitalRecord]:
-    rows = await conn.fetch(
-        "SELECT id, patient_id, kind, loinc, value, value2, unit, measured_at, recorded_by, "
-        "source, created_at FROM vital_signs WHERE id = ANY($1::uuid[])",
-        ids,
-    )
-    return [VitalRecord(**dict(row)) for row in rows]
+_PARTS: Final = {
+    "note": _Part(notes.VersionRow, notes.SELECT_VERSIONS, id_column="v.id"),
+    "vital": _Part(vitals.VitalRecord, f"SELECT {vitals.COLUMNS} FROM vital_signs"),
+    "medication": _Part(rx.MedicationRow, f"SELECT {rx.MED_COLUMNS} FROM medication_statements"),
+    "prescription": _Part(rx.PrescriptionRow, f"SELECT {rx.RX_COLUMNS} FROM prescriptions"),
+    "profile": _Part(
+        profiles.ProfileRow,
+        f"SELECT {profiles.COLUMNS} FROM patient_profiles",
+        id_column="patient_id",
+    ),
+    "care_plan": _Part(careplans.CarePlanRow, f"SELECT {careplans.COLUMNS} FROM care_plans"),
+}
+KINDS: Final = frozenset(_PARTS)
 
 
-async def medications(conn: Conn, ids: list[UUID]) -> list[MedicationRow]:
-    rows = await conn.fetch(
-        "SELECT id, patient_id, details_ct, status, recorded_by, created_at "
-        "FROM medication_statements WHERE id = ANY($1::uuid[])",
-        ids,
-    )
-    return [MedicationRow(**dict(row)) for row in rows]
-
-
-async def prescriptions(conn: Conn, ids: list[UUID]) -> list[PrescriptionRow]:
-    rows = await conn.fetch(
-        "SELECT id, clinic_id, patient_id, doctor_id, number, document_ct, signature, "
-        "device_id, signer_public_key, issued_at, expires_at, cancelled_at, created_at "
-        "FROM prescriptions WHERE id = ANY($1::uuid[])",
-        ids,
-    )
-    return [PrescriptionRow(**dict(row)) for row in rows]
-
-
-async def profiles(conn: Conn, ids: list[UUID]) -> list[ProfileRow]:
-    rows = await conn.fetch(
-        "SELECT patient_id, sex, national_id_ct, emergency_contacts_ct, blood_type, "
-        "allergies_ct, conditions_ct, updated_at FROM patient_profiles "
-        "WHERE patient_id = ANY($1::uuid[])",
-        ids,
-    )
-    return [ProfileRow(**dict(row)) for row in rows]
-
-
-async def care_plans(conn: Conn, ids: list[UUID]) -> list[CarePlanRow]:
-    rows = await conn.fetch(
-        "SELECT id, patient_id, author_id, plan_ct, starts_on, expires_at, ended_at, created_at "
-        "FROM care_plans WHERE id = ANY($1::uuid[])",
-        ids,
-    )
-    return [CarePlanRow(**dict(row)) for row in rows]
+async def objects(conn: Conn, kind: str, ids: list[UUID]) -> dict[UUID, Any]:
+    """The changed objects of one kind by their object ids."""
+    if not ids:
+        return {}
+    part = _PARTS[kind]
+    rows = await conn.fetch(f"{part.select} WHERE {part.id_column} = ANY($1::uuid[])", ids)
+    key = part.id_column.rpartition(".")[2]
+    return {row[key]: part.row(**dict(row)) for row in rows}

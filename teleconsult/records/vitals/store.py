@@ -28,7 +28,7 @@ class VitalRecord:
     created_at: datetime
 
 
-_COLUMNS = (
+COLUMNS = (
     "id, patient_id, kind, loinc, value, value2, unit, measured_at, recorded_by, source, created_at"
 )
 
@@ -50,7 +50,7 @@ async def insert(
     row = await conn.fetchrow(
         f"INSERT INTO vital_signs (clinic_id, patient_id, kind, loinc, value, value2, unit, "
         f"measured_at, recorded_by, source) VALUES ($1, $2, $3, $4, $5::float8, $6::float8, "
-        f"$7, $8, $9, $10) RETURNING {_COLUMNS}",
+        f"$7, $8, $9, $10) RETURNING {COLUMNS}",
         clinic_id,
         patient_id,
         kind,
@@ -77,7 +77,7 @@ async def page(
     """Oldest first by (measured_at, id), after the cursor."""
     rows = await conn.fetch(
         f"""
-        SELECT {_COLUMNS} FROM vital_signs
+        SELECT {COLUMNS} FROM vital_signs
         WHERE patient_id = $1 AND ($2::text IS NULL OR kind = $2)
             AND ($3::timestamptz IS NULL OR (measured_at, id) > ($3, $4))
         ORDER BY measured_at, id LIMIT $5

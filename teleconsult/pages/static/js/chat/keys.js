@@ -3,6 +3,7 @@
 // private halves are NOT extractable, and kept in IndexedDB (structured clone keeps them
 // opaque: page script can use them but never read their bytes). Where a browser lacks
 // X25519 or Ed25519 in Web Crypto, the noble implementations stand in with raw bytes.
+import { objectStore } from './idb.js';
 import { ed25519, x25519 } from './primitives.js';
 
 const subtle = globalThis.crypto.subtle;
@@ -73,26 +74,8 @@ export async function signBytes(keys, bytes) {
 
 // -- IndexedDB: one record per signed-in user on this browser ------------------------------
 
-const DB_NAME = 'teleconsult-chat';
 const STORE = 'devices';
-
-function openDb() {
-  return new Promise((resolve, reject) => {
-    const req = indexedDB.open(DB_NAME, 1);
-    req.onupgradeneeded = () => req.result.createObjectStore(STORE, { keyPath: 'userId' });
-    req.onsuccess = () => resolve(req.result);
-    req.onerror = () => reject(req.error);
-  });
-}
-
-function run(mode, fn) {
-  return openDb().then((db) => new Promise((resolve, reject) => {
-    const tx = db.transaction(STORE, mode);
-    const req = fn(tx.objectStore(STORE));
-    tx.oncomplete = () => { db.close(); resolve(req.result); };
-    tx.onerror = () => { db.close(); reject(tx.error); };
-  }));
-}
+const run = objectStore('teleconsult-chat', STORE, (db) => db.createObjectStore(STORE, { keyPath: 'userId' }));
 
 /** `{userId, deviceId, keys}` saved for this user on this browser, or undefined. */
 export function loadDevice(userId) {

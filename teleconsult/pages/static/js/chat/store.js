@@ -2,29 +2,12 @@
 // person typed that the server has not acknowledged yet. They are kept SEALED (the
 // envelope, which this device can open again since it is a recipient of its own messages),
 // so no plaintext rests on the disk, and a reload shows them again as "unsent" and retries.
-const DB_NAME = 'teleconsult-outbox';
+import { objectStore } from './idb.js';
+
 const STORE = 'outbox';
-
-function openDb() {
-  return new Promise((resolve, reject) => {
-    const req = indexedDB.open(DB_NAME, 1);
-    req.onupgradeneeded = () => {
-      const s = req.result.createObjectStore(STORE, { keyPath: 'clientMsgId' });
-      s.createIndex('byUser', 'userId');
-    };
-    req.onsuccess = () => resolve(req.result);
-    req.onerror = () => reject(req.error);
-  });
-}
-
-function run(mode, fn) {
-  return openDb().then((db) => new Promise((resolve, reject) => {
-    const tx = db.transaction(STORE, mode);
-    const req = fn(tx.objectStore(STORE));
-    tx.oncomplete = () => { db.close(); resolve(req.result); };
-    tx.onerror = () => { db.close(); reject(tx.error); };
-  }));
-}
+const run = objectStore('teleconsult-outbox', STORE, (db) => {
+  db.createObjectStore(STORE, { keyPath: 'clientMsgId' }).createIndex('byUser', 'userId');
+});
 
 /** `{clientMsgId, userId, threadId, envelope (JSON form), queuedAt}` */
 export function putUnsent(entry) {

@@ -9,9 +9,9 @@ import { startPage } from '../shell.js';
 import { el, errorText, formatTime, replace, submitting, toast } from '../ui.js';
 import { Call } from '../room/call.js';
 import { figuresText } from '../room/check.js';
-import { chime, nextCamera, openMedia } from '../room/media.js';
+import { chime, openMedia } from '../room/media.js';
 import { accessToken, markStale } from '../room/session.js';
-import { showMode } from '../room/ui.js';
+import { showCall, wireCallControls } from '../room/ui.js';
 import { Desk } from './desk.js';
 import { loadRecordings, RecordButton, RecordingList, showRecording } from '../room/recording.js'; // recording (issue 13)
 
@@ -174,14 +174,8 @@ async function startCall(desk) {
   $('local-video').srcObject = state.stream;
   const call = new Call({ link: desk.link, stream: state.stream, iceTransportPolicy: new URLSearchParams(location.search).get('relay') === '1' ? 'relay' : 'all' });
   state.call = call;
-  call.addEventListener('remote', (e) => {
-    const video = $('remote-video');
-    if (video.srcObject !== e.detail.stream) video.srcObject = e.detail.stream;
-  });
-  call.addEventListener('reconnecting', (e) => { $('call-reconnecting').hidden = !e.detail.on; });
-  call.addEventListener('mode', (e) => showMode(e.detail));
+  showCall(call);
   call.addEventListener('gone', () => renderPeople(desk));
-  call.addEventListener('unsupported', () => toast(t('room.sfu_unsupported'), 'error', { timeoutMs: 0 }));
   desk.link.addEventListener('peer_joined', () => renderPeople(desk));
   wireControls(call);
   await wireRecording(desk, call); // recording (issue 13)
@@ -242,29 +236,7 @@ async function invite(e) {
 }
 
 function wireControls(call) {
-  const mute = $('ctl-mute');
-  mute.onclick = () => {
-    const on = mute.getAttribute('aria-pressed') !== 'true';
-    state.stream.getAudioTracks().forEach((tr) => { tr.enabled = !on; });
-    mute.setAttribute('aria-pressed', String(on));
-    mute.textContent = t(on ? 'room.unmute' : 'room.mute');
-  };
-  const cam = $('ctl-camera');
-  cam.onclick = async () => {
-    const off = cam.getAttribute('aria-pressed') !== 'true';
-    state.stream.getVideoTracks().forEach((tr) => { tr.enabled = !off; });
-    await call.setAudioOnly(off);
-    cam.setAttribute('aria-pressed', String(off));
-    cam.textContent = t(off ? 'room.camera_on' : 'room.camera_off');
-  };
-  $('ctl-switch').onclick = async () => {
-    const track = await nextCamera(state.stream);
-    if (!track) { toast(t('room.one_camera')); return; }
-    const old = state.stream.getVideoTracks()[0];
-    await call.replaceTrack(track);
-    if (old) { state.stream.removeTrack(old); old.stop(); }
-    state.stream.addTrack(track);
-  };
+  wireCallControls(call, state.stream);
   $('ctl-end').onclick = () => endCall();
 }
 

@@ -1,7 +1,8 @@
 // The agenda of one day, all doctors or one: check in, no-show, move, cancel, join link.
 import { api } from "../api.js";
 import { t } from "../i18n.js";
-import { copyText, el, errorText, formatTime, isoDay, replace, submitting, toast } from "../ui.js";
+import { showCancel } from "../schedule.js";
+import { copyText, el, errorText, formatTime, isoDay, replace, toast } from "../ui.js";
 import { patient } from "./patients.js";
 
 const ACTIVE = new Set(["requested", "confirmed", "in_progress"]);
@@ -78,7 +79,7 @@ export function setupAgenda(doctors) {
       // The server marks absent only once the appointment has begun.
       if (new Date(a.starts_at) <= new Date()) actions.append(action(t("desk.no_show"), t("desk.no_show_label", { who: label }), () => transition(a, "no-show", t("desk.no_show_done", { who: who.full_name }))));
       actions.append(action(t("patient.move"), t("desk.move_label", { who: label }), () => moveHandler(a, who)));
-      actions.append(el("button", { type: "button", "aria-label": t("desk.cancel_label", { who: label }), onclick: () => showCancel(item, a) }, t("patient.cancel")));
+      actions.append(el("button", { type: "button", "aria-label": t("desk.cancel_label", { who: label }), onclick: () => showCancel(item, a, { idPrefix: "desk-reason-", cancelled: reload, focusId: "agenda-title" }) }, t("patient.cancel")));
       if (a.service === "video" || a.service === "audio") {
         actions.append(action(t("desk.copy_link"), t("desk.copy_link_label", { who: label }), () => copyLink(a)));
       }
@@ -114,34 +115,6 @@ export function setupAgenda(doctors) {
     const link = `${location.origin}/room.html?appointment=${encodeURIComponent(a.id)}`;
     const copied = await copyText(link, document.getElementById("copy-fallback"));
     toast(copied ? t("desk.link_copied") : t("desk.link_select"), "ok");
-  }
-
-  function showCancel(item, a) {
-    if (item.querySelector("form")) return;
-    const form = el(
-      "form",
-      { class: "stack" },
-      el("label", { for: `desk-reason-${a.id}` }, t("patient.cancel_reason")),
-      el("input", { id: `desk-reason-${a.id}`, name: "reason", required: true, maxlength: 500 }),
-      el("p", { class: "form-error", role: "alert", hidden: true }),
-      el("p", { class: "row" }, el("button", { type: "submit", class: "danger" }, t("patient.cancel_confirm")), el("button", { type: "button", onclick: () => form.remove() }, t("action.back"))),
-    );
-    form.addEventListener("submit", async (event) => {
-      event.preventDefault();
-      const reason = form.elements.reason.value.trim();
-      if (!reason) return form.elements.reason.focus();
-      const ok = await submitting(form, () => api(`/api/v1/appointments/${a.id}/cancel`, { method: "POST", body: { reason } })).then(
-        () => true,
-        () => false,
-      );
-      if (ok) {
-        toast(t("patient.cancelled"), "ok");
-        await reload();
-        document.getElementById("agenda-title").focus();
-      }
-    });
-    item.append(form);
-    form.elements.reason.focus();
   }
 
   return {

@@ -1,7 +1,8 @@
 // The patient's appointments: join the room, move, cancel.
 import { api } from "../api.js";
 import { t } from "../i18n.js";
-import { el, errorText, formatDateTime, replace, submitting, toast } from "../ui.js";
+import { showCancel } from "../schedule.js";
+import { el, errorText, formatDateTime, replace, toast } from "../ui.js";
 import { payLink } from "../pay/entry.js"; // --- payments (issue 15) ---
 
 const ACTIVE = new Set(["requested", "confirmed", "in_progress"]);
@@ -46,36 +47,8 @@ function card(a, booking) {
   actions.append(payLink(a.id, when)); // --- payments (issue 15): pay or see the receipt ---
   actions.append(
     el("button", { type: "button", onclick: () => booking.startMove(a) , "aria-label": t("patient.move_label", { when }) }, t("patient.move")),
-    el("button", { type: "button", onclick: () => showCancel(item, a, booking), "aria-label": t("patient.cancel_label", { when }) }, t("patient.cancel")),
+    el("button", { type: "button", onclick: () => showCancel(item, a, { idPrefix: "reason-", reason: t("patient.cancel_default_reason"), cancelled: () => loadAppointments(booking), focusId: "appointments-title" }), "aria-label": t("patient.cancel_label", { when }) }, t("patient.cancel")),
   );
   const item = el("li", { class: "card", dataset: { appointment: a.id } }, title, kind, actions);
   return item;
-}
-
-function showCancel(item, a, booking) {
-  if (item.querySelector("form")) return;
-  const form = el(
-    "form",
-    { class: "stack" },
-    el("label", { for: `reason-${a.id}` }, t("patient.cancel_reason")),
-    el("input", { id: `reason-${a.id}`, name: "reason", required: true, maxlength: 500, value: t("patient.cancel_default_reason") }),
-    el("p", { class: "form-error", role: "alert", hidden: true }),
-    el("p", { class: "row" }, el("button", { type: "submit", class: "danger" }, t("patient.cancel_confirm")), el("button", { type: "button", onclick: () => form.remove() }, t("action.back"))),
-  );
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const reason = form.elements.reason.value.trim();
-    if (!reason) return form.elements.reason.focus();
-    const ok = await submitting(form, () => api(`/api/v1/appointments/${a.id}/cancel`, { method: "POST", body: { reason } })).then(
-      () => true,
-      () => false,
-    );
-    if (ok) {
-      toast(t("patient.cancelled"), "ok");
-      await loadAppointments(booking);
-      document.getElementById("appointments-title").focus();
-    }
-  });
-  item.append(form);
-  form.elements.reason.focus();
 }

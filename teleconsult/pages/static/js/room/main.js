@@ -8,10 +8,10 @@ import { startPage } from '../shell.js';
 import { errorText, formatTime, toast } from '../ui.js';
 import { Call } from './call.js';
 import { runCheck } from './check.js';
-import { nextCamera, openMedia } from './media.js';
+import { openMedia } from './media.js';
 import { accessToken, markStale } from './session.js';
 import { SignalLink } from './signal.js';
-import { showMode } from './ui.js';
+import { showCall, wireCallControls } from './ui.js';
 import { ConsentControl, loadRecordings, showRecording } from './recording.js'; // recording (issue 13)
 
 const $ = (id) => document.getElementById(id);
@@ -180,44 +180,16 @@ function startCall(answer) {
   const policy = params.get('relay') === '1' ? 'relay' : 'all';
   const call = new Call({ link: state.link, stream: state.stream, iceTransportPolicy: policy });
   state.call = call;
-  call.addEventListener('remote', (e) => {
-    const video = $('remote-video');
-    if (video.srcObject !== e.detail.stream) video.srcObject = e.detail.stream;
-  });
-  call.addEventListener('reconnecting', (e) => { $('call-reconnecting').hidden = !e.detail.on; });
-  call.addEventListener('mode', (e) => showMode(e.detail));
+  showCall(call);
   call.addEventListener('ended', () => { if (state.call === call) state.call = null; });
   // Everyone else left (the doctor ended the consultation): the call is over.
   call.addEventListener('gone', (e) => { if (e.detail.left === 0) endCall('ended'); });
-  call.addEventListener('unsupported', () => toast(t('room.sfu_unsupported'), 'error', { timeoutMs: 0 }));
   wireControls(call);
   call.start(answer);
 }
 
 function wireControls(call) {
-  const mute = $('ctl-mute');
-  mute.onclick = () => {
-    const on = mute.getAttribute('aria-pressed') !== 'true';
-    state.stream.getAudioTracks().forEach((tr) => { tr.enabled = !on; });
-    mute.setAttribute('aria-pressed', String(on));
-    mute.textContent = t(on ? 'room.unmute' : 'room.mute');
-  };
-  const cam = $('ctl-camera');
-  cam.onclick = async () => {
-    const off = cam.getAttribute('aria-pressed') !== 'true';
-    state.stream.getVideoTracks().forEach((tr) => { tr.enabled = !off; });
-    await call.setAudioOnly(off);
-    cam.setAttribute('aria-pressed', String(off));
-    cam.textContent = t(off ? 'room.camera_on' : 'room.camera_off');
-  };
-  $('ctl-switch').onclick = async () => {
-    const track = await nextCamera(state.stream);
-    if (!track) { toast(t('room.one_camera')); return; }
-    const old = state.stream.getVideoTracks()[0];
-    await call.replaceTrack(track);
-    if (old) { state.stream.removeTrack(old); old.stop(); }
-    state.stream.addTrack(track);
-  };
+  wireCallControls(call, state.stream);
   $('ctl-leave').onclick = () => leave();
 }
 

@@ -1,5 +1,9 @@
-// What the call shows of itself, shared by room.html and doctor.html.
+// What the call shows of itself and its controls, shared by room.html and doctor.html.
 import { t } from '../i18n.js';
+import { toast } from '../ui.js';
+import { nextCamera } from './media.js';
+
+const $ = (id) => document.getElementById(id);
 
 /** The audio-only banner: who has dropped their video, and whether it was automatic. */
 export function showMode({ local, remote }) {
@@ -10,4 +14,43 @@ export function showMode({ local, remote }) {
   banner.hidden = !text;
   banner.dataset.local = local;
   banner.dataset.remote = remote;
+}
+
+/** What the page shows of `call`: the remote video, the reconnecting and audio-only
+ * banners, and a toast when the SFU cannot be used. */
+export function showCall(call) {
+  call.addEventListener('remote', (e) => {
+    const video = $('remote-video');
+    if (video.srcObject !== e.detail.stream) video.srcObject = e.detail.stream;
+  });
+  call.addEventListener('reconnecting', (e) => { $('call-reconnecting').hidden = !e.detail.on; });
+  call.addEventListener('mode', (e) => showMode(e.detail));
+  call.addEventListener('unsupported', () => toast(t('room.sfu_unsupported'), 'error', { timeoutMs: 0 }));
+}
+
+/** The mute, camera and switch-camera buttons of `call`, sending the local `stream`. */
+export function wireCallControls(call, stream) {
+  const mute = $('ctl-mute');
+  mute.onclick = () => {
+    const on = mute.getAttribute('aria-pressed') !== 'true';
+    stream.getAudioTracks().forEach((tr) => { tr.enabled = !on; });
+    mute.setAttribute('aria-pressed', String(on));
+    mute.textContent = t(on ? 'room.unmute' : 'room.mute');
+  };
+  const cam = $('ctl-camera');
+  cam.onclick = async () => {
+    const off = cam.getAttribute('aria-pressed') !== 'true';
+    stream.getVideoTracks().forEach((tr) => { tr.enabled = !off; });
+    await call.setAudioOnly(off);
+    cam.setAttribute('aria-pressed', String(off));
+    cam.textContent = t(off ? 'room.camera_on' : 'room.camera_off');
+  };
+  $('ctl-switch').onclick = async () => {
+    const track = await nextCamera(stream);
+    if (!track) { toast(t('room.one_camera')); return; }
+    const old = stream.getVideoTracks()[0];
+    await call.replaceTrack(track);
+    if (old) { stream.removeTrack(old); old.stop(); }
+    stream.addTrack(track);
+  };
 }
