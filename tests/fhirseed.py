@@ -25,16 +25,20 @@ stopped) and a prescription with two items signed by a registered device of the 
 
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
+from aiohttp.test_utils import TestClient
 from nacl.signing import SigningKey
 
 from teleconsult.records.fieldcrypt import ClinicKeys, FieldCrypt
 from teleconsult.records.prescriptions import canonical
+from tests.world import Account
 
 STATUSES = ("requested", "confirmed", "in_progress", "completed", "cancelled", "no_show")
 
@@ -289,3 +293,15 @@ async def seed_records(
         "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         rows,
     )
+
+
+async def fhir_json(
+    client: TestClient[Any, Any], path: str, who: Account, **params: str
+) -> dict[str, Any]:
+    """GET a FHIR path as ``who``: a 200 in ``application/fhir+json``, its body."""
+    resp = await client.get(path, headers=who.headers, params=params or None)
+    text = await resp.text()
+    assert resp.status == 200, f"{path}: {resp.status} {text[:300]}"
+    assert resp.content_type == "application/fhir+json", path
+    body: dict[str, Any] = json.loads(text)
+    return body

@@ -1,9 +1,12 @@
-"""Helpers for the records tests: care relationships, appointments, devices, documents."""
+"""Helpers for the records tests: care relationships, appointments, devices, prescriptions,
+documents."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -129,3 +132,60 @@ def signed_body(document: dict[str, Any], device_id: UUID, key: SigningKey) -> d
         "document": base64.b64encode(raw).decode(),
         "signature": base64.b64encode(signature).decode(),
     }
+
+
+# -- documents ------------------------------------------------------------------------
+
+CHUNK = 512 * 1024
+OCTETS = {"Content-Type": "application/octet-stream"}
+
+
+def pdf(size: int) -> bytes:
+    marker = b"%PDF-1.7\nPLAINTEXT-MARKER-" + os.urandom(8).hex().encode() + b"\n"
+    return marker + os.urandom(size - len(marker))
+
+
+def declared(content: bytes, **body: Any) -> dict[str, Any]:
+    """The body that starts an upload of ``content`` (a lab result unless ``body`` says)."""
+    return {
+        "title": "Full blood count",
+        "category": "lab_result",
+        "content_type": "application/pdf",
+        "size": len(content),
+        "sha256": hashlib.sha256(content).hexdigest(),
+    } | body
+
+
+async def start(client: Client, who: Account, patient: Account, content: bytes, **body: Any) -> Any:
+    return await client.post(
+        f"/api/v1/patients/{patient.user_id}/document-uploads",
+        json=declared(content, **body),
+        headers=who.headers,
+    )
+
+
+async def send_chunks(
+    client: Client, who: Account, patient: Account, upload: str, content: bytes
+) -> None:
+    for offset in range(0, len(content), CHUNK):
+        resp = await client.put(
+            f"/api/v1/patients/{patient.user_id}/document-uploads/{upload}",
+            params={"offset": str(offset)},
+            data=content[offset : offset + CHUNK],
+            headers={**who.headers, **OCTETS},
+        )
+        assert resp.status == 200, await resp.text()
+
+
+async def upload(
+    client: Client, who: Account, patient: Account, content: bytes, **body: Any
+) -> Any:
+    """Start, send and complete an upload; the answer to the completing request."""
+    resp = await start(client, who, patient, content, **body)
+    assert resp.status == 201, await resp.text()
+    upload_id = (await resp.json())["id"]
+    await send_chunks(client, who, patient, upload_id, content)
+    return await client.post(
+        f"/api/v1/patients/{patient.user_id}/document-uploads/{upload_id}/complete",
+        headers=who.headers,
+    )

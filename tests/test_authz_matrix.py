@@ -21,7 +21,8 @@ their FHIR views) have their own table and request builders in
 ``tests/test_authz_matrix_scheduling.py``, and messaging routes (devices, threads,
 messages, receipts) in ``tests/test_authz_matrix_messaging.py``; both reuse the
 helpers here, and the route-coverage tests below read all three tables
-(``policy_tables``).
+(``policy_tables``). The tables built on appointments share the scheduling world of
+``tests/authzkit.py``.
 """
 
 from __future__ import annotations
@@ -412,6 +413,22 @@ async def malformed_id_problems(
     return problems
 
 
+async def assert_route_follows_policy(
+    world: W, op: str, rule: Rule, prepare_fn: PrepareFn[W]
+) -> None:
+    """``op`` answers every role on every target kind, and no token, as ``rule`` says."""
+    problems = await route_problems(world, op, rule, prepare_fn)
+    assert problems == [], "\n".join(problems)
+
+
+async def assert_malformed_ids_not_found(
+    world: W, table: dict[str, Rule], prepare_fn: PrepareFn[W]
+) -> None:
+    """Every route of ``table`` with a non-UUID path id: 404, no change."""
+    problems = await malformed_id_problems(world, table, prepare_fn)
+    assert problems == [], "\n".join(problems)
+
+
 @pytest.fixture
 def world(client: Client, app_pool: asyncpg.Pool, tenant: Tenant, other_tenant: Tenant) -> World:
     return World(client, app_pool, tenant, other_tenant)
@@ -458,8 +475,7 @@ async def test_every_served_route_is_documented_or_known_undocumented(client: Cl
 
 @pytest.mark.parametrize("op", AUTHENTICATED)
 async def test_route_answers_every_role_as_the_policy_says(op: str, world: World) -> None:
-    problems = await route_problems(world, op, EXPECTED[op], prepare)
-    assert problems == [], "\n".join(problems)
+    await assert_route_follows_policy(world, op, EXPECTED[op], prepare)
 
 
 async def test_public_routes_work_without_a_token(client: Client, tenant: Tenant) -> None:
@@ -560,5 +576,4 @@ async def test_unknown_patient_id_is_not_found(client: Client, tenant: Tenant, r
 
 
 async def test_malformed_path_id_is_not_found(world: World) -> None:
-    problems = await malformed_id_problems(world, EXPECTED, prepare)
-    assert problems == [], "\n".join(problems)
+    await assert_malformed_ids_not_found(world, EXPECTED, prepare)

@@ -24,7 +24,6 @@ use finished jobs written straight to the database with their file on disk.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import cast
 from uuid import UUID, uuid4
@@ -37,6 +36,11 @@ from teleconsult.core.settings import Settings, load_settings
 from teleconsult.fhir.record_views import entry_ids
 from teleconsult.records.http import RECORDS_DEPS
 from teleconsult.server.app import SETTINGS
+from tests.authzkit import (
+    APPOINTMENT_OBJECT,
+    SchedulingWorld,
+    scheduling_world,
+)
 from tests.conftest import settings_env
 from tests.fhirseed import ALLERGIES, CONDITIONS, seed_records
 from tests.test_authz_matrix import (
@@ -50,18 +54,12 @@ from tests.test_authz_matrix import (
     Prepared,
     Rule,
     Target,
-    malformed_id_problems,
+    assert_malformed_ids_not_found,
+    assert_route_follows_policy,
     read,
-    route_problems,
     row,
 )
-from tests.test_authz_matrix_scheduling import (
-    APPOINTMENT_OBJECT,
-    NAIROBI,
-    SchedulingWorld,
-    open_calendar,
-)
-from tests.world import Account, Tenant, make_user
+from tests.world import Account, Tenant
 
 R4 = "/fhir/R4"
 GROUP = (Target.OWN, Target.SAME_CLINIC_OTHER_DOCTOR, Target.OTHER_TENANT)
@@ -210,19 +208,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
 async def world(
     client: Client, app_pool: asyncpg.Pool, tenant: Tenant, other_tenant: Tenant
 ) -> FhirWorld:
-    colleague = await make_user(app_pool, tenant.clinic_id, Role.DOCTOR, tag="colleague")
-    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-    world = FhirWorld(
-        client,
-        app_pool,
-        tenant,
-        other_tenant,
-        colleague=colleague,
-        first_day=datetime.now(NAIROBI).date() + timedelta(days=8),
-        past_base=now - timedelta(days=2),
-    )
-    for doctor in (tenant[Role.DOCTOR], colleague, other_tenant[Role.DOCTOR]):
-        await open_calendar(app_pool, doctor)
+    world = await scheduling_world(FhirWorld, client, app_pool, tenant, other_tenant)
     world.encounters = {}
     for target in APPOINTMENT_OBJECT:  # also the doctor's care relationships
         world.encounters[target] = await world.appointment(
@@ -378,10 +364,8 @@ async def prepare(world: FhirWorld, op: str, role: Role | None, target: Target) 
 
 @pytest.mark.parametrize("op", AUTHENTICATED)
 async def test_route_answers_every_role_as_the_policy_says(op: str, world: FhirWorld) -> None:
-    problems = await route_problems(world, op, FHIR[op], prepare)
-    assert problems == [], "\n".join(problems)
+    await assert_route_follows_policy(world, op, FHIR[op], prepare)
 
 
 async def test_malformed_path_id_is_not_found(world: FhirWorld) -> None:
-    problems = await malformed_id_problems(world, FHIR, prepare)
-    assert problems == [], "\n".join(problems)
+    await assert_malformed_ids_not_found(world, FHIR, prepare)

@@ -1,7 +1,7 @@
 """Messaging routes, called by every role, against a written policy.
 
 The third table of the authorization matrix, beside ``tests/test_authz_matrix.py``
-(helpers, route-coverage tests) and ``tests/test_authz_matrix_scheduling.py``
+(helpers, route-coverage tests) and the scheduling world of ``tests/authzkit.py``
 (appointments, reused here to book them). MESSAGING is written by hand and does not
 import ``teleconsult.core.policy``; docs/policy.md is its prose.
 
@@ -26,7 +26,6 @@ every current device of the thread, as listed by ``listThreadDevices``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -38,6 +37,11 @@ from teleconsult.core.identity import Role
 from teleconsult.messaging import store
 from teleconsult.messaging.envelope import decode_b64url, encode_b64url, from_json, to_json
 from teleconsult.messaging.records import ThreadKind
+from tests.authzkit import (
+    APPOINTMENT_OBJECT,
+    SchedulingWorld,
+    scheduling_world,
+)
 from tests.test_authz_matrix import (
     NO_ID,
     ROLES,
@@ -48,16 +52,10 @@ from tests.test_authz_matrix import (
     Prepared,
     Rule,
     Target,
-    malformed_id_problems,
+    assert_malformed_ids_not_found,
+    assert_route_follows_policy,
     read,
-    route_problems,
     row,
-)
-from tests.test_authz_matrix_scheduling import (
-    APPOINTMENT_OBJECT,
-    NAIROBI,
-    SchedulingWorld,
-    open_calendar,
 )
 from tests.world import Account, Tenant, assert_problem, login, make_user
 
@@ -177,21 +175,12 @@ class MessagingWorld(SchedulingWorld):
 async def world(
     client: Client, app_pool: asyncpg.Pool, tenant: Tenant, other_tenant: Tenant
 ) -> MessagingWorld:
-    colleague = await make_user(app_pool, tenant.clinic_id, Role.DOCTOR, tag="colleague")
-    await login(client, colleague)  # lists a thread's devices for non-members' envelopes
     bystander = await make_user(app_pool, tenant.clinic_id, Role.NURSE, tag="bystander")
-    world = MessagingWorld(
-        client,
-        app_pool,
-        tenant,
-        other_tenant,
-        colleague=colleague,
-        first_day=datetime.now(NAIROBI).date() + timedelta(days=8),
-        past_base=datetime.now(UTC) - timedelta(days=2),
-        bystander=bystander,
+    world = await scheduling_world(
+        MessagingWorld, client, app_pool, tenant, other_tenant, bystander=bystander
     )
-    for doctor in (tenant[Role.DOCTOR], colleague, other_tenant[Role.DOCTOR]):
-        await open_calendar(app_pool, doctor)
+    colleague = world.colleague
+    await login(client, colleague)  # lists a thread's devices for non-members' envelopes
     assert tenant.other_patient is not None
     own_people = [*tenant.users.values(), tenant.other_patient, colleague, bystander]
     for person in [*own_people, *other_tenant.users.values()]:
@@ -284,13 +273,11 @@ async def prepare(world: MessagingWorld, op: str, role: Role | None, target: Tar
 
 @pytest.mark.parametrize("op", AUTHENTICATED)
 async def test_route_answers_every_role_as_the_policy_says(op: str, world: MessagingWorld) -> None:
-    problems = await route_problems(world, op, MESSAGING[op], prepare)
-    assert problems == [], "\n".join(problems)
+    await assert_route_follows_policy(world, op, MESSAGING[op], prepare)
 
 
 async def test_malformed_path_id_is_not_found(world: MessagingWorld) -> None:
-    problems = await malformed_id_problems(world, MESSAGING, prepare)
-    assert problems == [], "\n".join(problems)
+    await assert_malformed_ids_not_found(world, MESSAGING, prepare)
 
 
 # --- lists ---------------------------------------------------------------------------

@@ -36,9 +36,9 @@ from tests.test_authz_matrix import (
     Rule,
     Target,
     World,
-    malformed_id_problems,
+    assert_malformed_ids_not_found,
+    assert_route_follows_policy,
     read,
-    route_problems,
     row,
 )
 from tests.world import Account, Tenant
@@ -195,13 +195,11 @@ async def prepare(world: PayMatrixWorld, op: str, role: Role | None, target: Tar
 
 @pytest.mark.parametrize("op", AUTHENTICATED)
 async def test_route_answers_every_role_as_the_policy_says(op: str, world: PayMatrixWorld) -> None:
-    problems = await route_problems(world, op, PAYMENTS[op], prepare)
-    assert problems == [], "\n".join(problems)
+    await assert_route_follows_policy(world, op, PAYMENTS[op], prepare)
 
 
 async def test_malformed_path_id_is_not_found(world: PayMatrixWorld) -> None:
-    problems = await malformed_id_problems(world, PAYMENTS, prepare)
-    assert problems == [], "\n".join(problems)
+    await assert_malformed_ids_not_found(world, PAYMENTS, prepare)
 
 
 async def test_invoice_lists_show_a_patient_only_their_own(world: PayMatrixWorld) -> None:

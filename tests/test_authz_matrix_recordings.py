@@ -14,7 +14,6 @@ clinic / the other clinic.
 from __future__ import annotations
 
 import secrets
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import UUID
 
@@ -24,6 +23,11 @@ import pytest
 from teleconsult.core.identity import Principal, Role
 from teleconsult.recording.routes import RECORDINGS
 from teleconsult.recording.service import RecordingService
+from tests.authzkit import (
+    APPOINTMENT_OBJECT,
+    SchedulingWorld,
+    scheduling_world,
+)
 from tests.test_authz_matrix import (
     CLINIC_OBJECT,
     A,
@@ -34,19 +38,13 @@ from tests.test_authz_matrix import (
     PrepareFn,
     Rule,
     Target,
-    malformed_id_problems,
+    assert_malformed_ids_not_found,
+    assert_route_follows_policy,
     public,
     read,
-    route_problems,
     row,
 )
-from tests.test_authz_matrix_scheduling import (
-    APPOINTMENT_OBJECT,
-    NAIROBI,
-    SchedulingWorld,
-    open_calendar,
-)
-from tests.world import Tenant, make_user
+from tests.world import Tenant
 
 DENIED = (F, F, F, F)
 CONSENT = "/api/v1/appointments/{appointment_id}/recording-consent"
@@ -108,19 +106,7 @@ async def sealed_recording(world: SchedulingWorld, target: Target, tmp: Path) ->
 async def world(
     client: Client, app_pool: asyncpg.Pool, tenant: Tenant, other_tenant: Tenant
 ) -> SchedulingWorld:
-    colleague = await make_user(app_pool, tenant.clinic_id, Role.DOCTOR, tag="colleague")
-    world = SchedulingWorld(
-        client,
-        app_pool,
-        tenant,
-        other_tenant,
-        colleague=colleague,
-        first_day=datetime.now(NAIROBI).date() + timedelta(days=8),
-        past_base=datetime.now(UTC) - timedelta(days=2),
-    )
-    for doctor in (tenant[Role.DOCTOR], colleague, other_tenant[Role.DOCTOR]):
-        await open_calendar(app_pool, doctor)
-    return world
+    return await scheduling_world(SchedulingWorld, client, app_pool, tenant, other_tenant)
 
 
 def make_prepare(tmp: Path) -> PrepareFn[SchedulingWorld]:
@@ -180,10 +166,8 @@ def make_prepare(tmp: Path) -> PrepareFn[SchedulingWorld]:
 async def test_route_answers_every_role_as_the_policy_says(
     op: str, world: SchedulingWorld, tmp_path: Path
 ) -> None:
-    problems = await route_problems(world, op, RECORDINGS_TABLE[op], make_prepare(tmp_path))
-    assert problems == [], "\n".join(problems)
+    await assert_route_follows_policy(world, op, RECORDINGS_TABLE[op], make_prepare(tmp_path))
 
 
 async def test_malformed_path_id_is_not_found(world: SchedulingWorld, tmp_path: Path) -> None:
-    problems = await malformed_id_problems(world, RECORDINGS_TABLE, make_prepare(tmp_path))
-    assert problems == [], "\n".join(problems)
+    await assert_malformed_ids_not_found(world, RECORDINGS_TABLE, make_prepare(tmp_path))

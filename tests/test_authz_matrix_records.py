@@ -14,7 +14,6 @@ break-glass is possible) and 404 in the other clinic. Households are clinic obje
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,10 +28,13 @@ from teleconsult.server.app import SETTINGS
 from tests.recordskit import (
     Client,
     canonical,
+    declared,
     give_care,
     prescription_document,
     register_device,
+    send_chunks,
     signed_body,
+    start,
 )
 from tests.test_authz_matrix import (
     CLINIC_OBJECT,
@@ -45,10 +47,10 @@ from tests.test_authz_matrix import (
     Rule,
     Target,
     World,
-    malformed_id_problems,
+    assert_malformed_ids_not_found,
+    assert_route_follows_policy,
     public,
     read,
-    route_problems,
     row,
 )
 from tests.world import Account, Tenant
@@ -183,18 +185,11 @@ class RecordsWorld(World):
 
     async def upload(self, patient: Account, *, send: bool) -> UUID:
         """An upload of PDF started (and its one chunk sent) by the patient themself."""
-        base = f"/api/v1/patients/{patient.user_id}/document-uploads"
-        resp = await self.client.post(base, json=declared(PDF), headers=patient.headers)
+        resp = await start(self.client, patient, patient, PDF, **REPORT)
         assert resp.status == 201, await resp.text()
         upload_id = UUID((await resp.json())["id"])
         if send:
-            resp = await self.client.put(
-                f"{base}/{upload_id}",
-                params={"offset": "0"},
-                data=PDF,
-                headers={**patient.headers, "Content-Type": "application/octet-stream"},
-            )
-            assert resp.status == 200, await resp.text()
+            await send_chunks(self.client, patient, patient, str(upload_id), PDF)
         return upload_id
 
     async def household(self, tenant: Tenant) -> UUID:
@@ -230,16 +225,7 @@ def count(pool: asyncpg.Pool, table: str, patient: Account) -> Any:
 
 
 PDF = b"%PDF-1.4\n" + b"1 0 obj << >> endobj\n" * 40  # text: the matrix reads answers as text
-
-
-def declared(content: bytes) -> dict[str, Any]:
-    return {
-        "title": "X-ray report",
-        "category": "report",
-        "content_type": "application/pdf",
-        "size": len(content),
-        "sha256": hashlib.sha256(content).hexdigest(),
-    }
+REPORT = {"title": "X-ray report", "category": "report"}
 
 
 def later(days: int = 30) -> str:
@@ -396,7 +382,7 @@ async def prepare(world: RecordsWorld, op: str, role: Role | None, target: Targe
         case "syncRecords":
             prep.params = {}
         case "startDocumentUpload":
-            prep.body = declared(PDF)
+            prep.body = declared(PDF, **REPORT)
             prep.probe = count(pool, "document_uploads", patient)
         case "putDocumentChunk":
             upload = prep.params["upload_id"] = await world.upload(patient, send=False)
@@ -422,13 +408,11 @@ async def prepare(world: RecordsWorld, op: str, role: Role | None, target: Targe
 
 @pytest.mark.parametrize("op", AUTHENTICATED)
 async def test_route_answers_every_role_as_the_policy_says(op: str, world: RecordsWorld) -> None:
-    problems = await route_problems(world, op, RECORDS[op], prepare)
-    assert problems == [], "\n".join(problems)
+    await assert_route_follows_policy(world, op, RECORDS[op], prepare)
 
 
 async def test_malformed_path_ids_are_not_found(world: RecordsWorld) -> None:
-    problems = await malformed_id_problems(world, RECORDS, prepare)
-    assert problems == [], "\n".join(problems)
+    await assert_malformed_ids_not_found(world, RECORDS, prepare)
 
 
 async def test_prescription_verification_is_public(world: RecordsWorld) -> None:

@@ -29,6 +29,11 @@ from teleconsult.client.probe import NetworkProbe
 from teleconsult.core.identity import Role
 from teleconsult.core.settings import Settings, load_settings
 from teleconsult.scheduling import store as scheduling
+from tests.authzkit import (
+    APPOINTMENT_OBJECT,
+    SchedulingWorld,
+    scheduling_world,
+)
 from tests.conftest import settings_env
 from tests.test_authz_matrix import (
     A,
@@ -38,19 +43,13 @@ from tests.test_authz_matrix import (
     Prepared,
     Rule,
     Target,
-    malformed_id_problems,
+    assert_malformed_ids_not_found,
+    assert_route_follows_policy,
     public,  # livekit (issue 13, part L)
     read,
-    route_problems,
     row,
 )
-from tests.test_authz_matrix_scheduling import (
-    APPOINTMENT_OBJECT,
-    NAIROBI,
-    SchedulingWorld,
-    open_calendar,
-)
-from tests.world import Account, Tenant, make_user
+from tests.world import Account, Tenant
 
 STARTER = APPOINTMENT_OBJECT  # own / other patient's / colleague's / other clinic's
 DENIED = (F, F, F, F)
@@ -144,19 +143,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
 async def world(
     client: Client, app_pool: asyncpg.Pool, tenant: Tenant, other_tenant: Tenant
 ) -> RtcWorld:
-    colleague = await make_user(app_pool, tenant.clinic_id, Role.DOCTOR, tag="colleague")
-    world = RtcWorld(
-        client,
-        app_pool,
-        tenant,
-        other_tenant,
-        colleague=colleague,
-        first_day=datetime.now(NAIROBI).date() + timedelta(days=8),
-        past_base=datetime.now(UTC) - timedelta(days=2),
-    )
-    for doctor in (tenant[Role.DOCTOR], colleague, other_tenant[Role.DOCTOR]):
-        await open_calendar(app_pool, doctor)
-    return world
+    return await scheduling_world(RtcWorld, client, app_pool, tenant, other_tenant)
 
 
 async def offer_sdp() -> str:
@@ -198,10 +185,8 @@ async def prepare(world: RtcWorld, op: str, role: Role | None, target: Target) -
 
 @pytest.mark.parametrize("op", AUTHENTICATED)
 async def test_route_answers_every_role_as_the_policy_says(op: str, world: RtcWorld) -> None:
-    problems = await route_problems(world, op, RTC[op], prepare)
-    assert problems == [], "\n".join(problems)
+    await assert_route_follows_policy(world, op, RTC[op], prepare)
 
 
 async def test_malformed_path_id_is_not_found(world: RtcWorld) -> None:
-    problems = await malformed_id_problems(world, RTC, prepare)
-    assert problems == [], "\n".join(problems)
+    await assert_malformed_ids_not_found(world, RTC, prepare)

@@ -8,7 +8,6 @@ who sees what. R4 validity itself is checked by Medplum in test_fhir_validate.py
 from __future__ import annotations
 
 import hashlib
-import json
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
@@ -21,10 +20,10 @@ from teleconsult.records.fieldcrypt import FieldCrypt
 from teleconsult.records.http import RECORDS_DEPS
 from teleconsult.server.app import POOL
 from tests.conftest import StartServer
-from tests.fhirseed import Seeded, give_doctor_profile, seed_patients
+from tests.fhirseed import Seeded, fhir_json, give_doctor_profile, seed_patients
 from tests.fhirvalidate import assert_outcome
 from tests.test_fhir_export import KICK, _files, _kick, _manifest, _worker, _world
-from tests.world import Account, Tenant
+from tests.world import Tenant
 
 Client = TestClient[Any, Any]
 RECORD_TYPES = ("Condition", "AllergyIntolerance", "MedicationRequest", "MedicationStatement")
@@ -33,15 +32,6 @@ RECORD_TYPES = ("Condition", "AllergyIntolerance", "MedicationRequest", "Medicat
 def _crypt(client: Client) -> FieldCrypt:
     crypt: FieldCrypt = client.app[RECORDS_DEPS].crypt
     return crypt
-
-
-async def _get(client: Client, path: str, who: Account, **params: str) -> dict[str, Any]:
-    resp = await client.get(path, headers=who.headers, params=params or None)
-    text = await resp.text()
-    assert resp.status == 200, f"{path}: {resp.status} {text[:300]}"
-    assert resp.content_type == "application/fhir+json"
-    body: dict[str, Any] = json.loads(text)
-    return body
 
 
 def _resources(bundle: dict[str, Any], kind: str | None = None) -> list[dict[str, Any]]:
@@ -68,27 +58,27 @@ async def test_a_doctor_with_a_basis_reads_and_searches_every_record_type(
     expected = {"Condition": 2, "AllergyIntolerance": 2, "MedicationRequest": 2}
     expected["MedicationStatement"] = 1
     for kind in RECORD_TYPES:
-        bundle = await _get(client, f"/fhir/R4/{kind}", doctor, patient=str(patient))
+        bundle = await fhir_json(client, f"/fhir/R4/{kind}", doctor, patient=str(patient))
         found = _resources(bundle)
         assert len(found) == expected[kind], kind
         for resource in found:
             ref: dict[str, Any] = resource.get("subject") or resource["patient"]
             assert ref["reference"] == f"Patient/{patient}"
-            again = await _get(client, f"/fhir/R4/{kind}/{resource['id']}", doctor)
+            again = await fhir_json(client, f"/fhir/R4/{kind}/{resource['id']}", doctor)
             assert again == resource
-            by_id = await _get(client, f"/fhir/R4/{kind}", doctor, _id=resource["id"])
+            by_id = await fhir_json(client, f"/fhir/R4/{kind}", doctor, _id=resource["id"])
             assert _resources(by_id) == [resource]
     # Decrypted: the seeded plaintext comes back (patient 0: Penicillin and Peanuts).
-    allergies = await _get(client, "/fhir/R4/AllergyIntolerance", doctor, patient=str(patient))
+    allergies = await fhir_json(client, "/fhir/R4/AllergyIntolerance", doctor, patient=str(patient))
     names = {a["code"]["text"] for a in _resources(allergies)}
     assert names == {"Penicillin", "Peanuts"}
     hives = next(a for a in _resources(allergies) if a["code"]["text"] == "Penicillin")
     assert hives["reaction"][0]["severity"] == "moderate"
-    conditions = await _get(client, "/fhir/R4/Condition", doctor, subject=f"Patient/{patient}")
+    conditions = await fhir_json(client, "/fhir/R4/Condition", doctor, subject=f"Patient/{patient}")
     onsets = {c["code"]["text"]: c.get("onsetDateTime") for c in _resources(conditions)}
     assert onsets == {"Essential hypertension": "2019-05", "Asthma": "2004-03-12"}
     requests = _resources(
-        await _get(client, "/fhir/R4/MedicationRequest", doctor, patient=str(patient))
+        await fhir_json(client, "/fhir/R4/MedicationRequest", doctor, patient=str(patient))
     )
     assert {r["medicationCodeableConcept"]["text"] for r in requests} == {
         "Amoxicillin 500 mg capsule",
@@ -107,14 +97,14 @@ async def test_medication_request_status_follows_cancellation_and_expiry(
     statuses = {}
     for n, pid in enumerate(seeded.patient_ids):
         found = _resources(
-            await _get(client, "/fhir/R4/MedicationRequest", doctor, patient=str(pid))
+            await fhir_json(client, "/fhir/R4/MedicationRequest", doctor, patient=str(pid))
         )
         statuses[n] = {r["status"] for r in found}
     assert statuses == {0: {"active"}, 1: {"cancelled"}, 2: {"completed"}}
-    cancelled = await _get(client, "/fhir/R4/MedicationRequest", doctor, status="cancelled")
+    cancelled = await fhir_json(client, "/fhir/R4/MedicationRequest", doctor, status="cancelled")
     patients = {r["subject"]["reference"] for r in _resources(cancelled)}
     assert patients == {f"Patient/{seeded.patient_ids[1]}"}
-    stopped = await _get(client, "/fhir/R4/MedicationStatement", doctor, status="stopped")
+    stopped = await fhir_json(client, "/fhir/R4/MedicationStatement", doctor, status="stopped")
     assert {r["status"] for r in _resources(stopped)} == {"stopped"}
     assert len(_resources(stopped)) == 1
 
@@ -124,7 +114,7 @@ async def test_search_pages_end_on_a_row_so_no_entry_is_lost(
 ) -> None:
     seeded = await _seed(client, app_pool, tenant, 5, consent_to_clinic=True)
     doctor = tenant[Role.DOCTOR]
-    bundle = await _get(client, "/fhir/R4/Condition", doctor, _count="2")
+    bundle = await fhir_json(client, "/fhir/R4/Condition", doctor, _count="2")
     seen = [r["id"] for r in _resources(bundle)]
     pages = 1
     while True:
@@ -132,7 +122,7 @@ async def test_search_pages_end_on_a_row_so_no_entry_is_lost(
         if "next" not in links:
             break
         url = links["next"]
-        bundle = await _get(client, url[url.index("/fhir/") :], doctor)
+        bundle = await fhir_json(client, url[url.index("/fhir/") :], doctor)
         seen += [r["id"] for r in _resources(bundle)]
         pages += 1
     assert pages == 3
@@ -151,7 +141,7 @@ async def test_front_desk_admins_and_clinicians_without_a_basis_get_no_record(
     nurse = tenant[Role.NURSE]
     resp = await client.get("/fhir/R4/Condition", headers=nurse.headers, params={"patient": pid})
     await assert_outcome(resp, 403, "forbidden")
-    assert _resources(await _get(client, "/fhir/R4/AllergyIntolerance", nurse)) == []
+    assert _resources(await fhir_json(client, "/fhir/R4/AllergyIntolerance", nurse)) == []
     stranger = other_tenant[Role.DOCTOR]
     resp = await client.get(
         "/fhir/R4/MedicationStatement", headers=stranger.headers, params={"patient": pid}
@@ -172,10 +162,10 @@ async def test_a_revoked_consent_stops_the_next_read(
         pid,
         nurse.user_id,
     )
-    found = _resources(await _get(client, "/fhir/R4/MedicationStatement", nurse))
+    found = _resources(await fhir_json(client, "/fhir/R4/MedicationStatement", nurse))
     assert len(found) == 1
     path = f"/fhir/R4/MedicationStatement/{found[0]['id']}"
-    await _get(client, path, nurse)
+    await fhir_json(client, path, nurse)
     # Scope medications: the summary (allergies) stays closed.
     resp = await client.get(
         "/fhir/R4/AllergyIntolerance", headers=nurse.headers, params={"patient": str(pid)}
@@ -217,7 +207,7 @@ async def test_a_document_reference_points_at_the_download_route_never_at_conten
             f"doc-{uuid4()}",
             patient.user_id,
         )
-    resource = await _get(client, f"/fhir/R4/DocumentReference/{doc_id}", patient)
+    resource = await fhir_json(client, f"/fhir/R4/DocumentReference/{doc_id}", patient)
     assert resource["description"] == title
     assert resource["type"]["coding"][0]["code"] == "lab_result"
     attachments = [c["attachment"] for c in resource["content"]]
@@ -228,9 +218,9 @@ async def test_a_document_reference_points_at_the_download_route_never_at_conten
     ]
     assert all("data" not in a for a in attachments)
     assert [a["size"] for a in attachments] == [2000, 1000]
-    typed = await _get(client, "/fhir/R4/DocumentReference", patient, type="report")
+    typed = await fhir_json(client, "/fhir/R4/DocumentReference", patient, type="report")
     assert _resources(typed) == []
-    typed = await _get(client, "/fhir/R4/DocumentReference", patient, type="lab_result")
+    typed = await fhir_json(client, "/fhir/R4/DocumentReference", patient, type="lab_result")
     assert [r["id"] for r in _resources(typed)] == [str(doc_id)]
 
 
@@ -249,7 +239,7 @@ async def test_invoices_follow_the_payments_authorization(
         datetime(2026, 3, 1, 9, tzinfo=UTC),
         datetime(2026, 3, 1, 9, 30, tzinfo=UTC),
     )
-    own = _resources(await _get(client, "/fhir/R4/Invoice", patient))
+    own = _resources(await fhir_json(client, "/fhir/R4/Invoice", patient))
     assert [r["subject"]["reference"] for r in own] == [f"Patient/{patient.user_id}"]
     invoice = own[0]
     assert invoice["status"] == "issued"
@@ -258,15 +248,15 @@ async def test_invoices_follow_the_payments_authorization(
     assert status == [
         {"url": status[0]["url"], "valueCode": "open"},
     ]
-    assert await _get(client, f"/fhir/R4/Invoice/{invoice['id']}", patient) == invoice
+    assert await fhir_json(client, f"/fhir/R4/Invoice/{invoice['id']}", patient) == invoice
     desk = tenant[Role.RECEPTIONIST]
-    clinic = _resources(await _get(client, "/fhir/R4/Invoice", desk, _count="100"))
+    clinic = _resources(await fhir_json(client, "/fhir/R4/Invoice", desk, _count="100"))
     patients = {r["subject"]["reference"] for r in clinic}
     assert patients == {f"Patient/{p}" for p in [patient.user_id, *seeded.patient_ids]}
-    issued = _resources(await _get(client, "/fhir/R4/Invoice", desk, status="balanced"))
+    issued = _resources(await fhir_json(client, "/fhir/R4/Invoice", desk, status="balanced"))
     assert issued == []
     others = _resources(
-        await _get(client, "/fhir/R4/Invoice", patient, patient=str(seeded.patient_ids[0]))
+        await fhir_json(client, "/fhir/R4/Invoice", patient, patient=str(seeded.patient_ids[0]))
     )
     assert others == []
     seeded_invoice = next(r for r in clinic if r["id"] != invoice["id"])
@@ -279,7 +269,7 @@ async def test_invoices_follow_the_payments_authorization(
     for clinician in (doctor, tenant[Role.NURSE]):
         resp = await client.get("/fhir/R4/Invoice", headers=clinician.headers)
         assert resp.status == 403
-    mine = await _get(client, f"/fhir/R4/Patient/{patient.user_id}/$everything", patient)
+    mine = await fhir_json(client, f"/fhir/R4/Patient/{patient.user_id}/$everything", patient)
     assert [r["id"] for r in _resources(mine, "Invoice")] == [invoice["id"]]
 
 
@@ -289,13 +279,13 @@ async def test_everything_holds_the_records_a_doctor_may_see_but_no_invoice(
     seeded = await _seed(client, app_pool, tenant, 1, consent_to_clinic=True)
     doctor = tenant[Role.DOCTOR]
     pid = seeded.patient_ids[0]
-    bundle = await _get(client, f"/fhir/R4/Patient/{pid}/$everything", doctor)
+    bundle = await fhir_json(client, f"/fhir/R4/Patient/{pid}/$everything", doctor)
     kinds = [r["resourceType"] for r in _resources(bundle)]
     for kind, count in (("Condition", 2), ("AllergyIntolerance", 2), ("MedicationRequest", 2)):
         assert kinds.count(kind) == count, kind
     assert kinds.count("MedicationStatement") == 1
     assert "Invoice" not in kinds
-    narrowed = await _get(
+    narrowed = await fhir_json(
         client, f"/fhir/R4/Patient/{pid}/$everything", doctor, _type="Patient,Condition"
     )
     assert {r["resourceType"] for r in _resources(narrowed)} == {"Patient", "Condition"}
@@ -308,10 +298,14 @@ async def test_record_reads_and_searches_are_audited_with_ids_only(
     seeded = await _seed(client, app_pool, tenant, 1, consent_to_clinic=True)
     doctor = tenant[Role.DOCTOR]
     pid = seeded.patient_ids[0]
-    found = _resources(await _get(client, "/fhir/R4/MedicationRequest", doctor, patient=str(pid)))
-    await _get(client, f"/fhir/R4/MedicationRequest/{found[0]['id']}", doctor)
-    condition = _resources(await _get(client, "/fhir/R4/Condition", doctor, patient=str(pid)))[0]
-    await _get(client, f"/fhir/R4/Condition/{condition['id']}", doctor)
+    found = _resources(
+        await fhir_json(client, "/fhir/R4/MedicationRequest", doctor, patient=str(pid))
+    )
+    await fhir_json(client, f"/fhir/R4/MedicationRequest/{found[0]['id']}", doctor)
+    condition = _resources(await fhir_json(client, "/fhir/R4/Condition", doctor, patient=str(pid)))[
+        0
+    ]
+    await fhir_json(client, f"/fhir/R4/Condition/{condition['id']}", doctor)
     rows = await app_pool.fetch(
         """
         SELECT action, object_type, object_id, detail::text AS detail FROM (

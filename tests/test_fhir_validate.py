@@ -21,7 +21,7 @@ from teleconsult.core.identity import Role
 from teleconsult.records.fieldcrypt import FieldCrypt
 from teleconsult.records.http import RECORDS_DEPS
 from tests.conftest import StartServer
-from tests.fhirseed import seed_patients
+from tests.fhirseed import fhir_json, seed_patients
 from tests.fhirvalidate import Report, validate, validate_text
 from tests.world import Account, Tenant, make_tenant
 
@@ -52,15 +52,6 @@ def test_validator_reads_ndjson_and_arrays_alike() -> None:
     as_array = validate_text(json.dumps(resources))
     assert as_lines.checked == as_array.checked == 3
     assert as_lines.errors == as_array.errors == []
-
-
-async def _json(client: Client, path: str, who: Any, **params: str) -> dict[str, Any]:
-    resp = await client.get(path, headers=who.headers, params=params or None)
-    text = await resp.text()
-    assert resp.status == 200, f"{path}: {resp.status} {text[:300]}"
-    assert resp.content_type == "application/fhir+json", path
-    body: dict[str, Any] = json.loads(text)
-    return body
 
 
 async def test_every_resource_type_the_server_emits_validates(
@@ -105,17 +96,17 @@ async def test_every_resource_type_the_server_emits_validates(
     )
     emitted: list[dict[str, Any]] = []
     for kind in ("Patient", "Practitioner", "Organization", "Encounter"):
-        bundle = await _json(client, f"/fhir/R4/{kind}", admin, _count="100")
+        bundle = await fhir_json(client, f"/fhir/R4/{kind}", admin, _count="100")
         emitted.append(bundle)
         resources = [e["resource"] for e in bundle["entry"]]
         assert resources, kind
-        emitted.append(await _json(client, f"/fhir/R4/{kind}/{resources[0]['id']}", admin))
+        emitted.append(await fhir_json(client, f"/fhir/R4/{kind}/{resources[0]['id']}", admin))
     for kind in ("Observation", "Consent"):  # clinical: a doctor with a basis
-        bundle = await _json(client, f"/fhir/R4/{kind}", doctor, _count="100")
+        bundle = await fhir_json(client, f"/fhir/R4/{kind}", doctor, _count="100")
         emitted.append(bundle)
         resources = [e["resource"] for e in bundle["entry"]]
         assert resources, kind
-        emitted.append(await _json(client, f"/fhir/R4/{kind}/{resources[0]['id']}", doctor))
+        emitted.append(await fhir_json(client, f"/fhir/R4/{kind}/{resources[0]['id']}", doctor))
     # Records and invoices (issues 14 and 15): patient 0 consented to the clinic.
     for kind in (
         "Condition",
@@ -124,13 +115,15 @@ async def test_every_resource_type_the_server_emits_validates(
         "MedicationStatement",
         "DocumentReference",
     ):
-        bundle = await _json(client, f"/fhir/R4/{kind}", doctor, patient=str(seeded.patient_ids[0]))
+        bundle = await fhir_json(
+            client, f"/fhir/R4/{kind}", doctor, patient=str(seeded.patient_ids[0])
+        )
         emitted.append(bundle)
         resources = [e["resource"] for e in bundle["entry"]]
         assert resources, kind
-        emitted.append(await _json(client, f"/fhir/R4/{kind}/{resources[0]['id']}", doctor))
+        emitted.append(await fhir_json(client, f"/fhir/R4/{kind}/{resources[0]['id']}", doctor))
     desk = tenant[Role.RECEPTIONIST]
-    invoices = await _json(client, "/fhir/R4/Invoice", desk, _count="100")
+    invoices = await fhir_json(client, "/fhir/R4/Invoice", desk, _count="100")
     ids = [e["resource"]["id"] for e in invoices["entry"]]
     # Paid in cash, then one of them partly refunded: balanced, with its payments.
     for n, invoice_id in enumerate(ids[:2]):
@@ -147,14 +140,14 @@ async def test_every_resource_type_the_server_emits_validates(
                 headers={**desk.headers, "Idempotency-Key": f"refund-{invoice_id}"},
             )
             assert refund.status == 201, await refund.text()
-    invoices = await _json(client, "/fhir/R4/Invoice", desk, _count="100")
+    invoices = await fhir_json(client, "/fhir/R4/Invoice", desk, _count="100")
     assert {"issued", "balanced"} <= {e["resource"]["status"] for e in invoices["entry"]}
     emitted.append(invoices)
-    emitted.append(await _json(client, f"/fhir/R4/Invoice/{ids[1]}", desk))
-    own = await _json(client, "/fhir/R4/Consent", patient)
+    emitted.append(await fhir_json(client, f"/fhir/R4/Invoice/{ids[1]}", desk))
+    own = await fhir_json(client, "/fhir/R4/Consent", patient)
     assert {e["resource"]["status"] for e in own["entry"]} == {"active", "inactive"}
     emitted.append(own)
-    appointments = await _json(
+    appointments = await fhir_json(
         client,
         "/fhir/R4/Appointment",
         admin,
@@ -164,13 +157,15 @@ async def test_every_resource_type_the_server_emits_validates(
     statuses = {e["resource"]["status"] for e in appointments["entry"]}
     assert {"pending", "booked", "arrived", "fulfilled", "cancelled", "noshow"} <= statuses
     assert "checked-in" in statuses
-    encounters = await _json(client, "/fhir/R4/Encounter", admin, _count="100")
+    encounters = await fhir_json(client, "/fhir/R4/Encounter", admin, _count="100")
     assert {e["resource"]["status"] for e in encounters["entry"]} == {"in-progress", "finished"}
     emitted.append(appointments)
-    emitted.append(await _json(client, f"/fhir/R4/Schedule/{doctor.user_id}", patient))
-    emitted.append(await _json(client, f"/fhir/R4/Patient/{patient.user_id}/$everything", patient))
+    emitted.append(await fhir_json(client, f"/fhir/R4/Schedule/{doctor.user_id}", patient))
     emitted.append(
-        await _json(client, f"/fhir/R4/Patient/{seeded.patient_ids[2]}/$everything", doctor)
+        await fhir_json(client, f"/fhir/R4/Patient/{patient.user_id}/$everything", patient)
+    )
+    emitted.append(
+        await fhir_json(client, f"/fhir/R4/Patient/{seeded.patient_ids[2]}/$everything", doctor)
     )
     missing = await client.get(f"/fhir/R4/Patient/{seeded.clinic_id}", headers=admin.headers)
     assert missing.status == 404

@@ -6,7 +6,6 @@ tests/test_fhir_validate.py). Errors under /fhir/ are OperationOutcomes.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -15,20 +14,11 @@ import asyncpg
 from aiohttp.test_utils import TestClient
 
 from teleconsult.core.identity import Role
-from tests.fhirseed import seed_patients
+from tests.fhirseed import fhir_json, seed_patients
 from tests.fhirvalidate import assert_outcome
 from tests.world import Account, Tenant, make_user
 
 Client = TestClient[Any, Any]
-
-
-async def _get(client: Client, path: str, who: Account, **params: str) -> dict[str, Any]:
-    resp = await client.get(path, headers=who.headers, params=params or None)
-    text = await resp.text()
-    assert resp.status == 200, f"{path}: {resp.status} {text[:300]}"
-    assert resp.content_type == "application/fhir+json"
-    body: dict[str, Any] = json.loads(text)
-    return body
 
 
 def _ids(bundle: dict[str, Any], kind: str | None = None) -> list[str]:
@@ -40,7 +30,7 @@ def _ids(bundle: dict[str, Any], kind: str | None = None) -> list[str]:
 
 
 async def _all_pages(client: Client, path: str, who: Account, **params: str) -> list[str]:
-    bundle = await _get(client, path, who, **params)
+    bundle = await fhir_json(client, path, who, **params)
     seen = _ids(bundle)
     pages = 1
     while True:
@@ -48,7 +38,7 @@ async def _all_pages(client: Client, path: str, who: Account, **params: str) -> 
         if "next" not in links:
             return seen
         url = links["next"]
-        bundle = await _get(client, url[url.index("/fhir/") :], who)
+        bundle = await fhir_json(client, url[url.index("/fhir/") :], who)
         seen += _ids(bundle)
         pages += 1
         assert pages < 100
@@ -60,7 +50,7 @@ async def test_a_patient_reads_their_own_patient_resource_and_nobody_elses(
     me = tenant[Role.PATIENT]
     assert tenant.other_patient is not None
     path = f"/fhir/R4/Patient/{me.user_id}"
-    mine = await _get(client, path, me)
+    mine = await fhir_json(client, path, me)
     assert mine["resourceType"] == "Patient" and mine["id"] == str(me.user_id)
     assert mine["managingOrganization"]["reference"] == f"Organization/{tenant.clinic_id}"
     assert {"system": "email", "value": me.email} in mine["telecom"]
@@ -70,8 +60,8 @@ async def test_a_patient_reads_their_own_patient_resource_and_nobody_elses(
     await assert_outcome(
         await client.get(path, headers=other_tenant[Role.ADMIN].headers), 404, "not_found"
     )
-    assert (await _get(client, path, tenant[Role.RECEPTIONIST]))["id"] == str(me.user_id)
-    found = await _get(client, "/fhir/R4/Patient", me)
+    assert (await fhir_json(client, path, tenant[Role.RECEPTIONIST]))["id"] == str(me.user_id)
+    found = await fhir_json(client, "/fhir/R4/Patient", me)
     assert _ids(found) == [str(me.user_id)]
 
 
@@ -86,10 +76,10 @@ async def test_search_pages_through_every_match_once(
     seen = await _all_pages(client, "/fhir/R4/Patient", tenant[Role.ADMIN], _count="10")
     assert len(seen) == len(set(seen)) == len(expected) == 25
     assert set(seen) == expected
-    first = await _get(client, "/fhir/R4/Patient", tenant[Role.ADMIN], _count="10")
+    first = await fhir_json(client, "/fhir/R4/Patient", tenant[Role.ADMIN], _count="10")
     relations = [link["relation"] for link in first["link"]]
     assert relations == ["self", "next"] and len(first["entry"]) == 10
-    empty = await _get(client, "/fhir/R4/Patient", tenant[Role.ADMIN], _count="0")
+    empty = await fhir_json(client, "/fhir/R4/Patient", tenant[Role.ADMIN], _count="0")
     assert empty["entry"] == []
 
 
@@ -105,13 +95,19 @@ async def test_id_and_last_updated_narrow_a_search(
         "UPDATE users SET updated_at = $2 WHERE id = $1", new, datetime(2031, 5, 1, tzinfo=UTC)
     )
     admin = tenant[Role.ADMIN]
-    assert _ids(await _get(client, "/fhir/R4/Patient", admin, _lastUpdated="lt2021")) == [str(old)]
-    assert _ids(await _get(client, "/fhir/R4/Patient", admin, _lastUpdated="2031-05")) == [str(new)]
-    assert _ids(await _get(client, "/fhir/R4/Patient", admin, _lastUpdated="ge2031-05-01")) == [
+    assert _ids(await fhir_json(client, "/fhir/R4/Patient", admin, _lastUpdated="lt2021")) == [
+        str(old)
+    ]
+    assert _ids(await fhir_json(client, "/fhir/R4/Patient", admin, _lastUpdated="2031-05")) == [
         str(new)
     ]
-    assert _ids(await _get(client, "/fhir/R4/Patient", admin, _lastUpdated="gt2031-05-01")) == []
-    both = await _get(client, "/fhir/R4/Patient", admin, _id=f"{old},{new},not-an-id")
+    assert _ids(
+        await fhir_json(client, "/fhir/R4/Patient", admin, _lastUpdated="ge2031-05-01")
+    ) == [str(new)]
+    assert (
+        _ids(await fhir_json(client, "/fhir/R4/Patient", admin, _lastUpdated="gt2031-05-01")) == []
+    )
+    both = await fhir_json(client, "/fhir/R4/Patient", admin, _id=f"{old},{new},not-an-id")
     assert sorted(_ids(both)) == sorted([str(old), str(new)])
     meta = next(e["resource"]["meta"] for e in both["entry"] if e["resource"]["id"] == str(old))
     assert meta["lastUpdated"] == "2020-05-01T00:00:00Z"
@@ -137,20 +133,22 @@ async def test_encounters_search_by_patient_and_date_and_a_doctor_sees_only_thei
     assert set(doctor_sees) <= {str(a) for a in mine.appointment_ids}
     assert set(admin_sees) - set(doctor_sees) <= {str(a) for a in theirs.appointment_ids}
     completed = mine.patient_ids[2]  # the third appointment of a seed is completed
-    by_patient = await _get(client, "/fhir/R4/Encounter", doctor, patient=f"Patient/{completed}")
+    by_patient = await fhir_json(
+        client, "/fhir/R4/Encounter", doctor, patient=f"Patient/{completed}"
+    )
     assert len(by_patient["entry"]) == 1
     encounter = by_patient["entry"][0]["resource"]
     assert encounter["subject"]["reference"] == f"Patient/{completed}"
     assert encounter["status"] == "finished"
     assert encounter["class"]["code"] == "VR"
-    same = await _get(client, "/fhir/R4/Encounter", doctor, subject=str(completed))
+    same = await fhir_json(client, "/fhir/R4/Encounter", doctor, subject=str(completed))
     assert _ids(same) == _ids(by_patient)
     start = encounter["period"]["start"][:10]
-    on_day = await _get(client, "/fhir/R4/Encounter", doctor, date=start)
+    on_day = await fhir_json(client, "/fhir/R4/Encounter", doctor, date=start)
     assert encounter["id"] in _ids(on_day)
-    before = await _get(client, "/fhir/R4/Encounter", doctor, date=f"lt{start}")
+    before = await fhir_json(client, "/fhir/R4/Encounter", doctor, date=f"lt{start}")
     assert encounter["id"] not in _ids(before)
-    nobody = await _get(client, "/fhir/R4/Encounter", doctor, patient="Patient/unknown")
+    nobody = await fhir_json(client, "/fhir/R4/Encounter", doctor, patient="Patient/unknown")
     assert nobody["entry"] == []
 
 
@@ -191,7 +189,7 @@ async def test_everything_needs_the_patient_or_a_care_relationship_and_is_audite
     seeded = await seed_patients(app_pool, tenant.clinic_id, doctor.user_id, 6)
     treated, cancelled_only = seeded.patient_ids[2], seeded.patient_ids[3]
     path = f"/fhir/R4/Patient/{treated}/$everything"
-    bundle = await _get(client, path, doctor)
+    bundle = await fhir_json(client, path, doctor)
     kinds = [e["resource"]["resourceType"] for e in bundle["entry"]]
     assert kinds[0] == "Patient" and _ids(bundle, "Patient") == [str(treated)]
     assert set(kinds) == {"Patient", "Organization", "Practitioner", "Appointment", "Encounter"}
@@ -202,15 +200,15 @@ async def test_everything_needs_the_patient_or_a_care_relationship_and_is_audite
         resp = await client.get(f"/fhir/R4/Patient/{target}/$everything", headers=who.headers)
         await assert_outcome(resp, 403, "forbidden")
     me = tenant[Role.PATIENT]
-    own = await _get(client, f"/fhir/R4/Patient/{me.user_id}/$everything", me)
+    own = await fhir_json(client, f"/fhir/R4/Patient/{me.user_id}/$everything", me)
     assert _ids(own, "Patient") == [str(me.user_id)]
     await assert_outcome(await client.get(path, headers=me.headers), 404, "not_found")
     await assert_outcome(
         await client.get(path, headers=tenant[Role.RECEPTIONIST].headers), 403, "forbidden"
     )
-    only = await _get(client, path, doctor, _type="Patient,Encounter")
+    only = await fhir_json(client, path, doctor, _type="Patient,Encounter")
     assert {e["resource"]["resourceType"] for e in only["entry"]} == {"Patient", "Encounter"}
-    later = await _get(client, path, doctor, _since="2099-01-01T00:00:00Z")
+    later = await fhir_json(client, path, doctor, _since="2099-01-01T00:00:00Z")
     # Nothing changed since then; the clinic (not a patient's resource) is always there.
     assert [e["resource"]["resourceType"] for e in later["entry"]] == ["Organization"]
     bad = await client.get(path, params={"_type": "Claim"}, headers=doctor.headers)
@@ -232,8 +230,8 @@ async def test_reads_and_searches_write_audit_events(
     client: Client, app_pool: asyncpg.Pool, tenant: Tenant
 ) -> None:
     me = tenant[Role.PATIENT]
-    await _get(client, f"/fhir/R4/Patient/{me.user_id}", tenant[Role.NURSE])
-    await _get(client, "/fhir/R4/Practitioner", me)
+    await fhir_json(client, f"/fhir/R4/Patient/{me.user_id}", tenant[Role.NURSE])
+    await fhir_json(client, "/fhir/R4/Practitioner", me)
     rows = await app_pool.fetch(
         """
         SELECT action, object_type, object_id, actor_id FROM (
@@ -253,9 +251,9 @@ async def test_organization_and_practitioners_are_the_clinics_directory(
     client: Client, tenant: Tenant, other_tenant: Tenant
 ) -> None:
     me = tenant[Role.PATIENT]
-    org = await _get(client, f"/fhir/R4/Organization/{tenant.clinic_id}", me)
+    org = await fhir_json(client, f"/fhir/R4/Organization/{tenant.clinic_id}", me)
     assert org["name"].startswith("Own")
-    doctors = await _get(client, "/fhir/R4/Practitioner", me)
+    doctors = await fhir_json(client, "/fhir/R4/Practitioner", me)
     assert set(_ids(doctors)) == {str(tenant[Role.DOCTOR].user_id), str(tenant[Role.NURSE].user_id)}
     await assert_outcome(
         await client.get(f"/fhir/R4/Organization/{other_tenant.clinic_id}", headers=me.headers),
@@ -289,17 +287,17 @@ async def test_vitals_need_a_basis_and_a_revoked_consent_stops_access_at_the_nex
         patient,
         nurse.user_id,
     )
-    found = await _get(client, "/fhir/R4/Observation", nurse, **search)
+    found = await fhir_json(client, "/fhir/R4/Observation", nurse, **search)
     kinds = {e["resource"]["code"]["coding"][0]["code"] for e in found["entry"]}
     assert kinds == {"8867-4", "85354-9"}
-    pressure = await _get(
+    pressure = await fhir_json(
         client, "/fhir/R4/Observation", nurse, code="http://loinc.org|85354-9", **search
     )
     (bp,) = [e["resource"] for e in pressure["entry"]]
     assert [c["code"]["coding"][0]["code"] for c in bp["component"]] == ["8480-6", "8462-4"]
     assert bp["component"][0]["valueQuantity"]["code"] == "mm[Hg]"
     assert bp["category"][0]["coding"][0]["code"] == "vital-signs"
-    one = await _get(client, f"/fhir/R4/Observation/{bp['id']}", nurse)
+    one = await fhir_json(client, f"/fhir/R4/Observation/{bp['id']}", nurse)
     assert one["id"] == bp["id"]
     await app_pool.execute(
         "UPDATE consents SET revoked_at = now(), revoked_by = patient_id WHERE id = $1",
@@ -312,10 +310,10 @@ async def test_vitals_need_a_basis_and_a_revoked_consent_stops_access_at_the_nex
         resp = await client.get(path, params=params or None, headers=nurse.headers)
         await assert_outcome(resp, 403, "forbidden")
     # Without a patient, a clinician's search covers the patients they have a basis for.
-    panel = await _get(client, "/fhir/R4/Observation", doctor, _count="100")
+    panel = await fhir_json(client, "/fhir/R4/Observation", doctor, _count="100")
     subjects = {e["resource"]["subject"]["reference"] for e in panel["entry"]}
     assert subjects == {f"Patient/{seeded.patient_ids[i]}" for i in (0, 1, 2)}
-    assert (await _get(client, "/fhir/R4/Observation", nurse))["entry"] == []
+    assert (await fhir_json(client, "/fhir/R4/Observation", nurse))["entry"] == []
 
 
 async def test_a_patient_sees_their_own_vitals_and_consents_as_fhir(
@@ -338,7 +336,7 @@ async def test_a_patient_sees_their_own_vitals_and_consents_as_fhir(
         me.user_id,
         doctor.user_id,
     )
-    mine = await _get(client, "/fhir/R4/Observation", me)
+    mine = await fhir_json(client, "/fhir/R4/Observation", me)
     (temperature,) = [e["resource"] for e in mine["entry"]]
     assert temperature["valueQuantity"] == {
         "value": 37.2,
@@ -352,7 +350,7 @@ async def test_a_patient_sees_their_own_vitals_and_consents_as_fhir(
         "/fhir/R4/Observation", params={"patient": str(other)}, headers=me.headers
     )
     await assert_outcome(resp, 404, "not_found")
-    consents = await _get(client, "/fhir/R4/Consent", me)
+    consents = await fhir_json(client, "/fhir/R4/Consent", me)
     (consent,) = [e["resource"] for e in consents["entry"]]
     assert consent["status"] == "inactive"
     assert consent["provision"]["actor"][0]["reference"]["reference"] == (

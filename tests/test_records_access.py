@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import pytest
 
 from teleconsult.core.identity import Role
 from tests.auditkit import chained
@@ -111,17 +112,24 @@ async def test_consent_granted_used_revoked_is_refused_at_the_very_next_request(
     )
 
 
-async def test_an_expired_consent_gives_no_access(
-    client: Client, app_pool: asyncpg.Pool, tenant: Tenant
+# A grant of the doctor ($3) to the patient's ($2) record, whose time is over.
+EXPIRED_GRANTS = {
+    "consent": "INSERT INTO consents (clinic_id, patient_id, grantee_user_id, scope, "
+    "granted_by, granted_at, expires_at) VALUES ($1, $2, $3, 'all', $2, "
+    "now() - interval '2 days', now() - interval '1 second')",
+    "break_glass": "INSERT INTO break_glass_accesses (clinic_id, patient_id, clinician_id, "
+    "reason_ct, opened_at, expires_at) VALUES ($1, $2, $3, '\\x00', "
+    "now() - interval '2 hours', now() - interval '1 hour')",
+}
+
+
+@pytest.mark.parametrize("grant", sorted(EXPIRED_GRANTS))
+async def test_an_expired_consent_or_break_glass_window_gives_no_access(
+    grant: str, client: Client, app_pool: asyncpg.Pool, tenant: Tenant
 ) -> None:
     doctor, patient = tenant[Role.DOCTOR], tenant[Role.PATIENT]
     await app_pool.execute(
-        "INSERT INTO consents (clinic_id, patient_id, grantee_user_id, scope, granted_by, "
-        "granted_at, expires_at) VALUES ($1, $2, $3, 'all', $2, now() - interval '2 days', "
-        "now() - interval '1 second')",
-        patient.clinic_id,
-        patient.user_id,
-        doctor.user_id,
+        EXPIRED_GRANTS[grant], patient.clinic_id, patient.user_id, doctor.user_id
     )
     await assert_problem(
         await client.get(notes_of(patient), headers=doctor.headers), 403, "forbidden"
@@ -300,22 +308,6 @@ async def test_the_patient_reads_their_own_record(client: Client, tenant: Tenant
     await assert_problem(
         await client.get(notes_of(other), headers=patient.headers), 404, "not_found"
     )
-
-
-async def test_a_closed_break_glass_window_gives_no_access(
-    client: Client, app_pool: asyncpg.Pool, tenant: Tenant
-) -> None:
-    doctor, patient = tenant[Role.DOCTOR], tenant[Role.PATIENT]
-    await app_pool.execute(
-        "INSERT INTO break_glass_accesses (clinic_id, patient_id, clinician_id, reason_ct, "
-        "opened_at, expires_at) VALUES ($1, $2, $3, '\\x00', now() - interval '2 hours', "
-        "now() - interval '1 hour')",
-        patient.clinic_id,
-        patient.user_id,
-        doctor.user_id,
-    )
-    resp = await client.get(notes_of(patient), headers=doctor.headers)
-    await assert_problem(resp, 403, "forbidden")
 
 
 async def test_a_consent_to_another_organisation_lets_its_clinicians_in(

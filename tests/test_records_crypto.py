@@ -5,7 +5,6 @@ audit trail or the logs."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import secrets
@@ -24,7 +23,14 @@ from teleconsult.records.fieldcrypt import ClinicKeys, FieldCrypt, FieldCryptErr
 from teleconsult.server.app import POOL, SETTINGS
 from tests.auditkit import chained
 from tests.conftest import StartServer, settings_env
-from tests.recordskit import Client, give_care, prescription_document, register_device, signed_body
+from tests.recordskit import (
+    Client,
+    give_care,
+    prescription_document,
+    register_device,
+    signed_body,
+    upload,
+)
 from tests.world import Tenant, make_tenant
 
 
@@ -226,28 +232,7 @@ async def test_canary_plaintext_is_nowhere_in_the_database_the_audit_trail_or_th
     assert resp.status == 201, await resp.text()
     # A document: its title in the database, its content in the sealed blob store.
     content = b"%PDF-1.4\n" + canary.encode() + b" lab result\n"
-    base = f"/api/v1/patients/{patient.user_id}/document-uploads"
-    resp = await client.post(
-        base,
-        json={
-            "title": f"{canary} title",
-            "category": "lab_result",
-            "content_type": "application/pdf",
-            "size": len(content),
-            "sha256": hashlib.sha256(content).hexdigest(),
-        },
-        headers=patient.headers,
-    )
-    assert resp.status == 201, await resp.text()
-    upload = (await resp.json())["id"]
-    resp = await client.put(
-        f"{base}/{upload}",
-        params={"offset": "0"},
-        data=content,
-        headers={**patient.headers, "Content-Type": "application/octet-stream"},
-    )
-    assert resp.status == 200, await resp.text()
-    resp = await client.post(f"{base}/{upload}/complete", headers=patient.headers)
+    resp = await upload(client, patient, patient, content, title=f"{canary} title")
     assert resp.status == 201, await resp.text()
     blobs = [p for p in client.app[SETTINGS].recording.local_dir.rglob("*") if p.is_file()]
     assert blobs and not any(needle_in(p.read_bytes(), canary) for p in blobs)

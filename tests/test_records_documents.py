@@ -4,62 +4,14 @@ content-type checked against magic bytes, size-limited, served only as attachmen
 from __future__ import annotations
 
 import hashlib
-import os
-from typing import Any
 
 import asyncpg
 import pytest
 
 from teleconsult.core.identity import Role
 from teleconsult.server.app import SETTINGS
-from tests.recordskit import Client, give_care
-from tests.world import Account, Tenant, assert_problem
-
-CHUNK = 512 * 1024
-OCTETS = {"Content-Type": "application/octet-stream"}
-
-
-def pdf(size: int) -> bytes:
-    marker = b"%PDF-1.7\nPLAINTEXT-MARKER-" + os.urandom(8).hex().encode() + b"\n"
-    return marker + os.urandom(size - len(marker))
-
-
-async def start(client: Client, who: Account, patient: Account, content: bytes, **body: Any) -> Any:
-    declared = {
-        "title": "Full blood count",
-        "category": "lab_result",
-        "content_type": "application/pdf",
-        "size": len(content),
-        "sha256": hashlib.sha256(content).hexdigest(),
-    } | body
-    resp = await client.post(
-        f"/api/v1/patients/{patient.user_id}/document-uploads", json=declared, headers=who.headers
-    )
-    return resp
-
-
-async def send(client: Client, who: Account, patient: Account, upload: str, content: bytes) -> None:
-    for offset in range(0, len(content), CHUNK):
-        resp = await client.put(
-            f"/api/v1/patients/{patient.user_id}/document-uploads/{upload}",
-            params={"offset": str(offset)},
-            data=content[offset : offset + CHUNK],
-            headers={**who.headers, **OCTETS},
-        )
-        assert resp.status == 200, await resp.text()
-
-
-async def upload(
-    client: Client, who: Account, patient: Account, content: bytes, **body: Any
-) -> Any:
-    resp = await start(client, who, patient, content, **body)
-    assert resp.status == 201, await resp.text()
-    upload_id = (await resp.json())["id"]
-    await send(client, who, patient, upload_id, content)
-    return await client.post(
-        f"/api/v1/patients/{patient.user_id}/document-uploads/{upload_id}/complete",
-        headers=who.headers,
-    )
+from tests.recordskit import CHUNK, OCTETS, Client, give_care, pdf, start, upload
+from tests.world import Tenant, assert_problem
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ works, the append-only tables refuse what they must, and rotation needs no owner
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +18,13 @@ from teleconsult.records.fieldcrypt import FieldCrypt
 from teleconsult.records.rotate import rotate
 from teleconsult.server.app import POOL, SETTINGS, create_app
 from tests.conftest import settings_env
-from tests.recordskit import give_care, prescription_document, register_device, signed_body
+from tests.recordskit import (
+    give_care,
+    prescription_document,
+    register_device,
+    signed_body,
+    upload,
+)
 from tests.security.pg_roles import owner_and_runtime
 from tests.world import make_tenant
 
@@ -75,28 +80,7 @@ async def test_every_record_part_works_as_the_runtime_role_and_history_stays(
         resp = await client.post(f"{base}/prescriptions/{rx['id']}/cancel", headers=doctor.headers)
         assert resp.status == 200, await resp.text()
         content = b"%PDF-1.4\n runtime role\n"
-        resp = await client.post(
-            f"{base}/document-uploads",
-            json={
-                "title": "Scan",
-                "category": "report",
-                "content_type": "application/pdf",
-                "size": len(content),
-                "sha256": hashlib.sha256(content).hexdigest(),
-            },
-            headers=doctor.headers,
-        )
-        upload = (await resp.json())["id"]
-        resp = await client.put(
-            f"{base}/document-uploads/{upload}",
-            params={"offset": "0"},
-            data=content,
-            headers={**doctor.headers, "Content-Type": "application/octet-stream"},
-        )
-        assert resp.status == 200, await resp.text()
-        resp = await client.post(
-            f"{base}/document-uploads/{upload}/complete", headers=doctor.headers
-        )
+        resp = await upload(client, doctor, patient, content, title="Scan", category="report")
         assert resp.status == 201, await resp.text()
 
         # What must stay, stays, even for the server's own role.

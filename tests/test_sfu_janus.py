@@ -148,10 +148,14 @@ async def test_a_removed_participant_cannot_rejoin_with_the_same_token(
     assert refused.value.code == UNAUTHORIZED
     await sfu.remove(consultation, "guest-1")  # idempotent
     # The relay refuses too: the server forgot the token.
-    peer = SfuPeer("guest-1", video=False)
+    await _publish_is_forbidden(sfu, consultation, "guest-1")
+
+
+async def _publish_is_forbidden(sfu: JanusSfu, consultation: UUID, identity: str) -> None:
+    peer = SfuPeer(identity, video=False)
     try:
         with pytest.raises(Forbidden):
-            await sfu.publish(consultation, "guest-1", await peer.offer())
+            await sfu.publish(consultation, identity, await peer.offer())
     finally:
         await peer.close()
 
@@ -164,12 +168,7 @@ async def test_an_observer_may_not_publish(janus: tuple[JanusProcess, JanusSfu])
     _, sfu = janus
     consultation = uuid4()
     await sfu.grant(consultation, "observer-1", SfuRole.OBSERVER)
-    peer = SfuPeer("observer-1", video=False)
-    try:
-        with pytest.raises(Forbidden):
-            await sfu.publish(consultation, "observer-1", await peer.offer())
-    finally:
-        await peer.close()
+    await _publish_is_forbidden(sfu, consultation, "observer-1")
 
 
 async def _publish_all(sfu: JanusSfu, consultation: UUID, peers: list[SfuPeer]) -> None:

@@ -9,10 +9,12 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import aiohttp
 import asyncpg
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from teleconsult.client.signal import SignalClient, SignalError
@@ -27,6 +29,8 @@ from teleconsult.signaling.sfu_bridge import ROLES
 from tests.conftest import StartServer, settings_env
 from tests.januskit import ICE_INTERFACES, SfuPeer, require_janus, wait_for
 from tests.signalkit import open_room
+from tests.test_sfu_janus import _grew, _streams
+from tests.test_signaling import _signal, _url
 from tests.world import Account, Tenant, make_tenant
 
 Client = TestClient[Any, Any]
@@ -47,22 +51,6 @@ async def people(sfu_server: Client) -> Tenant:
     return await make_tenant(sfu_server.app[POOL], sfu_server, name="Sfu")
 
 
-def _url(client: Client) -> str:
-    return str(client.make_url("")).rstrip("/")
-
-
-@contextlib.asynccontextmanager
-async def _signal(client: Client, *accounts: Account) -> AsyncIterator[list[SignalClient]]:
-    clients = [SignalClient(_url(client), a.access_token) for a in accounts]
-    try:
-        for c in clients:
-            await c.connect()
-        yield clients
-    finally:
-        for c in clients:
-            await c.close()
-
-
 @contextlib.asynccontextmanager
 async def _janus_session(client: Client) -> AsyncIterator[JanusSession]:
     """A Janus session of the test's own on the server's SFU, destroyed at the end."""
@@ -76,34 +64,39 @@ async def _janus_session(client: Client) -> AsyncIterator[JanusSession]:
             await janus.destroy()
 
 
+Grant = dict[str, Any]
+
+
+@contextlib.asynccontextmanager
 async def _three_in(
-    client: Client, tenant: Tenant, doctor: SignalClient, patient: SignalClient, nurse: SignalClient
-) -> tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """Doctor, patient, then the invited nurse admitted; the three SFU grants."""
+    client: Client, tenant: Tenant
+) -> AsyncIterator[tuple[str, list[SignalClient], tuple[Grant, Grant, Grant]]]:
+    """The room, with the doctor, the patient, then the invited nurse admitted over
+    /signal (closed at the end); their three SFU grants."""
     room = await open_room(client.app[POOL], tenant)
-    first = await doctor.join(room)
-    assert (first["mode"], first["backend"]) == ("p2p", "janus") and "sfu" not in first
-    await patient.join(room)
-    await doctor.call("admit", {"peer_id": patient.peer_id})
-    two = await patient.next_event("admitted")
-    assert two["mode"] == "p2p" and "sfu" not in two  # two people: still peer to peer
-    await doctor.call("invite", {"user_id": str(tenant[Role.NURSE].user_id)})
-    await nurse.join(room)
-    await doctor.call("admit", {"peer_id": nurse.peer_id})
-    third = await nurse.next_event("admitted")
-    assert third["mode"] == "sfu"
-    told = [await c.next_event("mode") for c in (doctor, patient)]
-    assert all(t["mode"] == "sfu" for t in told)
-    return room, told[0]["sfu"], told[1]["sfu"], third["sfu"]
+    accounts = (tenant[Role.DOCTOR], tenant[Role.PATIENT], tenant[Role.NURSE])
+    async with _signal(client, *accounts) as clients:
+        doctor, patient, nurse = clients
+        first = await doctor.join(room)
+        assert (first["mode"], first["backend"]) == ("p2p", "janus") and "sfu" not in first
+        await patient.join(room)
+        await doctor.call("admit", {"peer_id": patient.peer_id})
+        two = await patient.next_event("admitted")
+        assert two["mode"] == "p2p" and "sfu" not in two  # two people: still peer to peer
+        await doctor.call("invite", {"user_id": str(tenant[Role.NURSE].user_id)})
+        await nurse.join(room)
+        await doctor.call("admit", {"peer_id": nurse.peer_id})
+        third = await nurse.next_event("admitted")
+        assert third["mode"] == "sfu"
+        told = [await c.next_event("mode") for c in (doctor, patient)]
+        assert all(t["mode"] == "sfu" for t in told)
+        yield room, clients, (told[0]["sfu"], told[1]["sfu"], third["sfu"])
 
 
 async def test_the_third_admission_moves_everyone_to_the_sfu_with_own_grants(
     sfu_server: Client, people: Tenant
 ) -> None:
-    async with _signal(
-        sfu_server, people[Role.DOCTOR], people[Role.PATIENT], people[Role.NURSE]
-    ) as (doctor, patient, nurse):
-        _, d, p, n = await _three_in(sfu_server, people, doctor, patient, nurse)
+    async with _three_in(sfu_server, people) as (_, (doctor, patient, nurse), (d, p, n)):
         grants = {"doctor": d, "patient": p, "guest": n}
         for role, grant in grants.items():
             assert grant["backend"] == "janus" and grant["relay"] is True
@@ -119,10 +112,7 @@ async def test_the_third_admission_moves_everyone_to_the_sfu_with_own_grants(
 async def test_the_doctor_who_drops_out_of_an_sfu_room_comes_back_with_a_grant(
     sfu_server: Client, people: Tenant
 ) -> None:
-    async with _signal(
-        sfu_server, people[Role.DOCTOR], people[Role.PATIENT], people[Role.NURSE]
-    ) as (doctor, patient, nurse):
-        room, d, _, _ = await _three_in(sfu_server, people, doctor, patient, nurse)
+    async with _three_in(sfu_server, people) as (room, (doctor, patient, nurse), (d, _, _)):
         await doctor.call("leave")
         again = SignalClient(_url(sfu_server), people[Role.DOCTOR].access_token)
         try:
@@ -138,14 +128,9 @@ async def test_a_removed_guest_cannot_join_the_sfu_again_with_its_old_token(
     sfu_server: Client, people: Tenant
 ) -> None:
     async with (
-        _signal(sfu_server, people[Role.DOCTOR], people[Role.PATIENT], people[Role.NURSE]) as (
-            doctor,
-            patient,
-            nurse,
-        ),
+        _three_in(sfu_server, people) as (_, (doctor, patient, nurse), (_, _, n)),
         _janus_session(sfu_server) as janus,
     ):
-        _, _, _, n = await _three_in(sfu_server, people, doctor, patient, nurse)
         handle = await janus.attach()
         join = {
             "request": "join",
@@ -192,10 +177,7 @@ async def test_without_an_sfu_the_answer_says_peer_to_peer(
 async def test_three_peers_exchange_media_through_janus_over_signal(
     sfu_server: Client, people: Tenant
 ) -> None:
-    async with _signal(
-        sfu_server, people[Role.DOCTOR], people[Role.PATIENT], people[Role.NURSE]
-    ) as clients:
-        await _three_in(sfu_server, people, *clients)
+    async with _three_in(sfu_server, people) as (_, clients, _):
         # Audio only: aiortc drops the second of two video streams in one subscription.
         media = [SfuPeer(str(i), video=False) for i in range(3)]
         try:
@@ -211,21 +193,26 @@ async def test_three_peers_exchange_media_through_janus_over_signal(
                 offer = await c.call("sfu", {"kind": "subscribe", "peers": others})
                 await c.call("sfu", {"kind": "answer", "sdp": await m.answer(offer["sdp"])})
             for m in media:
-                await wait_for(lambda m=m: _receiving(m, 2))
+                await wait_for(lambda m=m: _streams(m, 2))
                 before = await m.inbound_packets()
                 await wait_for(lambda m=m, before=before: _grew(m, before))
         finally:
             await asyncio.gather(*(m.close() for m in media))
 
 
-async def _receiving(peer: SfuPeer, n: int) -> bool:
-    counts = await peer.inbound_packets()
-    return len(counts) >= n and all(c > 0 for c in counts.values())
+async def _four_tracks_written(app: web.Application, sfu: JanusSfu, appointment: UUID) -> Path:
+    """Janus's folder for the room's recording, once it holds the raw audio and video
+    of two publishers (four .mjr files of some size)."""
+    folder = (
+        Path(app[SETTINGS].sfu.janus_workdir) / "recordings" / str(sfu.room_number(appointment))
+    )
 
+    async def written() -> bool:
+        mjr = list(folder.glob("*.mjr"))
+        return len(mjr) == 4 and all(p.stat().st_size > 20_000 for p in mjr)
 
-async def _grew(peer: SfuPeer, before: dict[str, int]) -> bool:
-    now = await peer.inbound_packets()
-    return all(now.get(k, 0) > v for k, v in before.items())
+    await wait_for(written, within=60)
+    return folder
 
 
 def _principal(account: Account) -> Principal:
@@ -254,14 +241,7 @@ async def test_a_janus_recording_is_sealed_by_the_recording_store_and_no_plainte
         backend_id = await sfu.start_recording(appointment)
         started = await recordings.begin(_principal(people[Role.DOCTOR]), appointment, backend_id)
         assert started.state == "recording"
-        folder = Path(app[SETTINGS].sfu.janus_workdir) / "recordings"
-        folder = folder / str(sfu.room_number(appointment))
-
-        async def written() -> bool:
-            mjr = list(folder.glob("*.mjr"))
-            return len(mjr) == 4 and all(p.stat().st_size > 20_000 for p in mjr)
-
-        await wait_for(written, within=60)
+        folder = await _four_tracks_written(app, sfu, appointment)
         await sfu.stop_recording(appointment, backend_id)
         await sfu.wait_recordings()
     finally:
@@ -332,14 +312,7 @@ async def test_the_doctor_records_over_signal_only_with_consent_and_both_sides_a
                 await m.published(answer["sdp"])
             sfu = app[SFU_BACKEND]
             assert isinstance(sfu, JanusSfu)
-            folder = Path(app[SETTINGS].sfu.janus_workdir) / "recordings"
-            folder = folder / str(sfu.room_number(appointment))
-
-            async def written() -> bool:
-                mjr = list(folder.glob("*.mjr"))
-                return len(mjr) == 4 and all(p.stat().st_size > 20_000 for p in mjr)
-
-            await wait_for(written, within=60)
+            folder = await _four_tracks_written(app, sfu, appointment)
             assert (await doctor.call("record", {"on": False}))["recording"] is False
             await sfu.wait_recordings()
         finally:
@@ -357,14 +330,9 @@ async def test_the_sfu_room_is_destroyed_when_the_last_peer_leaves(
     sfu_server: Client, people: Tenant
 ) -> None:
     async with (
-        _signal(sfu_server, people[Role.DOCTOR], people[Role.PATIENT], people[Role.NURSE]) as (
-            doctor,
-            patient,
-            nurse,
-        ),
+        _three_in(sfu_server, people) as (_, (doctor, patient, nurse), (d, _, _)),
         _janus_session(sfu_server) as janus,
     ):
-        _, d, _, _ = await _three_in(sfu_server, people, doctor, patient, nurse)
         handle = await janus.attach()
 
         async def exists() -> bool:

@@ -435,9 +435,7 @@ class RecordingService:
         with its appointment; NotFound outside their scope, Conflict when not ready."""
         recording = await store.get_recording(conn, recording_id, lock=lock)
         appointment = (
-            await scheduling.get_appointment(conn, recording.appointment_id)
-            if recording
-            else None
+            await scheduling.get_appointment(conn, recording.appointment_id) if recording else None
         )
         ensure_in_scope(
             principal,

@@ -106,6 +106,25 @@ FROM p
 """
 
 
+async def _bases(
+    conn: asyncpg.Connection, principal: Principal, patient_id: UUID, scope: str, need: Need
+) -> asyncpg.Record:
+    """The caller's possible bases on the patient (a row of ``_BASES``); 404 when there
+    is no such patient."""
+    row = await conn.fetchrow(
+        _BASES,
+        principal.user_id,
+        patient_id,
+        principal.clinic_id,
+        principal.role.value,
+        scope,
+        need,
+    )
+    if row is None:
+        raise NotFound("patient not found")
+    return row
+
+
 async def ensure_clinical_access(
     conn: asyncpg.Connection,
     principal: Principal,
@@ -127,17 +146,7 @@ async def ensure_clinical_access(
     patient, all on ``conn`` (run it in the caller's transaction)."""
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}")
-    row = await conn.fetchrow(
-        _BASES,
-        principal.user_id,
-        patient_id,
-        principal.clinic_id,
-        principal.role.value,
-        scope,
-        need,
-    )
-    if row is None:
-        raise NotFound("patient not found")
+    row = await _bases(conn, principal, patient_id, scope, need)
     clinic_id: UUID = row["clinic_id"]
 
     def basis(kind: BasisKind, ref: UUID | None = None) -> AccessBasis:
@@ -232,17 +241,7 @@ async def ensure_profile_access(
 ) -> AccessBasis:
     """The demographic profile (not clinical): the patient, a guardian with ``need``, or
     any staff member of the patient's clinic (the front desk needs it); else 404."""
-    row = await conn.fetchrow(
-        _BASES,
-        principal.user_id,
-        patient_id,
-        principal.clinic_id,
-        principal.role.value,
-        "summary",
-        need,
-    )
-    if row is None:
-        raise NotFound("patient not found")
+    row = await _bases(conn, principal, patient_id, "summary", need)
     clinic_id: UUID = row["clinic_id"]
     if row["is_self"]:
         return AccessBasis("self", patient_id, clinic_id)
@@ -251,3 +250,18 @@ async def ensure_profile_access(
     if principal.role is not Role.PATIENT and principal.clinic_id == clinic_id:
         return AccessBasis("staff", patient_id, clinic_id)
     raise OutOfScope("patient not found")
+
+
+async def ensure_access(
+    conn: asyncpg.Connection,
+    principal: Principal,
+    patient_id: UUID,
+    scope: str,
+    *,
+    need: Need = "read",
+) -> AccessBasis:
+    """The basis for ``scope`` of the record: ``profile`` is the demographic profile
+    (:func:`ensure_profile_access`), the others are clinical (:func:`ensure_clinical_access`)."""
+    if scope == "profile":
+        return await ensure_profile_access(conn, principal, patient_id, need=need)
+    return await ensure_clinical_access(conn, principal, patient_id, scope, need=need)

@@ -14,12 +14,7 @@ import asyncpg
 from teleconsult.audit import AuditEvent, AuditTrail
 from teleconsult.audit.chain import DetailValue
 from teleconsult.core.identity import Principal
-from teleconsult.records.access import (
-    AccessBasis,
-    Need,
-    ensure_clinical_access,
-    ensure_profile_access,
-)
+from teleconsult.records.access import AccessBasis, Need, ensure_access
 from teleconsult.records.fieldcrypt import ClinicKeys, FieldCrypt
 
 logger = logging.getLogger(__name__)
@@ -64,10 +59,7 @@ class RecordsService:
         (checked once, in SQL, inside it). Scope ``profile`` is the demographic
         profile (staff of the clinic too); the others are clinical."""
         async with self._pool.acquire() as conn, conn.transaction():
-            if scope == "profile":
-                basis = await ensure_profile_access(conn, principal, patient_id, need=need)
-            else:
-                basis = await ensure_clinical_access(conn, principal, patient_id, scope, need=need)
+            basis = await ensure_access(conn, principal, patient_id, scope, need=need)
             keys = await self._crypt.for_clinic(conn, basis.clinic_id)
             yield Access(conn, basis, keys)
 

@@ -1,12 +1,14 @@
 """The Janus backend of :class:`teleconsult.rtc.sfu.Sfu`, and the media relay.
 
 Rooms are VideoRoom rooms created by this server with VideoRoom's ``admin_key``,
-a room ``secret`` and ``is_private``, and ``allowed`` join tokens: one random
-token per participant, added when they are granted and removed when they are
-removed (then ``kick``ed), so the same credentials cannot bring them back. The
-room number, the room secret and each participant's feed id are derived from
-``room_key`` (HMAC-SHA256), so any server process, or one restarted, can manage a
-room it did not create; the tokens live in the process that granted them.
+a room ``secret`` and ``is_private``, and ``allowed`` join tokens: one token per
+participant, added when they are granted and removed when they are removed (then
+``kick``ed), so the same credentials cannot bring them back. The room number, the
+room secret, each participant's feed id and join token are derived from
+``room_key`` (HMAC-SHA256), the token also from the participant's nonce in the
+shared :class:`~teleconsult.rtc.janus_state.JanusState` (Redis with several
+processes), so any server process, or one restarted, can grant, relay and remove
+anyone of a room it did not create; the running recording is kept there too.
 
 Browsers never talk to Janus (docs/rtc.md): ``/signal`` relays their SDP and
 candidates, and this module forwards them on the participant's own Janus
@@ -22,7 +24,9 @@ once the handler returns (the recording store sealed it by then).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import functools
 import hashlib
 import hmac
 import logging
@@ -46,6 +50,7 @@ from teleconsult.rtc.janus import (
     JanusSession,
 )
 from teleconsult.rtc.janus_recording import post_process
+from teleconsult.rtc.janus_state import JanusState, LocalJanusState
 from teleconsult.rtc.sfu import (
     RIGHTS,
     JoinGrant,
@@ -83,9 +88,6 @@ class _Room:
     consultation_id: UUID
     number: int
     secret: str = field(repr=False)
-    tokens: dict[str, str] = field(default_factory=dict, repr=False)
-    roles: dict[str, SfuRole] = field(default_factory=dict)
-    recording: _Recording | None = None
 
 
 @dataclass
@@ -101,11 +103,14 @@ class _Member:
     # then can others subscribe to its feed.
     live: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def heard(self, event: dict[str, Any]) -> None:
+    def heard(self, event: dict[str, Any]) -> bool:
+        """Follow the publisher's state; whether the event says it was kicked."""
         if event.get("janus") == "webrtcup":
             self.live.set()
         elif event.get("janus") == "hangup":
             self.live.clear()
+        data = (event.get("plugindata") or {}).get("data") or {}
+        return data.get("leaving") == "ok" and data.get("reason") == "kicked"
 
 
 class JanusSfu:
@@ -123,6 +128,7 @@ class JanusSfu:
         recordings: Path,
         pp_rec: str | None,
         grant_ttl: timedelta = GRANT_TTL,
+        state: JanusState | None = None,
     ) -> None:
         self._url = url
         self._admin_key = admin_key
@@ -130,6 +136,7 @@ class JanusSfu:
         self._recordings = recordings
         self._pp_rec = pp_rec
         self._grant_ttl = grant_ttl
+        self._state: JanusState = state or LocalJanusState()
         self._http: aiohttp.ClientSession | None = None
         self._admin: JanusSession | None = None
         self._handle = 0
@@ -162,6 +169,7 @@ class JanusSfu:
         if self._http is not None:
             await self._http.close()
             self._http = None
+        await self._state.close()
 
     def on_event(self, handler: SfuEventHandler) -> None:
         self._handler = handler
@@ -215,6 +223,21 @@ class JanusSfu:
     def feed(self, consultation_id: UUID, identity: str) -> int:
         return _number(self._room_key, "feed", str(consultation_id), identity)
 
+    def _token(self, consultation_id: UUID, identity: str, nonce: str) -> str:
+        raw = _derive(self._room_key, "token", str(consultation_id), identity, nonce)
+        return base64.urlsafe_b64encode(raw[:24]).decode()
+
+    async def _allowed(self, room: _Room, action: str, token: str) -> None:
+        await self._admin_request(
+            {
+                "request": "allowed",
+                "room": room.number,
+                "secret": room.secret,
+                "action": action,
+                "allowed": [token],
+            }
+        )
+
     def _lock(self, consultation_id: UUID) -> asyncio.Lock:
         return self._locks.setdefault(consultation_id, asyncio.Lock())
 
@@ -226,7 +249,7 @@ class JanusSfu:
             "room": room.number,
             "secret": room.secret,
             "is_private": True,
-            "allowed": list(room.tokens.values()),
+            "allowed": [],
             "publishers": MAX_PUBLISHERS,
             "audiocodec": "opus",
             "videocodec": "vp8",
@@ -246,9 +269,10 @@ class JanusSfu:
         return SfuRoom(consultation_id, self.name, str(room.number))
 
     async def close_room(self, consultation_id: UUID) -> None:
-        room = self._rooms.get(consultation_id) or self._room(consultation_id)
-        if room.recording is not None:
-            await self.stop_recording(consultation_id, room.recording.recording_id)
+        room = self._room(consultation_id)
+        recording = await self._state.recording(consultation_id)
+        if recording is not None:
+            await self.stop_recording(consultation_id, recording)
         for key in [k for k in self._members if k[0] == consultation_id]:
             await self.leave_media(*key)
         async with self._lock(consultation_id):
@@ -267,20 +291,13 @@ class JanusSfu:
         await self.create_room(consultation_id)
         room = self._room(consultation_id)
         async with self._lock(consultation_id):
-            token = room.tokens.get(identity)
-            if token is None:
-                token = secrets.token_urlsafe(24)
-                await self._admin_request(
-                    {
-                        "request": "allowed",
-                        "room": room.number,
-                        "secret": room.secret,
-                        "action": "add",
-                        "allowed": [token],
-                    }
-                )
-                room.tokens[identity] = token
-            room.roles[identity] = role
+            nonce = await self._state.grant(consultation_id, identity, str(role))
+            token = self._token(consultation_id, identity, nonce)
+            await self._allowed(room, "add", token)  # again is harmless
+            if await self._state.granted(consultation_id, identity) is None:
+                # Removed meanwhile (by another process): the token goes again.
+                await self._allowed(room, "remove", token)
+                raise Forbidden("removed from this SFU room", code=ErrorCode.FORBIDDEN)
         return JoinGrant(
             backend=self.name,
             identity=identity,
@@ -296,19 +313,11 @@ class JanusSfu:
     async def remove(self, consultation_id: UUID, identity: str) -> None:
         room = self._room(consultation_id)
         async with self._lock(consultation_id):
-            token = room.tokens.pop(identity, None)
-            room.roles.pop(identity, None)
+            nonce = await self._state.revoke(consultation_id, identity)
             try:
-                if token is not None:
-                    await self._admin_request(
-                        {
-                            "request": "allowed",
-                            "room": room.number,
-                            "secret": room.secret,
-                            "action": "remove",
-                            "allowed": [token],
-                        }
-                    )
+                if nonce is not None:
+                    token = self._token(consultation_id, identity, nonce)
+                    await self._allowed(room, "remove", token)
                 await self._admin_request(
                     {
                         "request": "kick",
@@ -353,29 +362,34 @@ class JanusSfu:
         await self.create_room(consultation_id)
         room = self._room(consultation_id)
         async with self._lock(consultation_id):
-            if room.recording is not None:
-                return room.recording.recording_id
+            mine = secrets.token_urlsafe(12)
+            running = await self._state.start_recording(consultation_id, mine)
+            if running != mine:
+                return running
             folder = self._recordings / str(room.number)
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.chmod(folder, 0o700)
-            await self._admin_request(
-                {
-                    "request": "enable_recording",
-                    "room": room.number,
-                    "secret": room.secret,
-                    "record": True,
-                }
-            )
-            room.recording = _Recording(secrets.token_urlsafe(12), folder)
-            return room.recording.recording_id
+            try:
+                folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+                os.chmod(folder, 0o700)
+                await self._admin_request(
+                    {
+                        "request": "enable_recording",
+                        "room": room.number,
+                        "secret": room.secret,
+                        "record": True,
+                    }
+                )
+            except BaseException:
+                await self._state.take_recording(consultation_id, mine)
+                raise
+            return mine
 
     async def stop_recording(self, consultation_id: UUID, recording_id: str) -> None:
         room = self._room(consultation_id)
         async with self._lock(consultation_id):
-            recording = room.recording
-            if recording is None or recording.recording_id != recording_id:
+            # Whichever process started it: the folder is derived, the id shared.
+            if not await self._state.take_recording(consultation_id, recording_id):
                 return
-            room.recording = None
+            recording = _Recording(recording_id, self._recordings / str(room.number))
             with contextlib.suppress(JanusError):
                 await self._admin_request(
                     {
@@ -429,12 +443,15 @@ class JanusSfu:
     # --- the media relay (JanusRelay) -------------------------------------------------
 
     async def _member(self, consultation_id: UUID, identity: str) -> _Member:
+        granted = await self._state.granted(consultation_id, identity)
         member = self._members.get((consultation_id, identity))
-        if member is not None and not member.session.closed:
+        token = self._token(consultation_id, identity, granted[0]) if granted else None
+        if member is not None and not member.session.closed and member.token == token:
             return member
-        room = self._rooms.get(consultation_id)
-        token = room.tokens.get(identity) if room is not None else None
-        if room is None or token is None:
+        if member is not None:  # removed (perhaps by another process), or granted anew
+            del self._members[(consultation_id, identity)]
+            await member.session.destroy()
+        if token is None:
             raise Forbidden("not granted into this SFU room", code=ErrorCode.FORBIDDEN)
         if self._http is None:
             raise JanusError("the SFU is not started")
@@ -447,12 +464,14 @@ class JanusSfu:
         """Join as a publisher with the participant's own token and publish ``sdp``
         (an offer); the SFU's answer."""
         room = self._room(consultation_id)
-        role = room.roles.get(identity)
-        if role is not None and not RIGHTS[role].publish:
+        granted = await self._state.granted(consultation_id, identity)
+        if granted is not None and not RIGHTS[SfuRole(granted[1])].publish:
             raise Forbidden("this role may not publish", code=ErrorCode.FORBIDDEN)
         member = await self._member(consultation_id, identity)
         if member.publisher is None:
-            handle = await member.session.attach(listener=member.heard)
+            handle = await member.session.attach(
+                listener=functools.partial(self._heard, consultation_id, identity, member)
+            )
             await member.session.request(
                 handle,
                 {
@@ -472,6 +491,24 @@ class JanusSfu:
         if jsep is None:
             raise JanusError("no answer to a publish")
         return str(jsep["sdp"])
+
+    def _heard(
+        self, consultation_id: UUID, identity: str, member: _Member, event: dict[str, Any]
+    ) -> None:
+        """A kick, perhaps by another process's :meth:`remove`: this process drops the
+        participant's own Janus session (it holds their relay)."""
+        if not member.heard(event) or self._members.get((consultation_id, identity)) is not member:
+            return
+        del self._members[(consultation_id, identity)]
+        room = self._room(consultation_id)
+
+        async def drop() -> None:
+            await member.session.destroy()
+            await self._emit(self._event(SfuEventKind.LEFT, room, identity=identity))
+
+        task = asyncio.create_task(drop(), name="janus-kicked")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def wait_live(self, consultation_id: UUID, identity: str, within: float = 30) -> bool:
         """Whether the participant's published media reached Janus within ``within`` s."""
@@ -531,6 +568,6 @@ class JanusSfu:
         if member is None:
             return
         await member.session.destroy()
-        room = self._rooms.get(consultation_id)
-        if room is not None:
-            await self._emit(self._event(SfuEventKind.LEFT, room, identity=identity))
+        await self._emit(
+            self._event(SfuEventKind.LEFT, self._room(consultation_id), identity=identity)
+        )

@@ -28,6 +28,7 @@ from teleconsult.rtc.sfu import Sfu, SfuEvent
 from teleconsult.rtc.sfu_relay import SfuRelay
 from teleconsult.server.keys import AUDIT, POOL, REVOCATIONS, SETTINGS
 from teleconsult.signaling.sfu_bridge import SfuBridge
+from teleconsult.signaling.sfu_rooms import create_sfu_rooms
 
 
 async def rtc_context(app: web.Application) -> AsyncIterator[None]:
@@ -125,7 +126,9 @@ async def janus_context(app: web.Application) -> AsyncIterator[None]:
         unknown recording's file is removed unsealed)."""
         await RecordingIntake(app[recording_routes.RECORDINGS]).handle(event)
 
-    async with janus_backend(settings, hand_over) as sfu:
+    # Several processes share the grants and recordings through Redis (issue 13, part MP).
+    redis_url = app[SETTINGS].redis.url
+    async with janus_backend(settings, hand_over, redis_url=redis_url) as sfu:
         app[SFU_BACKEND] = sfu
         app[SFU_RELAY] = sfu
         yield
@@ -145,7 +148,8 @@ def sfu_bridge(app: web.Application, publish: Any) -> SfuBridge | None:
         return None
     recordings = app.get(recording_routes.RECORDINGS)
     begin = recordings.begin if recordings else None
-    return SfuBridge(sfu, relay, publish, begin_recording=begin)
+    shared = create_sfu_rooms(app[SETTINGS].redis.url)  # issue 13, part MP
+    return SfuBridge(sfu, relay, publish, begin_recording=begin, shared=shared)
 
 
 # --- end sfu / janus (issue 13, part J) ---

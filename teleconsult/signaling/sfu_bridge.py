@@ -14,9 +14,11 @@ Rules (docs/signaling.md, "SFU rooms"):
   and the SFU's recording is then stopped at once. Everyone in the room is told
   ``recording`` when the store's state changes (:meth:`SignalingService.recording_changed`).
 
-Which rooms are on the SFU is kept in this process (the processes that hold a
-room's peers each learn it from the admission they handle, or from the room's
-size); identities are our user ids, as text. Transport-free.
+Which rooms are on the SFU, with their consultation and running recording, is kept
+in the shared :class:`~teleconsult.signaling.sfu_rooms.SfuRooms` (Redis with several
+processes), so a join, admission, removal or recording on any process sees what
+another did; the relay of a peer runs on the process holding its socket (docs/rtc.md,
+"Several server processes"). Identities are our user ids, as text. Transport-free.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from teleconsult.core.tasks import cancel_and_wait
 from teleconsult.rtc.sfu import RIGHTS, JoinGrant, Sfu, SfuRole
 from teleconsult.rtc.sfu_relay import SfuRelay
 from teleconsult.signaling.rooms import Peer
+from teleconsult.signaling.sfu_rooms import LocalSfuRooms, SfuRooms
 
 logger = logging.getLogger(__name__)
 
@@ -78,14 +81,15 @@ class SfuBridge:
         publish: Publish,
         *,
         begin_recording: BeginRecording | None = None,
+        shared: SfuRooms | None = None,
     ) -> None:
         self._sfu = sfu
         self._relay = relay
         self._publish = publish
         self._begin_recording = begin_recording
-        self._recordings: dict[str, str] = {}  # room id → the SFU's recording id
+        self._shared: SfuRooms = shared or LocalSfuRooms()
+        # Rooms joined through this process (room_of); the shared state has the rest.
         self._consultations: dict[str, UUID] = {}
-        self._on_sfu: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _notify(self, peers: Iterable[Peer], event: str, data: Mapping[str, Any]) -> None:
@@ -100,17 +104,20 @@ class SfuBridge:
     def remember(self, room_id: str, consultation_id: UUID) -> None:
         self._consultations[room_id] = consultation_id
 
-    def mode(self, room_id: str) -> str:
-        return "sfu" if room_id in self._on_sfu else "p2p"
+    async def mode(self, room_id: str) -> str:
+        return "sfu" if await self._shared.get(room_id) is not None else "p2p"
 
-    def _consultation(self, room_id: str) -> UUID:
+    async def _consultation(self, room_id: str) -> UUID:
         found = self._consultations.get(room_id)
+        if found is None:
+            state = await self._shared.get(room_id)
+            found = state.consultation_id if state is not None else None
         if found is None:
             raise Conflict("join the room first", code=ErrorCode.NOT_IN_ROOM)
         return found
 
     async def _grant(self, room_id: str, peer: Peer) -> dict[str, Any]:
-        consultation = self._consultation(room_id)
+        consultation = await self._consultation(room_id)
         return grant_view(await self._sfu.grant(consultation, identity(peer), ROLES[peer.role]))
 
     async def admitted(
@@ -120,39 +127,45 @@ class SfuBridge:
         grant when the room is on the SFU, after moving the room there when this
         admission makes it ``SFU_FROM`` people (everyone else is told ``mode``)."""
         admitted = [p for p in others if p.status == "admitted" and p.peer_id != peer.peer_id]
-        if room_id not in self._on_sfu and len(admitted) + 1 < SFU_FROM:
+        if len(admitted) + 1 < SFU_FROM and await self._shared.get(room_id) is None:
             return None
         await self._move(room_id, admitted)
         return await self._grant(room_id, peer)
 
     async def _move(self, room_id: str, admitted: Iterable[Peer]) -> None:
-        """Put the room on the SFU (once); each of ``admitted`` is told with its grant."""
-        if room_id in self._on_sfu:
+        """Put the room on the SFU (once, whichever process does it); each of
+        ``admitted`` is told with its grant by the process that moved it."""
+        if await self._shared.get(room_id) is not None:
             return
-        await self._sfu.create_room(self._consultation(room_id))
-        self._on_sfu.add(room_id)
+        consultation = await self._consultation(room_id)
+        await self._sfu.create_room(consultation)
+        if not await self._shared.mark(room_id, consultation, self._sfu.name):
+            return  # another process moved it at the same time, and told them
         for other in admitted:
             view = await self._grant(room_id, other)
             self._notify([other], "mode", {"mode": "sfu", "sfu": view})
 
     async def removed(self, room_id: str, peer: Peer) -> None:
-        """``peer`` was removed by the doctor: its credentials stop working."""
-        consultation = self._consultations.get(room_id)
-        if consultation is not None and room_id in self._on_sfu:
-            await self._sfu.remove(consultation, identity(peer))
+        """``peer`` was removed by the doctor: its credentials stop working, whichever
+        process granted them or holds its socket."""
+        state = await self._shared.get(room_id)
+        if state is not None:
+            await self._sfu.remove(state.consultation_id, identity(peer))
 
     async def left(self, room_id: str, peer: Peer, *, empty: bool) -> None:
-        consultation = self._consultations.get(room_id)
         if empty:
             self._consultations.pop(room_id, None)  # joining again remembers it
-        if consultation is None or room_id not in self._on_sfu:
+        state = await self._shared.get(room_id)
+        if state is None:
             return
+        consultation = state.consultation_id
         if self._relay is not None:
+            # Its relay session, if this process holds it (another process's session
+            # is dropped there when next used: its grant is gone or changed).
             await self._relay.leave_media(consultation, identity(peer))
         if empty:
-            self._on_sfu.discard(room_id)
-            self._recordings.pop(room_id, None)  # close_room stops it
-            await self._sfu.close_room(consultation)
+            await self._shared.clear(room_id)
+            await self._sfu.close_room(consultation)  # which stops a recording
 
     # --- recording --------------------------------------------------------------------
 
@@ -164,14 +177,15 @@ class SfuBridge:
             raise Forbidden("only the consultation's doctor records it")
         if self._begin_recording is None:
             raise Conflict("this server does not record", code=ErrorCode.CONFLICT)
-        consultation = self._consultation(room_id)
-        running = self._recordings.get(room_id)
+        consultation = await self._consultation(room_id)
         if not on:
+            # Stopped here whichever process started it (the id is shared).
+            running = await self._shared.take_recording(room_id)
             if running is not None:
-                del self._recordings[room_id]
                 await self._sfu.stop_recording(consultation, running)
             return {"recording": False}
-        if running is not None:
+        state = await self._shared.get(room_id)
+        if state is not None and state.recording is not None:
             return {"recording": True}
         admitted = [p for p in peers.values() if p.status == "admitted"]
         others = [p for p in admitted if p.peer_id != me.peer_id]
@@ -185,7 +199,7 @@ class SfuBridge:
             # Refused (no consent) or failed: nothing is kept of what was recorded.
             await self._sfu.stop_recording(consultation, backend_id)
             raise
-        self._recordings[room_id] = backend_id
+        await self._shared.start_recording(room_id, backend_id)
         return {"recording": True, "mode": "sfu", "sfu": view}
 
     def room_of(self, consultation_id: UUID) -> str | None:
@@ -206,9 +220,10 @@ class SfuBridge:
             raise ClientError(
                 f"the {self.backend} SFU is joined directly with the grant, not over /signal"
             )
-        if room_id not in self._on_sfu:
+        state = await self._shared.get(room_id)
+        if state is None:
             raise Conflict("this room is peer to peer", code=ErrorCode.CONFLICT)
-        consultation, who = self._consultation(room_id), identity(me)
+        consultation, who = state.consultation_id, identity(me)
         kind = request.kind
         if kind == "publish":
             answer = await self._relay.publish(consultation, who, request.sdp)
@@ -252,3 +267,4 @@ class SfuBridge:
 
     async def close(self) -> None:
         await cancel_and_wait(list(self._tasks))
+        await self._shared.close()

@@ -92,6 +92,12 @@ SELECTED_PAIR = """async (holder) => {
 }"""
 
 
+async def admit(doc: Page, person: Person) -> None:
+    """On doctor.html, admit ``person``'s knock."""
+    knock = doc.locator(f'.knock[data-user="{person.user_id}"]')
+    await knock.get_by_role("button", name="Admit").click()
+
+
 def holder_of(page: Page) -> str:
     return "teleconsultDoctor" if "/doctor.html" in page.url else "teleconsultRoom"
 

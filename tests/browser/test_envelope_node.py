@@ -7,10 +7,7 @@ The same ES modules the pages load, with the vendored noble and msgpack bundles,
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
-import subprocess
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -27,26 +24,14 @@ from teleconsult.messaging.envelope import (
     to_json,
     to_msgpack,
 )
+from tests.browser.nodekit import ROOT, run_node
 
-ROOT = Path(__file__).resolve().parents[2]
-STATIC = ROOT / "teleconsult" / "pages" / "static"
 SCRIPT = Path(__file__).with_name("envelope_check.mjs")
 PROTOCOL = ROOT / "docs" / "protocol.md"
 
 
 def node(command: dict[str, Any]) -> dict[str, Any]:
-    exe = shutil.which("node")
-    assert exe, "these tests run the browser's modules under Node.js: install nodejs"
-    done = subprocess.run(
-        [exe, str(SCRIPT), str(STATIC)],
-        input=json.dumps(command),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    answer: dict[str, Any] = json.loads(done.stdout)
+    answer: dict[str, Any] = run_node(SCRIPT, command)
     return answer
 
 

@@ -112,6 +112,22 @@ async def _open_pay_page(page: Page, appointment_id: UUID) -> None:
     await page.wait_for_selector("#pay-form:not([hidden])")
 
 
+async def _pay_page_keeping_keys(clinic: Clinic, new_page: NewPage) -> tuple[UUID, Page, list[str]]:
+    """The patient's pay page for a new appointment with Dr Diallo (XOF), and the
+    Idempotency-Key of every payment request it sends, in order."""
+    appointment = await _book(clinic, "patient", "doctor")
+    page = await new_page("patient")
+    await _open_pay_page(page, appointment)
+    keys: list[str] = []
+
+    async def record(route: Route, request: Request) -> None:
+        keys.append(request.headers.get("idempotency-key", ""))
+        await route.continue_()
+
+    await page.route("**/api/v1/invoices/*/payments", record)
+    return appointment, page, keys
+
+
 async def test_patient_pays_by_momo_and_sees_paid(
     clinic: Clinic, database_url: str, new_page: NewPage, shot: Shot, axe: Axe
 ) -> None:
@@ -280,6 +296,17 @@ async def _desk_card(page: Page, invoice_id: UUID, status: str) -> Any:
     return card
 
 
+async def _owed_card(
+    database_url: str, new_page: NewPage, appointment: UUID
+) -> tuple[dict[str, Any], Page, Any]:
+    """The appointment's invoice, and its open card on the receptionist's owed.html."""
+    invoice = await _invoice(database_url, appointment)
+    page = await new_page("receptionist")
+    await page.goto("/owed.html")
+    await page.wait_for_selector("body.ready")
+    return invoice, page, await _desk_card(page, invoice["id"], "open")
+
+
 async def test_front_desk_takes_cash_and_prints_a_receipt(
     clinic: Clinic, database_url: str, new_page: NewPage, shot: Shot, axe: Axe
 ) -> None:
@@ -332,11 +359,7 @@ async def test_a_partial_refund_shows_on_the_receipt(
     clinic: Clinic, database_url: str, new_page: NewPage, shot: Shot, axe: Axe
 ) -> None:
     appointment = await _book(clinic, "patient2", "doctor2")
-    invoice = await _invoice(database_url, appointment)
-    page = await new_page("receptionist")
-    await page.goto("/owed.html")
-    await page.wait_for_selector("body.ready")
-    card = await _desk_card(page, invoice["id"], "open")
+    invoice, page, card = await _owed_card(database_url, new_page, appointment)
     await card.get_by_role("button", name="Take cash").click()
     await card.locator("form[data-panel=cash] button[type=submit]").click()
     await page.locator(f'li[data-invoice="{invoice["id"]}"]').wait_for(state="detached")
@@ -371,16 +394,7 @@ async def test_a_partial_refund_shows_on_the_receipt(
 async def test_a_declined_payment_says_so_and_trying_again_is_a_new_payment(
     clinic: Clinic, database_url: str, new_page: NewPage, shot: Shot
 ) -> None:
-    appointment = await _book(clinic, "patient", "doctor")
-    page = await new_page("patient")
-    await _open_pay_page(page, appointment)
-    keys: list[str] = []
-
-    async def record(route: Route, request: Request) -> None:
-        keys.append(request.headers.get("idempotency-key", ""))
-        await route.continue_()
-
-    await page.route("**/api/v1/invoices/*/payments", record)
+    appointment, page, keys = await _pay_page_keeping_keys(clinic, new_page)
     control = clinic.url("/_simulators/_control/momo/behaviour")
     async with aiohttp.ClientSession() as http:
         async with http.post(control, json={"fail_rate": 1}) as resp:
@@ -408,11 +422,7 @@ async def test_the_front_desk_waives_a_fee_with_a_reason(
     clinic: Clinic, database_url: str, new_page: NewPage
 ) -> None:
     appointment = await _book(clinic, "patient2", "doctor")
-    invoice = await _invoice(database_url, appointment)
-    page = await new_page("receptionist")
-    await page.goto("/owed.html")
-    await page.wait_for_selector("body.ready")
-    card = await _desk_card(page, invoice["id"], "open")
+    invoice, page, card = await _owed_card(database_url, new_page, appointment)
     await card.get_by_role("button", name="Waive").click()
     form = card.locator("form[data-panel=waive]")
     await form.locator("button[type=submit]").click()  # no reason: nothing sent
@@ -465,16 +475,7 @@ async def test_the_pages_minor_units_are_the_servers(clinic: Clinic, new_page: N
 async def test_a_refused_payment_keeps_the_form_and_the_next_try_has_a_new_key(
     clinic: Clinic, database_url: str, new_page: NewPage
 ) -> None:
-    appointment = await _book(clinic, "patient", "doctor")  # XOF
-    page = await new_page("patient")
-    await _open_pay_page(page, appointment)
-    keys: list[str] = []
-
-    async def record(route: Route, request: Request) -> None:
-        keys.append(request.headers.get("idempotency-key", ""))
-        await route.continue_()
-
-    await page.route("**/api/v1/invoices/*/payments", record)
+    appointment, page, keys = await _pay_page_keeping_keys(clinic, new_page)
     await page.get_by_label("M-Pesa").check()
     await page.locator("#pay-phone").fill("254711000001")
     error = page.locator("#pay-form .form-error")

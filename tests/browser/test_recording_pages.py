@@ -18,7 +18,7 @@ import pytest
 from playwright.async_api import expect
 
 from tests.browser.conftest import Axe, Clinic, NewPage, Shot, summarise_axe
-from tests.browser.roomkit import book_now, token_of, wait_media_flowing
+from tests.browser.roomkit import admit, book_now, token_of, wait_media_flowing
 from tests.januskit import require_janus
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
@@ -53,11 +53,7 @@ async def test_consent_record_indicator_both_sides_then_play_it_back(
         "You have not allowed this consultation to be recorded."
     )
     await pat.locator("#check-continue").click()
-    await (
-        doc.locator(f'.knock[data-user="{patient.user_id}"]')
-        .get_by_role("button", name="Admit")
-        .click()
-    )
+    await admit(doc, patient)
     await wait_media_flowing(pat)
 
     # No consent yet: the doctor cannot start, and the page says why.
@@ -109,11 +105,7 @@ async def test_consent_record_indicator_both_sides_then_play_it_back(
         "You allow this consultation to be recorded."
     )
     await pat.locator("#check-continue").click()  # back into the call: knock, admitted
-    await (
-        doc.locator(f'.knock[data-user="{patient.user_id}"]')
-        .get_by_role("button", name="Admit")
-        .click()
-    )
+    await admit(doc, patient)
     await expect(pat.locator("#call")).to_be_visible(timeout=20_000)
     await expect(pat.locator("#rec-indicator")).to_be_visible()
     await wait_media_flowing(doc, attempts=90)  # some more media to record

@@ -10,7 +10,7 @@ import pytest
 from playwright.async_api import expect
 
 from tests.browser.conftest import Clinic, NewPage, Shot
-from tests.browser.roomkit import SELECTED_PAIR, SERVER_ENV, book_now, wait_media_flowing
+from tests.browser.roomkit import SELECTED_PAIR, SERVER_ENV, admit, book_now, wait_media_flowing
 from tests.coturnkit import Coturn
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
@@ -28,8 +28,7 @@ async def test_the_call_goes_through_coturn_with_the_servers_credentials(
     pat = await new_page("patient")
     await pat.goto(f"/room.html?appointment={appointment['id']}&relay=1")
     await pat.locator("#check-continue").click()
-    knock = doc.locator(f'.knock[data-user="{patient.user_id}"]')
-    await knock.get_by_role("button", name="Admit").click()
+    await admit(doc, patient)
 
     servers = await pat.evaluate("() => window.teleconsultRoom.link.state.ice_servers")
     assert servers and all(u.startswith("turn:") for s in servers for u in s["urls"]), servers

@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from teleconsult.rtc.figures import ping_figures
+from tests.browser.nodekit import STATIC, run_node
 
-ROOT = Path(__file__).resolve().parents[2]
-STATIC = ROOT / "teleconsult" / "pages" / "static"
 SCRIPT = Path(__file__).with_name("room_logic_check.mjs")
 
 GOOD = {"bps": 1_000_000, "loss": 0.0}
@@ -27,18 +24,7 @@ MIDDLE = {"bps": 200_000, "loss": 0.05}  # between the two thresholds: no change
 
 
 def node(command: dict[str, Any]) -> Any:
-    exe = shutil.which("node")
-    assert exe, "these tests run the pages' modules under Node.js: install nodejs"
-    done = subprocess.run(
-        [exe, str(SCRIPT), str(STATIC)],
-        input=json.dumps(command),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    return run_node(SCRIPT, command)
 
 
 def modes(*samples: dict[str, Any]) -> list[str]:

@@ -21,7 +21,7 @@ from playwright.async_api import Page, expect
 
 from teleconsult.rtc.janus import UNAUTHORIZED, JanusError, JanusSession
 from tests.browser.conftest import Clinic, NewPage, Shot
-from tests.browser.roomkit import book_now, wait_media_flowing
+from tests.browser.roomkit import admit, book_now, wait_media_flowing
 from tests.januskit import require_janus
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
@@ -86,11 +86,7 @@ async def test_a_third_person_moves_the_call_to_janus_and_everyone_sees_everyone
     pat = await new_page("patient")
     await pat.goto(f"/room.html?appointment={appointment['id']}")
     await pat.locator("#check-continue").click()
-    await (
-        doc.locator(f'.knock[data-user="{patient.user_id}"]')
-        .get_by_role("button", name="Admit")
-        .click()
-    )
+    await admit(doc, patient)
     await wait_media_flowing(pat)
 
     await doc.locator("#invite-user").fill(str(family.user_id))
@@ -100,11 +96,7 @@ async def test_a_third_person_moves_the_call_to_janus_and_everyone_sees_everyone
     fam = await new_page("patient2")
     await fam.goto(f"/room.html?room={room_id}")
     await expect(fam.locator("#waiting")).to_be_visible()
-    await (
-        doc.locator(f'.knock[data-user="{family.user_id}"]')
-        .get_by_role("button", name="Admit")
-        .click()
-    )
+    await admit(doc, family)
 
     for page, holder in (
         (pat, "teleconsultRoom"),

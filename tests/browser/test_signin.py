@@ -146,6 +146,16 @@ async def test_a_bad_clinic_code_is_explained(new_context: NewContext) -> None:
     assert "clinic code" in (await error.text_content() or "")
 
 
+async def _change_password(page: Page, current: str, new: str) -> None:
+    """On account.html: the password form, sent and accepted."""
+    await page.locator("#pw-current").fill(current)
+    await page.locator("#pw-new").fill(new)
+    await page.locator("#pw-confirm").fill(new)
+    async with page.expect_response("**/api/v1/me/password") as answer:
+        await page.locator("#password-form button[type=submit]").click()
+    assert (await answer.value).status == 204
+
+
 async def test_change_password(
     clinic: Clinic, new_page: NewPage, new_context: NewContext, shot: Shot
 ) -> None:
@@ -153,12 +163,7 @@ async def test_change_password(
     await page.goto("/account.html")
     await page.wait_for_selector("body.ready")
     new_password = PASSWORD + "-2"
-    await page.locator("#pw-current").fill(PASSWORD)
-    await page.locator("#pw-new").fill(new_password)
-    await page.locator("#pw-confirm").fill(new_password)
-    async with page.expect_response("**/api/v1/me/password") as answer:
-        await page.locator("#password-form button[type=submit]").click()
-    assert (await answer.value).status == 204
+    await _change_password(page, PASSWORD, new_password)
     await page.locator(".toast-ok").wait_for()
     await shot(page, "4-password-changed")
     # The new password signs in; the old one does not.
@@ -169,12 +174,7 @@ async def test_change_password(
     await other.locator("#signin-form button[type=submit]").click()
     await other.wait_for_url("**/patient.html")
     # Put it back for the other tests of this module.
-    await page.locator("#pw-current").fill(new_password)
-    await page.locator("#pw-new").fill(PASSWORD)
-    await page.locator("#pw-confirm").fill(PASSWORD)
-    async with page.expect_response("**/api/v1/me/password") as answer:
-        await page.locator("#password-form button[type=submit]").click()
-    assert (await answer.value).status == 204
+    await _change_password(page, new_password, PASSWORD)
 
 
 async def test_the_page_speaks_french_to_a_french_browser(

@@ -6,6 +6,7 @@ search."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -67,94 +68,67 @@ def open_summary(keys: ClinicKeys, row: ProfileRow) -> Summary:
     )
 
 
+Values = dict[str, object]  # columns of store.SETTABLE
+
+
+def _profile_values(keys: ClinicKeys, patient_id: UUID, changes: dict[str, Any]) -> Values:
+    values: Values = {}
+    if "sex" in changes:
+        values["sex"] = changes["sex"]
+    if "national_id" in changes:
+        national_id = changes["national_id"]
+        values["national_id_ct"] = (
+            None
+            if national_id is None
+            else keys.encrypt_json(TABLE, "national_id_ct", patient_id, national_id)
+        )
+        values["national_id_bi"] = (
+            None if national_id is None else keys.blind_index(NATIONAL_ID, national_id)
+        )
+    if "emergency_contacts" in changes:
+        values["emergency_contacts_ct"] = keys.encrypt_json(
+            TABLE, "emergency_contacts_ct", patient_id, changes["emergency_contacts"]
+        )
+    return values
+
+
+def _summary_values(keys: ClinicKeys, patient_id: UUID, changes: dict[str, Any]) -> Values:
+    values: Values = {}
+    if "blood_type" in changes:
+        values["blood_type"] = changes["blood_type"]
+    for name in ("allergies", "conditions"):
+        if name in changes:
+            values[f"{name}_ct"] = keys.encrypt_json(TABLE, f"{name}_ct", patient_id, changes[name])
+    return values
+
+
 class ProfileService(RecordsService):
     async def get_profile(
         self, principal: Principal, patient_id: UUID, *, ip: str | None
     ) -> Profile:
-        async with self._access(principal, patient_id, "profile") as access:
-            row = await store.get(access.conn, patient_id)
-            await self._record(access, principal, "profile.read", ip=ip)
-        return open_profile(access.keys, row)
+        keys, row = await self._read(principal, patient_id, "profile", ip=ip)
+        return open_profile(keys, row)
 
     async def update_profile(
         self, principal: Principal, patient_id: UUID, changes: dict[str, Any], *, ip: str | None
     ) -> Profile:
-        async with self._access(principal, patient_id, "profile", need="write") as access:
-            keys = access.keys
-            values: dict[str, object] = {}
-            if "sex" in changes:
-                values["sex"] = changes["sex"]
-            if "national_id" in changes:
-                national_id = changes["national_id"]
-                values["national_id_ct"] = (
-                    None
-                    if national_id is None
-                    else keys.encrypt_json(TABLE, "national_id_ct", patient_id, national_id)
-                )
-                values["national_id_bi"] = (
-                    None if national_id is None else keys.blind_index(NATIONAL_ID, national_id)
-                )
-            if "emergency_contacts" in changes:
-                values["emergency_contacts_ct"] = keys.encrypt_json(
-                    TABLE, "emergency_contacts_ct", patient_id, changes["emergency_contacts"]
-                )
-            if not values:
-                row = await store.get(access.conn, patient_id)
-            else:
-                row = await store.upsert(
-                    access.conn,
-                    patient_id=patient_id,
-                    clinic_id=access.basis.clinic_id,
-                    by=principal.user_id,
-                    values=values,
-                )
-            await self._record(
-                access,
-                principal,
-                "profile.update",
-                ip=ip,
-                fields=",".join(sorted(changes)) or "none",
-            )
+        keys, row = await self._write(
+            principal, patient_id, "profile", changes, _profile_values, ip=ip
+        )
         return open_profile(keys, row)
 
     async def get_summary(
         self, principal: Principal, patient_id: UUID, *, ip: str | None
     ) -> Summary:
-        async with self._access(principal, patient_id, "summary") as access:
-            row = await store.get(access.conn, patient_id)
-            await self._record(access, principal, "summary.read", ip=ip)
-        return open_summary(access.keys, row)
+        keys, row = await self._read(principal, patient_id, "summary", ip=ip)
+        return open_summary(keys, row)
 
     async def update_summary(
         self, principal: Principal, patient_id: UUID, changes: dict[str, Any], *, ip: str | None
     ) -> Summary:
-        async with self._access(principal, patient_id, "summary", need="write") as access:
-            keys = access.keys
-            values: dict[str, object] = {}
-            if "blood_type" in changes:
-                values["blood_type"] = changes["blood_type"]
-            for name in ("allergies", "conditions"):
-                if name in changes:
-                    values[f"{name}_ct"] = keys.encrypt_json(
-                        TABLE, f"{name}_ct", patient_id, changes[name]
-                    )
-            if values:
-                row = await store.upsert(
-                    access.conn,
-                    patient_id=patient_id,
-                    clinic_id=access.basis.clinic_id,
-                    by=principal.user_id,
-                    values=values,
-                )
-            else:
-                row = await store.get(access.conn, patient_id)
-            await self._record(
-                access,
-                principal,
-                "summary.update",
-                ip=ip,
-                fields=",".join(sorted(changes)) or "none",
-            )
+        keys, row = await self._write(
+            principal, patient_id, "summary", changes, _summary_values, ip=ip
+        )
         return open_summary(keys, row)
 
     async def lookup(self, principal: Principal, *, national_id: str, ip: str | None) -> list[UUID]:
@@ -177,3 +151,46 @@ class ProfileService(RecordsService):
                 conn,
             )
         return found
+
+    # The profile and the summary are two parts (access scopes) of one row: read and
+    # written alike, audited as ``<part>.read`` and ``<part>.update``.
+
+    async def _read(
+        self, principal: Principal, patient_id: UUID, part: str, *, ip: str | None
+    ) -> tuple[ClinicKeys, ProfileRow]:
+        async with self._access(principal, patient_id, part) as access:
+            row = await store.get(access.conn, patient_id)
+            await self._record(access, principal, f"{part}.read", ip=ip)
+        return access.keys, row
+
+    async def _write(
+        self,
+        principal: Principal,
+        patient_id: UUID,
+        part: str,
+        changes: dict[str, Any],
+        values_of: Callable[[ClinicKeys, UUID, dict[str, Any]], Values],
+        *,
+        ip: str | None,
+    ) -> tuple[ClinicKeys, ProfileRow]:
+        """Set the columns ``values_of`` makes of ``changes`` (none: the row as it is)."""
+        async with self._access(principal, patient_id, part, need="write") as access:
+            values = values_of(access.keys, patient_id, changes)
+            if values:
+                row = await store.upsert(
+                    access.conn,
+                    patient_id=patient_id,
+                    clinic_id=access.basis.clinic_id,
+                    by=principal.user_id,
+                    values=values,
+                )
+            else:
+                row = await store.get(access.conn, patient_id)
+            await self._record(
+                access,
+                principal,
+                f"{part}.update",
+                ip=ip,
+                fields=",".join(sorted(changes)) or "none",
+            )
+        return access.keys, row

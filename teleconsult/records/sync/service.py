@@ -19,7 +19,7 @@ import asyncpg
 from teleconsult.audit import AuditEvent
 from teleconsult.core.errors import Forbidden, NotFound
 from teleconsult.core.identity import Principal
-from teleconsult.records.access import AccessBasis, ensure_clinical_access, ensure_profile_access
+from teleconsult.records.access import AccessBasis, ensure_access
 from teleconsult.records.base import RecordsService
 from teleconsult.records.careplans.service import open_plan
 from teleconsult.records.fieldcrypt import ClinicKeys
@@ -63,9 +63,7 @@ class SyncService(RecordsService):
     ) -> AccessBasis | None:
         try:
             async with conn.transaction():  # a savepoint: a refusal leaves nothing behind
-                if scope == "profile":
-                    return await ensure_profile_access(conn, principal, patient_id)
-                return await ensure_clinical_access(conn, principal, patient_id, scope)
+                return await ensure_access(conn, principal, patient_id, scope)
         except (Forbidden, NotFound):
             return None
 

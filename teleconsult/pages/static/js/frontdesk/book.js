@@ -1,7 +1,8 @@
 // Booking or moving an appointment for a patient found by name or phone.
 import { api } from "../api.js";
 import { t } from "../i18n.js";
-import { clearError, el, errorText, formatDate, formatDateTime, formatTime, isoDay, replace, submitting, toast } from "../ui.js";
+import { slotDays } from "../schedule.js";
+import { clearError, el, errorText, formatDateTime, isoDay, replace, submitting, toast } from "../ui.js";
 import { remember } from "./patients.js";
 
 const DAYS = 7;
@@ -77,18 +78,7 @@ export function setupDeskBooking(doctors, { onChanged }) {
       replace(slotsBox, el("p", { class: "muted" }, t("patient.no_slots")));
       return;
     }
-    const byDay = new Map();
-    for (const s of slots) {
-      const key = formatDate(s.starts_at, { weekday: "long", day: "numeric", month: "long" });
-      if (!byDay.has(key)) byDay.set(key, []);
-      byDay.get(key).push(s);
-    }
-    replace(
-      slotsBox,
-      [...byDay].map(([day, items]) =>
-        el("div", { class: "day" }, el("h3", {}, day), el("ul", { class: "slots" }, items.map((s) => el("li", {}, el("button", { type: "button", class: "slot", onclick: () => pick(s), "aria-label": t("patient.pick_slot", { when: formatDateTime(s.starts_at) }) }, formatTime(s.starts_at)))))),
-      ),
-    );
+    replace(slotsBox, slotDays(slots, pick, "h3"));
   }
   document.getElementById("desk-slots-search").addEventListener("click", findSlots);
 

@@ -1,7 +1,8 @@
 // Find a doctor, search free slots, book; or move an appointment to another slot.
 import { api } from "../api.js";
 import { t } from "../i18n.js";
-import { clearError, el, errorText, formatDate, formatDateTime, formatTime, replace, submitting, toast } from "../ui.js";
+import { slotDays } from "../schedule.js";
+import { clearError, el, errorText, formatDateTime, replace, submitting, toast } from "../ui.js";
 import { doctorName, setDoctors } from "./appointments.js";
 
 const DAYS = 7; // one week of slots per search: a small answer on a slow link
@@ -76,27 +77,7 @@ export async function setupBooking(user, { onBooked }) {
       replace(days, el("p", { class: "muted" }, t("patient.no_slots")));
       return;
     }
-    const byDay = new Map();
-    for (const s of slots) {
-      const key = formatDate(s.starts_at, { weekday: "long", day: "numeric", month: "long" });
-      if (!byDay.has(key)) byDay.set(key, []);
-      byDay.get(key).push(s);
-    }
-    replace(
-      days,
-      [...byDay].map(([day, items]) =>
-        el(
-          "div",
-          { class: "day" },
-          el("h4", {}, day),
-          el(
-            "ul",
-            { class: "slots" },
-            items.map((s) => el("li", {}, el("button", { type: "button", class: "slot", onclick: () => confirm(s), "aria-label": t("patient.pick_slot", { when: formatDateTime(s.starts_at) }) }, formatTime(s.starts_at)))),
-          ),
-        ),
-      ),
-    );
+    replace(days, slotDays(slots, confirm, "h4"));
   }
 
   function confirm(slot) {
