@@ -103,6 +103,10 @@ RECORDS: dict[str, Rule] = {
     "addMedicationStatement": row(f"POST {P}/medications", PATIENT_OBJECT, PT, CL, CL, NO, NO),
     "listMedicationStatements": row(f"GET {P}/medications", PATIENT_OBJECT,
         PT, CL, CL, NO, NO),
+    # --- records gaps (issue 14, part RG) ---
+    "stopMedicationStatement": row(f"POST {P}/medications/{{medication_id}}/stop",
+        PATIENT_OBJECT, PT, CL, CL, NO, NO),
+    # --- end records gaps ---
     "createCarePlan": row(f"POST {P}/care-plans", PATIENT_OBJECT, NO, CL, CL, NO, NO),
     "listCarePlans": row(f"GET {P}/care-plans", PATIENT_OBJECT, PT, CL, CL, NO, NO),
     "endCarePlan": row(f"POST {P}/care-plans/{{plan_id}}/end", PATIENT_OBJECT,
@@ -355,6 +359,26 @@ async def prepare(world: RecordsWorld, op: str, role: Role | None, target: Targe
         case "addMedicationStatement":
             prep.body = {"drug": "Paracetamol 500 mg"}
             prep.probe = count(pool, "medication_statements", patient)
+        # --- records gaps (issue 14, part RG) ---
+        case "stopMedicationStatement":
+            med_id = uuid4()
+            sealed = await world.seal(
+                patient.clinic_id, "medication_statements", "details_ct", med_id, '{"drug":"X"}'
+            )
+            await pool.execute(
+                "INSERT INTO medication_statements (id, clinic_id, patient_id, details_ct, "
+                "status, recorded_by) VALUES ($1, $2, $3, $4, 'active', $3)",
+                med_id,
+                patient.clinic_id,
+                patient.user_id,
+                sealed,
+            )
+            prep.params["medication_id"] = med_id
+            prep.body = {"ended_on": datetime.now(UTC).date().isoformat(), "reason": "Rash."}
+            prep.probe = read(
+                pool, "SELECT status FROM medication_statements WHERE id = $1", med_id
+            )
+        # --- end records gaps ---
         case "createCarePlan":
             prep.body = {
                 "plan": {"title": "Diabetes"},

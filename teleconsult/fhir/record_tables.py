@@ -75,6 +75,8 @@ def record_tables(public_url: str) -> dict[str, Table]:
         "MedicationStatement": Table(
             "MedicationStatement",
             "SELECT m.id, m.clinic_id, m.patient_id, m.details_ct, m.status, m.recorded_by, "
+            # A stop's columns (issue 14, part RG; migration 0022).
+            "m.ended_on, m.stop_reason_ct, m.stopped_by, m.stopped_at, "
             "m.created_at, u.role::text AS recorder_role FROM medication_statements m "
             "JOIN users u ON u.id = m.recorded_by",
             id_column="m.id",

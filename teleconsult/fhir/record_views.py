@@ -236,6 +236,10 @@ def medication_statement_resources(keys: ClinicKeys, row: Mapping[str, Any]) -> 
         resource["dosage"] = [{"text": dose}]
     if details.get("note"):
         resource["note"] = [{"text": str(details["note"])}]
+    # A stop (issue 14, part RG): status "stopped" with its reason and end date.
+    if med.stop is not None:
+        resource["statusReason"] = [{"text": med.stop.reason}]
+        resource["effectivePeriod"] = {"end": med.stop.ended_on.isoformat()}
     return [resource]
 
 

@@ -34,7 +34,7 @@ ENCRYPTED: Final = (
     ("clinical_note_versions", "id", ("body_ct",)),
     ("break_glass_accesses", "id", ("reason_ct",)),
     ("prescriptions", "id", ("document_ct",)),
-    ("medication_statements", "id", ("details_ct",)),
+    ("medication_statements", "id", ("details_ct", "stop_reason_ct")),  # 0022: stops
     ("care_plans", "id", ("plan_ct",)),
     ("documents", "id", ("title_ct",)),
 )

@@ -23,6 +23,8 @@ from teleconsult.payments.service import PaymentService
 from teleconsult.recording.blobs import open_blob_store
 from teleconsult.recording.keys import KeyRing
 from teleconsult.records import http as records_http
+from teleconsult.records.documents.routes import DOCUMENTS
+from teleconsult.records.documents.sweeper import UploadSweeper
 from teleconsult.server.keys import AUDIT, POOL, SETTINGS
 
 
@@ -32,9 +34,13 @@ async def record_documents_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS].recording
     blobs = open_blob_store(settings)
     records_http.install_documents(app, blobs, KeyRing.of(settings.keys))
+    # Expired uploads' chunks are swept (issue 14, part RG), at the recordings' period.
+    sweeper = UploadSweeper(app[DOCUMENTS], period=settings.sweep_seconds)
+    sweeper.start()
     try:
         yield
     finally:
+        await sweeper.stop()
         await blobs.close()
 
 

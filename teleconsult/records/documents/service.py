@@ -19,6 +19,7 @@ from uuid import UUID, uuid4
 
 import asyncpg
 
+from teleconsult.audit import AuditEvent
 from teleconsult.core.errors import (
     BadRequest,
     Conflict,
@@ -74,7 +75,7 @@ def _chunk_column(offset: int) -> str:
     return f"data_ct@{offset}"
 
 
-def _open_document(keys: ClinicKeys, row: DocumentRow, versions: list[VersionRow]) -> Document:
+def open_document(keys: ClinicKeys, row: DocumentRow, versions: list[VersionRow]) -> Document:
     return Document(
         id=row.id,
         patient_id=row.patient_id,
@@ -91,6 +92,29 @@ class DocumentService(RecordsService):
         super().__init__(deps)
         self._blobs = blobs
         self._keys = keys
+
+    async def sweep_expired_uploads(self, *, limit: int = 50) -> int:
+        """Delete uploads past their expiry with their sealed chunks, one batch in one
+        transaction, one ``document.upload_expire`` audit row each; how many."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            due = await store.lock_expired_uploads(conn, limit=limit)
+            if not due:
+                return 0
+            await store.drop_uploads(conn, [u.id for u in due])
+            await self._audit.record_many(
+                [
+                    AuditEvent(
+                        action="document.upload_expire",
+                        clinic_id=u.clinic_id,
+                        object_type="document_upload",
+                        object_id=str(u.id),
+                        detail={"patient_id": str(u.patient_id), "received": u.received},
+                    )
+                    for u in due
+                ],
+                conn,
+            )
+        return len(due)
 
     async def start_upload(
         self,
@@ -281,7 +305,7 @@ class DocumentService(RecordsService):
             versions = await store.versions(access.conn, [r.id for r in rows])
             await self._record(access, principal, "document.list", ip=ip, results=len(rows))
         return [
-            _open_document(access.keys, r, [v for v in versions if v.document_id == r.id])
+            open_document(access.keys, r, [v for v in versions if v.document_id == r.id])
             for r in rows
         ]
 
@@ -301,7 +325,7 @@ class DocumentService(RecordsService):
                 object_type="document",
                 object_id=row.id,
             )
-        return _open_document(access.keys, row, versions)
+        return open_document(access.keys, row, versions)
 
     async def content(
         self,

@@ -213,3 +213,24 @@ async def versions(conn: Conn, document_ids: list[UUID]) -> list[VersionRow]:
         document_ids,
     )
     return [VersionRow(**dict(row)) for row in rows]
+
+
+async def lock_expired_uploads(conn: Conn, *, limit: int) -> list[UploadRow]:
+    """Uploads past their expiry, locked; rows another sweeper holds are skipped."""
+    rows = await conn.fetch(
+        f"SELECT {_UPLOAD} FROM document_uploads WHERE expires_at <= now() "
+        "ORDER BY expires_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        limit,
+    )
+    return [UploadRow(**dict(row)) for row in rows]
+
+
+async def drop_uploads(conn: Conn, upload_ids: list[UUID]) -> int:
+    """Delete the uploads and their chunks (explicitly, not only by the cascade)."""
+    await conn.execute(
+        "DELETE FROM document_upload_chunks WHERE upload_id = ANY($1::uuid[])", upload_ids
+    )
+    done: str = await conn.execute(
+        "DELETE FROM document_uploads WHERE id = ANY($1::uuid[])", upload_ids
+    )
+    return int(done.rsplit(" ", 1)[1])

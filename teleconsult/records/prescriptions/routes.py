@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -114,6 +114,19 @@ class MedicationBody(MedicationDetails):
     status: Literal["active", "stopped"] = "active"
 
 
+class MedicationStopBody(Body):
+    # The day the patient stopped (or stops) taking it; at most a year ahead.
+    ended_on: date
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=1000, pattern=r"\S")]
+
+
+class MedicationStopOut(BaseModel):
+    ended_on: date
+    reason: str
+    stopped_by: UUID
+    stopped_at: datetime
+
+
 class MedicationOut(BaseModel):
     id: UUID
     patient_id: UUID
@@ -121,10 +134,15 @@ class MedicationOut(BaseModel):
     status: Literal["active", "stopped"]
     recorded_by: UUID
     created_at: datetime
+    # Set once the statement was stopped with POST .../stop (null when it was recorded
+    # as stopped from the start).
+    stop: MedicationStopOut | None = None
 
     @classmethod
     def of(cls, m: Medication) -> MedicationOut:
-        return cls.model_validate(m.__dict__)
+        data = dict(m.__dict__)
+        data["stop"] = None if m.stop is None else m.stop.__dict__
+        return cls.model_validate(data)
 
 
 class MedicationList(BaseModel):
@@ -251,3 +269,27 @@ async def add_medication(req: ApiRequest) -> MedicationOut:
 async def list_medications(req: ApiRequest) -> MedicationList:
     found = await _svc(req).medications(req.principal, req.params["patient_id"], ip=req.ip)
     return MedicationList(items=[MedicationOut.of(m) for m in found])
+
+
+@api.op(
+    "POST",
+    MEDS + "/{medication_id}/stop",
+    operation_id="stopMedicationStatement",
+    tag="records",
+    summary="Stop a medication statement (once), with an end date and a reason; never edited",
+    action=Action.MEDICATION_WRITE,
+    body=MedicationStopBody,
+    response=MedicationOut,
+    errors=(404, 409),
+)
+async def stop_medication(req: ApiRequest) -> MedicationOut:
+    body = req.body(MedicationStopBody)
+    medication = await _svc(req).stop_medication(
+        req.principal,
+        req.params["patient_id"],
+        req.params["medication_id"],
+        ended_on=body.ended_on,
+        reason=body.reason,
+        ip=req.ip,
+    )
+    return MedicationOut.of(medication)

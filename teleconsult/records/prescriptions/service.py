@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 from uuid import UUID, uuid4
 
@@ -34,6 +34,9 @@ CLOCK_SKEW = timedelta(minutes=10)
 LONGEST = timedelta(days=365)
 RX_TABLE, RX_COLUMN = "prescriptions", "document_ct"
 MED_TABLE, MED_COLUMN = "medication_statements", "details_ct"
+STOP_COLUMN = "stop_reason_ct"
+# How far ahead a stop's end date may be (a planned end), in days.
+STOP_AHEAD_DAYS = 366
 _TIME = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$"
 
 Text = Annotated[str, StringConstraints(min_length=1, max_length=200)]
@@ -83,6 +86,14 @@ class Prescription:
 
 
 @dataclass(frozen=True)
+class MedicationStop:
+    ended_on: date
+    reason: str
+    stopped_by: UUID
+    stopped_at: datetime
+
+
+@dataclass(frozen=True)
 class Medication:
     id: UUID
     patient_id: UUID
@@ -90,6 +101,7 @@ class Medication:
     status: str
     recorded_by: UUID
     created_at: datetime
+    stop: MedicationStop | None = None
 
 
 def _bad(field: str, message: str) -> BadRequest:
@@ -309,6 +321,46 @@ class PrescriptionService(RecordsService):
             )
         return open_medication(access.keys, row)
 
+    async def stop_medication(
+        self,
+        principal: Principal,
+        patient_id: UUID,
+        medication_id: UUID,
+        *,
+        ended_on: date,
+        reason: str,
+        ip: str | None,
+    ) -> Medication:
+        """Stop an active statement, once: the end date and the reason (encrypted) are a
+        new fact on it; its details are never edited (migration 0022's guard)."""
+        if ended_on > datetime.now(UTC).date() + timedelta(days=STOP_AHEAD_DAYS):
+            raise _bad("body.ended_on", f"at most {STOP_AHEAD_DAYS} days ahead")
+        async with self._access(principal, patient_id, "medications", need="write") as access:
+            current = await store.medication(access.conn, patient_id, medication_id)
+            if current is None:
+                raise NotFound("medication statement not found")
+            if current.status != "active":
+                raise Conflict("this medication statement is already stopped")
+            row = await store.stop_medication(
+                access.conn,
+                patient_id=patient_id,
+                medication_id=medication_id,
+                ended_on=ended_on,
+                reason_ct=access.keys.encrypt(MED_TABLE, STOP_COLUMN, medication_id, reason),
+                stopped_by=principal.user_id,
+            )
+            if row is None:  # stopped by a concurrent request since the read
+                raise Conflict("this medication statement is already stopped")
+            await self._record(
+                access,
+                principal,
+                "medication.stop",
+                ip=ip,
+                object_type="medication_statement",
+                object_id=row.id,
+            )
+        return open_medication(access.keys, row)
+
     async def medications(
         self, principal: Principal, patient_id: UUID, *, ip: str | None
     ) -> list[Medication]:
@@ -326,4 +378,17 @@ def open_medication(keys: ClinicKeys, row: MedicationRow) -> Medication:
         status=row.status,
         recorded_by=row.recorded_by,
         created_at=row.created_at,
+        stop=(
+            None
+            if row.stopped_at is None
+            or row.ended_on is None
+            or row.stop_reason_ct is None
+            or row.stopped_by is None
+            else MedicationStop(
+                ended_on=row.ended_on,
+                reason=keys.decrypt(MED_TABLE, STOP_COLUMN, row.id, row.stop_reason_ct),
+                stopped_by=row.stopped_by,
+                stopped_at=row.stopped_at,
+            )
+        ),
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import TypeAlias
 from uuid import UUID
 
@@ -37,13 +37,21 @@ class MedicationRow:
     status: str
     recorded_by: UUID
     created_at: datetime
+    # A stop (migration 0022): all four set, or none.
+    ended_on: date | None = None
+    stop_reason_ct: bytes | None = None
+    stopped_by: UUID | None = None
+    stopped_at: datetime | None = None
 
 
 RX_COLUMNS = (
     "id, clinic_id, patient_id, doctor_id, number, document_ct, signature, device_id, "
     "signer_public_key, issued_at, expires_at, cancelled_at, created_at"
 )
-MED_COLUMNS = "id, patient_id, details_ct, status, recorded_by, created_at"
+MED_COLUMNS = (
+    "id, patient_id, details_ct, status, recorded_by, created_at, "
+    "ended_on, stop_reason_ct, stopped_by, stopped_at"
+)
 
 
 async def device_key(conn: Conn, device_id: UUID, user_id: UUID) -> bytes | None:
@@ -183,3 +191,36 @@ async def medications(conn: Conn, patient_id: UUID) -> list[MedicationRow]:
         patient_id,
     )
     return [MedicationRow(**dict(row)) for row in rows]
+
+
+async def stop_medication(
+    conn: Conn,
+    *,
+    patient_id: UUID,
+    medication_id: UUID,
+    ended_on: date,
+    reason_ct: bytes,
+    stopped_by: UUID,
+) -> MedicationRow | None:
+    """Stop an active statement (once); None if there is no such active statement."""
+    row = await conn.fetchrow(
+        "UPDATE medication_statements SET status = 'stopped', ended_on = $3, "
+        "stop_reason_ct = $4, stopped_by = $5, stopped_at = now() "
+        "WHERE id = $2 AND patient_id = $1 AND status = 'active' AND stopped_at IS NULL "
+        f"RETURNING {MED_COLUMNS}",
+        patient_id,
+        medication_id,
+        ended_on,
+        reason_ct,
+        stopped_by,
+    )
+    return None if row is None else MedicationRow(**dict(row))
+
+
+async def medication(conn: Conn, patient_id: UUID, medication_id: UUID) -> MedicationRow | None:
+    row = await conn.fetchrow(
+        f"SELECT {MED_COLUMNS} FROM medication_statements WHERE id = $2 AND patient_id = $1",
+        patient_id,
+        medication_id,
+    )
+    return None if row is None else MedicationRow(**dict(row))

@@ -11,6 +11,9 @@ from pydantic import BaseModel, Field
 from teleconsult.api.registry import Api, ApiRequest
 from teleconsult.core.policy import Action
 from teleconsult.records.careplans.routes import CarePlanOut
+from teleconsult.records.consents.routes import CareTeamMember, Consent
+from teleconsult.records.documents.routes import DocumentOut
+from teleconsult.records.households.routes import Household
 from teleconsult.records.notes.routes import Note
 from teleconsult.records.prescriptions.routes import MedicationOut, PrescriptionOut
 from teleconsult.records.profiles.routes import ProfileOut, SummaryOut
@@ -29,11 +32,23 @@ class SyncQuery(BaseModel):
 
 class SyncChange(BaseModel):
     seq: int
-    kind: Literal["note", "vital", "medication", "prescription", "profile", "care_plan"]
+    kind: Literal[
+        "note",
+        "vital",
+        "medication",
+        "prescription",
+        "profile",
+        "care_plan",
+        "document",
+        "consent",
+        "household",
+        "care_team",
+    ]
     patient_id: UUID
     id: UUID
     # The object as its own route answers it; a profile is {profile, clinical_summary}
-    # (clinical_summary null without clinical access).
+    # (clinical_summary null without clinical access); a document its metadata and
+    # versions (never its content); a household its members.
     data: dict[str, Any]
 
     @classmethod
@@ -57,8 +72,16 @@ class SyncChange(BaseModel):
                         None if summary is None else SummaryOut.of(summary).model_dump(mode="json")
                     ),
                 }
-            case _:
+            case "care_plan":
                 data = CarePlanOut.of(d).model_dump(mode="json")
+            case "document":
+                data = DocumentOut.of(d).model_dump(mode="json")
+            case "consent":
+                data = Consent.of(d).model_dump(mode="json")
+            case "household":
+                data = Household.of(*d).model_dump(mode="json")
+            case _:
+                data = CareTeamMember.of(d).model_dump(mode="json")
         return cls(
             seq=change.seq,
             kind=change.kind,  # type: ignore[arg-type]

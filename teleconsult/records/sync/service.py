@@ -19,9 +19,10 @@ import asyncpg
 from teleconsult.audit import AuditEvent
 from teleconsult.core.errors import Forbidden, NotFound
 from teleconsult.core.identity import Principal
-from teleconsult.records.access import AccessBasis, ensure_access
+from teleconsult.records.access import AccessBasis, Need, ensure_access
 from teleconsult.records.base import RecordsService
 from teleconsult.records.careplans.service import open_plan
+from teleconsult.records.documents.service import open_document
 from teleconsult.records.fieldcrypt import ClinicKeys
 from teleconsult.records.notes.service import open_version as open_note
 from teleconsult.records.prescriptions.service import open_medication, open_prescription
@@ -37,8 +38,23 @@ SCOPE: Final = {
     "prescription": "medications",
     "profile": "profile",
     "care_plan": "summary",
+    # Issue 14, part RG: a document's metadata and versions (never its content) needs
+    # "documents"; a consent, what GET .../consents needs (the patient, or a guardian
+    # with the "consent" permission); a household and a care team membership, the
+    # profile's basis, then narrowed by RULES.
+    "document": "documents",
+    "consent": "summary",
+    "household": "profile",
+    "care_team": "profile",
 }
 assert set(SCOPE) == store.KINDS
+NEED: Final[dict[str, Need]] = {"consent": "consent"}
+# Kinds only some bases may see (others: any basis for the scope). A care team
+# membership is also shown to the member themself (checked on the object).
+ONLY: Final = {
+    "consent": frozenset({"self", "guardian"}),
+    "care_team": frozenset({"self", "guardian"}),
+}
 
 
 @dataclass(frozen=True)
@@ -59,11 +75,16 @@ class SyncPage:
 
 class SyncService(RecordsService):
     async def _basis(
-        self, conn: asyncpg.Connection, principal: Principal, patient_id: UUID, scope: str
+        self,
+        conn: asyncpg.Connection,
+        principal: Principal,
+        patient_id: UUID,
+        scope: str,
+        need: Need = "read",
     ) -> AccessBasis | None:
         try:
             async with conn.transaction():  # a savepoint: a refusal leaves nothing behind
-                return await ensure_access(conn, principal, patient_id, scope)
+                return await ensure_access(conn, principal, patient_id, scope, need=need)
         except (Forbidden, NotFound):
             return None
 
@@ -79,29 +100,39 @@ class SyncService(RecordsService):
                 after=after,
                 limit=limit,
             )
-            # The newest change of each object only: the app wants the current state.
-            latest: dict[tuple[str, UUID], store.ChangeRow] = {}
+            # The newest change of each object only: the app wants the current state (a
+            # household is one object per member's record).
+            latest: dict[tuple[str, UUID, UUID], store.ChangeRow] = {}
             for row in rows:
-                latest.pop((row.kind, row.object_id), None)
-                latest[(row.kind, row.object_id)] = row
-            bases: dict[tuple[UUID, str], AccessBasis | None] = {}
+                latest.pop((row.kind, row.object_id, row.patient_id), None)
+                latest[(row.kind, row.object_id, row.patient_id)] = row
+            bases: dict[tuple[UUID, str, Need], AccessBasis | None] = {}
             keys: dict[UUID, ClinicKeys] = {}
             allowed: list[tuple[store.ChangeRow, AccessBasis, bool]] = []
             for row in latest.values():
-                scope = SCOPE[row.kind]
-                for need in [scope] + (["summary"] if row.kind == "profile" else []):
-                    if (row.patient_id, need) not in bases:
-                        bases[(row.patient_id, need)] = await self._basis(
-                            conn, principal, row.patient_id, need
+                scope, need = SCOPE[row.kind], NEED.get(row.kind, "read")
+                wanted = [(scope, need)] + ([("summary", "read")] if row.kind == "profile" else [])
+                for each in wanted:
+                    if (row.patient_id, *each) not in bases:
+                        bases[(row.patient_id, *each)] = await self._basis(
+                            conn, principal, row.patient_id, *each
                         )
-                basis = bases[(row.patient_id, scope)]
+                basis = bases[(row.patient_id, scope, need)]
                 if basis is None:
+                    continue
+                if (
+                    row.kind in ONLY
+                    and basis.kind not in ONLY[row.kind]
+                    and row.kind != "care_team"  # the member's own: checked on the object
+                ):
                     continue
                 if basis.clinic_id not in keys:
                     keys[basis.clinic_id] = await self._crypt.for_clinic(conn, basis.clinic_id)
-                clinical = bases.get((row.patient_id, "summary")) is not None
+                clinical = bases.get((row.patient_id, "summary", "read")) is not None
                 allowed.append((row, basis, clinical))
-            changes = await self._load(conn, allowed, keys)
+            changes = await self._load(conn, principal, allowed, keys)
+            shown = {(c.kind, c.object_id, c.patient_id) for c in changes}
+            allowed = [a for a in allowed if (a[0].kind, a[0].object_id, a[0].patient_id) in shown]
             await self._audit_page(conn, principal, allowed, ip)
         cursor = rows[-1].seq if rows else after
         return SyncPage(changes=changes, cursor=cursor, complete=len(rows) < limit)
@@ -109,6 +140,7 @@ class SyncService(RecordsService):
     async def _load(
         self,
         conn: asyncpg.Connection,
+        principal: Principal,
         allowed: list[tuple[store.ChangeRow, AccessBasis, bool]],
         keys: dict[UUID, ClinicKeys],
     ) -> list[Change]:
@@ -124,6 +156,12 @@ class SyncService(RecordsService):
             item = found.get((row.kind, row.object_id))
             if item is None:
                 continue
+            if (
+                row.kind == "care_team"
+                and basis.kind not in ONLY["care_team"]
+                and item.member_id != principal.user_id
+            ):
+                continue  # staff see their own membership only
             k = keys[basis.clinic_id]
             data: Any
             match row.kind:
@@ -137,8 +175,12 @@ class SyncService(RecordsService):
                     data = open_prescription(k, item)
                 case "profile":
                     data = (open_profile(k, item), open_summary(k, item) if clinical else None)
-                case _:
+                case "care_plan":
                     data = open_plan(k, item)
+                case "document":
+                    data = open_document(k, *item)
+                case _:  # consent, household, care_team: no encrypted field
+                    data = item
             out.append(Change(row.seq, row.kind, row.patient_id, row.object_id, data))
         return out
 

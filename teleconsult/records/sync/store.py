@@ -1,9 +1,9 @@
-"""SQL of the records change feed (migration 0017, ``record_changes``)."""
+"""SQL of the records change feed (migrations 0017 and 0022, ``record_changes``)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Final, TypeAlias
 from uuid import UUID
 
@@ -11,6 +11,9 @@ import asyncpg
 
 from teleconsult.records.access import APPOINTMENT_CLOSES, APPOINTMENT_OPENS
 from teleconsult.records.careplans import store as careplans
+from teleconsult.records.consents.store import CareTeamRecord, ConsentRecord
+from teleconsult.records.documents.store import DocumentRow, VersionRow
+from teleconsult.records.households.store import HouseholdRecord, MemberRecord
 from teleconsult.records.notes import store as notes
 from teleconsult.records.prescriptions import store as rx
 from teleconsult.records.profiles import store as profiles
@@ -68,6 +71,11 @@ async def changes(
     return [ChangeRow(**dict(row)) for row in rows]
 
 
+def _columns(row: Any) -> str:
+    """The columns of a store's row dataclass (its fields are the table's columns)."""
+    return ", ".join(f.name for f in fields(row))
+
+
 @dataclass(frozen=True)
 class _Part:
     """How to read the changed objects of one kind: its own store's row type and columns."""
@@ -88,14 +96,45 @@ _PARTS: Final = {
         id_column="patient_id",
     ),
     "care_plan": _Part(careplans.CarePlanRow, f"SELECT {careplans.COLUMNS} FROM care_plans"),
+    # --- records gaps (issue 14, part RG; migration 0022) ---
+    "consent": _Part(ConsentRecord, f"SELECT {_columns(ConsentRecord)} FROM consents"),
+    "care_team": _Part(CareTeamRecord, f"SELECT {_columns(CareTeamRecord)} FROM care_team_members"),
+    "document": _Part(DocumentRow, f"SELECT {_columns(DocumentRow)} FROM documents"),
+    "household": _Part(HouseholdRecord, f"SELECT {_columns(HouseholdRecord)} FROM households"),
 }
 KINDS: Final = frozenset(_PARTS)
 
 
 async def objects(conn: Conn, kind: str, ids: list[UUID]) -> dict[UUID, Any]:
-    """The changed objects of one kind by their object ids."""
+    """The changed objects of one kind by their object ids: a document with its versions
+    (metadata only), a household with its members."""
     if not ids:
         return {}
+    found = await _objects(conn, kind, ids)
+    if kind == "document":
+        rows = await conn.fetch(
+            f"SELECT {_columns(VersionRow)} FROM document_versions "
+            "WHERE document_id = ANY($1::uuid[]) ORDER BY document_id, version",
+            list(found),
+        )
+        versions: dict[UUID, list[VersionRow]] = {}
+        for row in rows:
+            versions.setdefault(row["document_id"], []).append(VersionRow(**dict(row)))
+        return {k: (doc, versions.get(k, [])) for k, doc in found.items()}
+    if kind == "household":
+        rows = await conn.fetch(
+            f"SELECT {_columns(MemberRecord)} FROM household_members "
+            "WHERE household_id = ANY($1::uuid[]) ORDER BY added_at, user_id",
+            list(found),
+        )
+        members: dict[UUID, list[MemberRecord]] = {}
+        for row in rows:
+            members.setdefault(row["household_id"], []).append(MemberRecord(**dict(row)))
+        return {k: (house, members.get(k, [])) for k, house in found.items()}
+    return found
+
+
+async def _objects(conn: Conn, kind: str, ids: list[UUID]) -> dict[UUID, Any]:
     part = _PARTS[kind]
     rows = await conn.fetch(f"{part.select} WHERE {part.id_column} = ANY($1::uuid[])", ids)
     key = part.id_column.rpartition(".")[2]
