@@ -41,6 +41,7 @@ UNDOCUMENTED = {
     ("GET", "/"),
     ("GET", "/{name}.html"),
     ("GET", "/static/{path}"),
+    ("GET", "/join/{room_id}"),  # the join link's page (docs/pages.md)
 }
 
 

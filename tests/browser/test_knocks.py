@@ -135,10 +135,14 @@ async def test_the_doctor_admits_with_the_keyboard_alone_a_patient_whose_page_is
         "Avant l'appel : vérifiez votre caméra, votre micro et votre connexion"
     )
     # Keyboard only on the patient's side too: Tab to "Aller en salle d'attente", Enter.
+    # The button must be there (and usable) before tabbing starts, else the Tabs run past it.
+    await expect(page.locator("#check-continue")).to_be_enabled()
     for _ in range(40):
         await page.keyboard.press("Tab")
         if await page.evaluate("() => document.activeElement.id") == "check-continue":
             break
+    else:
+        raise AssertionError("the waiting-room button cannot be reached with Tab")
     await page.keyboard.press("Enter")
     await expect(page.locator("#waiting-title")).to_have_text("Salle d'attente")
 
