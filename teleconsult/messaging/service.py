@@ -59,7 +59,7 @@ from teleconsult.messaging.records import (
     ThreadKind,
     ThreadNotFound,
 )
-from teleconsult.scheduling import store as scheduling
+from teleconsult.scheduling.scope import appointment_in_scope
 
 MAX_PAGE = 200
 
@@ -192,15 +192,7 @@ class MessagingService:
 
     async def thread_for_appointment(self, principal: Principal, appointment_id: UUID) -> Thread:
         """The appointment's direct patient-doctor thread, created on first use."""
-        appointment = await scheduling.get_appointment(self._pool, appointment_id)
-        ensure_in_scope(
-            principal,
-            Scope(appointment.clinic_id, appointment.patient_id, appointment.doctor_id)
-            if appointment
-            else None,
-            "appointment",
-        )
-        assert appointment is not None
+        appointment = await appointment_in_scope(self._pool, principal, appointment_id)
         existing = await store.thread_for_appointment(self._pool, appointment_id)
         if existing is not None:
             return existing

@@ -52,6 +52,7 @@ from teleconsult.recording.store import Consent, Recording
 from teleconsult.recording.upkeep import RotationProgress, RotationReport
 from teleconsult.scheduling import store as scheduling
 from teleconsult.scheduling.records import Appointment
+from teleconsult.scheduling.scope import appointment_in_scope, scope_of
 
 logger = logging.getLogger(__name__)
 
@@ -133,16 +134,7 @@ class RecordingService:
     async def _appointment(
         self, conn: asyncpg.Connection, principal: Principal, appointment_id: UUID
     ) -> Appointment:
-        appointment = await scheduling.get_appointment(conn, appointment_id)
-        ensure_in_scope(
-            principal,
-            Scope(appointment.clinic_id, appointment.patient_id, appointment.doctor_id)
-            if appointment
-            else None,
-            "appointment",
-        )
-        assert appointment is not None
-        return appointment
+        return await appointment_in_scope(conn, principal, appointment_id)
 
     async def give_consent(
         self, principal: Principal, appointment_id: UUID, *, ip: str | None = None
@@ -437,13 +429,7 @@ class RecordingService:
         appointment = (
             await scheduling.get_appointment(conn, recording.appointment_id) if recording else None
         )
-        ensure_in_scope(
-            principal,
-            Scope(appointment.clinic_id, appointment.patient_id, appointment.doctor_id)
-            if appointment
-            else None,
-            "recording",
-        )
+        ensure_in_scope(principal, scope_of(appointment), "recording")
         assert recording is not None and appointment is not None
         if principal.role is Role.DOCTOR and appointment.doctor_id != principal.user_id:
             raise NotFound("recording not found")

@@ -23,7 +23,6 @@ from teleconsult.audit import AuditEvent, AuditTrail
 from teleconsult.core.batching import Batcher
 from teleconsult.core.errors import Conflict, ErrorCode, NotFound, Unprocessable
 from teleconsult.core.identity import Principal, Role
-from teleconsult.core.policy import Scope, ensure_in_scope
 from teleconsult.core.revocation import Revocation
 from teleconsult.rtc import store
 from teleconsult.rtc.figures import ClientFigures
@@ -32,6 +31,7 @@ from teleconsult.rtc.records import NetworkTest
 from teleconsult.scheduling import store as scheduling
 from teleconsult.scheduling.availability import Clock, utc_now
 from teleconsult.scheduling.records import Appointment
+from teleconsult.scheduling.scope import appointment_in_scope
 
 # A client reports when its own measurement is over; allow for a slow network.
 REPORT_GRACE = timedelta(minutes=5)
@@ -190,16 +190,7 @@ class NetworkTestService:
         return None if found is None else summary(found)
 
     async def _appointment(self, principal: Principal, appointment_id: UUID) -> Appointment:
-        appointment = await scheduling.get_appointment(self._pool, appointment_id)
-        ensure_in_scope(
-            principal,
-            Scope(appointment.clinic_id, appointment.patient_id, appointment.doctor_id)
-            if appointment
-            else None,
-            "appointment",
-        )
-        assert appointment is not None
-        return appointment
+        return await appointment_in_scope(self._pool, principal, appointment_id)
 
     async def _finished(self, test_id: UUID, outcome: Outcome) -> None:
         await store.finish_test(self._pool, test_id, outcome.status, outcome.figures.as_json())

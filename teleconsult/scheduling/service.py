@@ -55,6 +55,7 @@ from teleconsult.scheduling.records import (
     NewNotification,
     ServiceKind,
 )
+from teleconsult.scheduling.scope import appointment_in_scope
 
 S = AppointmentStatus
 
@@ -203,16 +204,7 @@ class SchedulingService:
     async def _load(
         self, conn: Any, principal: Principal, appointment_id: UUID, *, for_update: bool = False
     ) -> Appointment:
-        appointment = await store.get_appointment(conn, appointment_id, for_update=for_update)
-        ensure_in_scope(
-            principal,
-            Scope(appointment.clinic_id, appointment.patient_id, appointment.doctor_id)
-            if appointment
-            else None,
-            "appointment",
-        )
-        assert appointment is not None
-        return appointment
+        return await appointment_in_scope(conn, principal, appointment_id, for_update=for_update)
 
     async def get(self, principal: Principal, appointment_id: UUID, *, ip: str | None) -> Booked:
         async with self._pool.acquire() as conn:
