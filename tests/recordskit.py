@@ -16,7 +16,8 @@ from aiohttp.test_utils import TestClient
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
-from tests.world import Account
+from teleconsult.core.identity import Role
+from tests.world import Account, Tenant
 
 Client = TestClient[Any, Any]
 
@@ -188,4 +189,25 @@ async def upload(
     return await client.post(
         f"/api/v1/patients/{patient.user_id}/document-uploads/{upload_id}/complete",
         headers=who.headers,
+    )
+
+
+async def new_household(client: Client, tenant: Tenant) -> str:
+    """A new household of the tenant's clinic, made by its front desk."""
+    resp = await client.post(
+        "/api/v1/households", json={"label": "Family"}, headers=tenant[Role.RECEPTIONIST].headers
+    )
+    assert resp.status == 201, await resp.text()
+    household_id: str = (await resp.json())["id"]
+    return household_id
+
+
+async def add_member(
+    client: Client, tenant: Tenant, household: str, who: Account, **body: Any
+) -> Any:
+    """The front desk puts ``who`` in the household (``kind``, ``permissions``...)."""
+    return await client.post(
+        f"/api/v1/households/{household}/members",
+        json={"user_id": str(who.user_id), **body},
+        headers=tenant[Role.RECEPTIONIST].headers,
     )

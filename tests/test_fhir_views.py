@@ -6,7 +6,7 @@ tests/test_fhir_validate.py). Errors under /fhir/ are OperationOutcomes.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 from uuid import UUID
 
@@ -16,7 +16,8 @@ from aiohttp.test_utils import TestClient
 from teleconsult.core.identity import Role
 from tests.fhirseed import fhir_json, seed_patients
 from tests.fhirvalidate import assert_outcome
-from tests.world import Account, Tenant, make_user
+from tests.recordskit import add_member, new_household
+from tests.world import Account, Tenant, login, make_user
 
 Client = TestClient[Any, Any]
 
@@ -357,3 +358,76 @@ async def test_a_patient_sees_their_own_vitals_and_consents_as_fhir(
         f"Practitioner/{doctor.user_id}"
     )
     assert consent["provision"]["code"][0]["coding"][0]["code"] == "notes"
+
+
+async def test_a_guardian_reads_and_searches_their_dependants_records_as_fhir(
+    client: Client, app_pool: asyncpg.Pool, tenant: Tenant
+) -> None:
+    """The household rule of records/access.py holds under /fhir/ too: a guardian with
+    ``read`` sees the dependant's Patient and clinical resources, by id and in searches
+    without a patient parameter; a stranger's stay 404; removal ends it at once."""
+    parent = tenant[Role.PATIENT]
+    child = await login(client, await make_user(app_pool, tenant.clinic_id, Role.PATIENT))
+    stranger = await login(client, await make_user(app_pool, tenant.clinic_id, Role.PATIENT))
+    ten_years_ago = date.today().replace(year=date.today().year - 10)
+    await app_pool.execute(
+        "UPDATE users SET date_of_birth = $2 WHERE id = $1", child.user_id, ten_years_ago
+    )
+    family = await new_household(client, tenant)
+    assert (await add_member(client, tenant, family, parent, kind="guardian")).status == 200
+    resp = await add_member(
+        client, tenant, family, child, kind="dependant", permissions=["read", "write"]
+    )
+    assert resp.status == 200, await resp.text()
+    for who in (child, stranger):
+        resp = await client.post(
+            f"/api/v1/patients/{who.user_id}/vitals",
+            json={
+                "kind": "weight",
+                "value": 31.5,
+                "unit": "kg",
+                "measured_at": datetime.now(UTC).isoformat(),
+            },
+            headers=who.headers,
+        )
+        assert resp.status == 201, await resp.text()
+
+    read = await fhir_json(client, f"/fhir/R4/Patient/{child.user_id}", parent)
+    assert read["id"] == str(child.user_id)
+    patients = await fhir_json(client, "/fhir/R4/Patient", parent)
+    assert sorted(_ids(patients)) == sorted([str(parent.user_id), str(child.user_id)])
+    observations = await fhir_json(client, "/fhir/R4/Observation", parent)
+    subjects = {e["resource"]["subject"]["reference"] for e in observations["entry"]}
+    assert subjects == {f"Patient/{child.user_id}"}
+    (weight,) = _ids(observations)
+    assert (await fhir_json(client, f"/fhir/R4/Observation/{weight}", parent))["id"] == weight
+    everything = await fhir_json(client, f"/fhir/R4/Patient/{child.user_id}/$everything", parent)
+    assert str(child.user_id) in _ids(everything, "Patient")
+
+    # A stranger's record, and the other way round (a dependant is no guardian).
+    await assert_outcome(
+        await client.get(f"/fhir/R4/Patient/{stranger.user_id}", headers=parent.headers),
+        404,
+        "not_found",
+    )
+    assert _ids(await fhir_json(client, "/fhir/R4/Patient", stranger)) == [str(stranger.user_id)]
+    await assert_outcome(
+        await client.get(f"/fhir/R4/Patient/{parent.user_id}", headers=child.headers),
+        404,
+        "not_found",
+    )
+    assert _ids(await fhir_json(client, "/fhir/R4/Patient", child)) == [str(child.user_id)]
+
+    # Removed from the household: the next request no longer reaches the child.
+    resp = await client.post(
+        f"/api/v1/households/{family}/members/{parent.user_id}/remove",
+        headers=tenant[Role.RECEPTIONIST].headers,
+    )
+    assert resp.status == 200, await resp.text()
+    await assert_outcome(
+        await client.get(f"/fhir/R4/Patient/{child.user_id}", headers=parent.headers),
+        404,
+        "not_found",
+    )
+    assert _ids(await fhir_json(client, "/fhir/R4/Patient", parent)) == [str(parent.user_id)]
+    assert _ids(await fhir_json(client, "/fhir/R4/Observation", parent)) == []

@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
 
 import asyncpg
 import pytest
 
 from teleconsult.core.identity import Role
 from tests.auditkit import chained
-from tests.recordskit import Client, appointment, give_care
+from tests.recordskit import Client, add_member, appointment, give_care, new_household
 from tests.world import Account, Tenant, assert_problem, login, make_user
 
 
@@ -223,23 +222,6 @@ async def test_another_clinics_doctor_cannot_break_the_glass(
     await assert_problem(resp, 404, "not_found")
 
 
-async def _household(client: Client, tenant: Tenant) -> str:
-    resp = await client.post(
-        "/api/v1/households", json={"label": "Family"}, headers=tenant[Role.RECEPTIONIST].headers
-    )
-    assert resp.status == 201, await resp.text()
-    household_id: str = (await resp.json())["id"]
-    return household_id
-
-
-async def _member(client: Client, tenant: Tenant, household: str, who: Account, **body: Any) -> Any:
-    return await client.post(
-        f"/api/v1/households/{household}/members",
-        json={"user_id": str(who.user_id), **body},
-        headers=tenant[Role.RECEPTIONIST].headers,
-    )
-
-
 async def test_a_guardian_acts_for_a_child_but_not_for_an_adult_stranger(
     client: Client, app_pool: asyncpg.Pool, tenant: Tenant
 ) -> None:
@@ -253,14 +235,16 @@ async def test_a_guardian_acts_for_a_child_but_not_for_an_adult_stranger(
     await app_pool.execute(
         "UPDATE users SET date_of_birth = '1980-01-01' WHERE id = $1", adult.user_id
     )
-    household = await _household(client, tenant)
-    assert (await _member(client, tenant, household, parent, kind="guardian")).status == 200
-    resp = await _member(
+    household = await new_household(client, tenant)
+    assert (await add_member(client, tenant, household, parent, kind="guardian")).status == 200
+    resp = await add_member(
         client, tenant, household, child, kind="dependant", permissions=["read", "write"]
     )
     assert resp.status == 200, await resp.text()
     # An adult is no one's dependant without a documented legal basis.
-    resp = await _member(client, tenant, household, adult, kind="dependant", permissions=["read"])
+    resp = await add_member(
+        client, tenant, household, adult, kind="dependant", permissions=["read"]
+    )
     await assert_problem(resp, 422, "validation_failed")
 
     assert (await client.get(notes_of(child), headers=parent.headers)).status == 200

@@ -2,7 +2,8 @@
 
 Access (docs/fhir.md), resource by resource, as the REST API:
 
-* Patient: the clinic's staff, and a patient their own (PATIENT_READ);
+* Patient: the clinic's staff, and a patient their own and their dependants' (as a
+  guardian with ``read``; PATIENT_READ);
 * Practitioner, Organization: the clinic's directory, everyone of the clinic;
 * Encounter (and Appointment): as appointments, a doctor their own;
 * Observation, Consent, the encrypted records (Condition, AllergyIntolerance,
@@ -36,7 +37,7 @@ from teleconsult.fhir import store
 from teleconsult.fhir.params import Bounds
 from teleconsult.fhir.record_tables import record_tables
 from teleconsult.fhir.store import Filter, Reach, Resource, Table
-from teleconsult.records.access import ensure_clinical_access
+from teleconsult.records.access import dependants_of, ensure_clinical_access
 from teleconsult.records.fieldcrypt import ClinicKeys, FieldCrypt
 
 # The record and billing types (issues 14 and 15), in the order they are listed and written.
@@ -104,16 +105,27 @@ class Page:
     next_after: UUID | None
 
 
-def reach_for(principal: Principal, resource_type: str) -> Reach:
+async def reach_for(conn: asyncpg.Connection, principal: Principal, resource_type: str) -> Reach:
     """Whose rows of ``resource_type`` the principal may read (clinical types are
-    narrowed further per patient by :func:`clinical_patients`)."""
+    narrowed further per patient by :func:`clinical_patients`): a patient their own
+    compartment and their dependants' (as a guardian with ``read``)."""
     patients = None
-    own_doctor = None
     if principal.role is Role.PATIENT and resource_type in COMPARTMENT_TYPES:
-        patients = [principal.user_id]
+        patients = await own_patients(conn, principal)
+    own = own_doctor(principal, resource_type)
+    return Reach(clinic_id=principal.clinic_id, patients=patients, own_doctor=own)
+
+
+def own_doctor(principal: Principal, resource_type: str) -> UUID | None:
+    """A doctor sees appointments and encounters of their own only."""
     if principal.role is Role.DOCTOR and resource_type in OWN_DOCTOR_TYPES:
-        own_doctor = principal.user_id
-    return Reach(clinic_id=principal.clinic_id, patients=patients, own_doctor=own_doctor)
+        return principal.user_id
+    return None
+
+
+async def own_patients(conn: asyncpg.Connection, principal: Principal) -> list[UUID]:
+    """A patient caller's own record first, then their dependants'."""
+    return [principal.user_id, *await dependants_of(conn, principal)]
 
 
 async def has_basis(
@@ -132,7 +144,7 @@ async def clinical_patients(
 ) -> list[UUID]:
     """Every patient of the caller's clinic whose ``scope`` the caller may read now."""
     if principal.role is Role.PATIENT:
-        return [principal.user_id]
+        return await own_patients(conn, principal)
     if principal.role not in (Role.DOCTOR, Role.NURSE):
         return []
     candidates = await store.clinical_candidates(conn, principal.clinic_id, principal.user_id)
@@ -191,9 +203,13 @@ class FhirService:
     ) -> Resource:
         table = self.tables[resource_type]
         scope = CLINICAL_SCOPES.get(resource_type)
-        reach = Reach(principal.clinic_id) if scope else reach_for(principal, resource_type)
         row_id = row_id_of(table, str(resource_id))
         async with self._pool.acquire() as conn, conn.transaction():
+            reach = (
+                Reach(principal.clinic_id)
+                if scope
+                else await reach_for(conn, principal, resource_type)
+            )
             rows = []
             if row_id is not None:
                 rows = await store.fetch_rows(conn, table, reach, Filter(ids=[row_id], limit=1))
@@ -233,7 +249,6 @@ class FhirService:
     ) -> Page:
         table = self.tables[resource_type]
         scope = CLINICAL_SCOPES.get(resource_type)
-        reach = reach_for(principal, resource_type)
         flt = Filter(
             ids=query.ids,
             updated_from=query.last_updated.start,
@@ -246,6 +261,7 @@ class FhirService:
             statuses=query.statuses,
         )
         async with self._pool.acquire() as conn, conn.transaction():
+            reach = await reach_for(conn, principal, resource_type)
             patients: Sequence[UUID] | None = reach.patients
             if query.patient_given:
                 patients = [] if query.patient is None else [query.patient]
@@ -302,7 +318,7 @@ class FhirService:
                 scope = CLINICAL_SCOPES.get(rtype)
                 if scope is not None and not await has_basis(conn, principal, patient_id, scope):
                     continue
-                own = reach_for(principal, rtype).own_doctor
+                own = own_doctor(principal, rtype)
                 reach = Reach(basis.clinic_id, [patient_id], None, own)
                 table = self.tables[rtype]
                 keys = await self.keys_for(conn, table, basis.clinic_id)

@@ -236,6 +236,27 @@ async def _break_glass(
     return AccessBasis("break_glass", basis.patient_id, basis.clinic_id, access_id)
 
 
+# $1 guardian, $2 the guardian's clinic, $3 need.
+_DEPENDANTS = """
+SELECT DISTINCT d.user_id FROM household_members g
+    JOIN household_members d ON d.household_id = g.household_id
+    JOIN households h ON h.id = g.household_id AND h.clinic_id = $2
+WHERE g.user_id = $1 AND g.kind = 'guardian' AND g.removed_at IS NULL
+    AND d.kind = 'dependant' AND d.removed_at IS NULL AND $3 = ANY (d.permissions)
+"""
+
+
+async def dependants_of(
+    conn: asyncpg.Connection, principal: Principal, *, need: Need = "read"
+) -> list[UUID]:
+    """The patients whose record a patient caller may ``need`` as their guardian (the
+    same household rule as :func:`ensure_clinical_access`); none for staff."""
+    if principal.role is not Role.PATIENT:
+        return []
+    rows = await conn.fetch(_DEPENDANTS, principal.user_id, principal.clinic_id, need)
+    return sorted(r["user_id"] for r in rows)
+
+
 async def ensure_profile_access(
     conn: asyncpg.Connection, principal: Principal, patient_id: UUID, *, need: Need = "read"
 ) -> AccessBasis:
