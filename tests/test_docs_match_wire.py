@@ -95,20 +95,13 @@ def test_a_plain_http_error_gets_a_status_its_code_documents() -> None:
         assert status in ERROR_MEANINGS[code].statuses, (status, code)
 
 
-# Payments are REST only (docs/payments.md): these never reach a chat or signaling ack,
-# so neither the chat client nor the acks section needs to know them.
-REST_ONLY_RETRY = {
-    ErrorCode.IDEMPOTENCY_KEY_IN_FLIGHT,
-    ErrorCode.PAYMENT_IN_PROGRESS,
-    ErrorCode.PROVIDER_UNAVAILABLE,
-}
-
-
 def test_the_codes_worth_sending_again_are_those_the_client_and_the_doc_retry() -> None:
+    # REST-only codes (payments, docs/payments.md) never reach a chat or signaling ack,
+    # so neither the chat client nor the acks section needs to know them.
     retry = {
         str(code)
         for code, meaning in ERROR_MEANINGS.items()
-        if meaning.retry and code not in REST_ONLY_RETRY
+        if meaning.retry and not meaning.rest_only
     }
     assert retry == RETRYABLE
     acks = section(PROTOCOL_MD.read_text(encoding="utf-8"), "### Requests and acks")

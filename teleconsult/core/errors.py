@@ -59,6 +59,7 @@ class ErrorCode(StrEnum):
     # --- recordings (issue 13, part R) ---
     RECORDING_CONSENT_REQUIRED = "recording_consent_required"
     RECORDING_NOT_READY = "recording_not_ready"
+    RECORDING_DAMAGED = "recording_damaged"
     RANGE_NOT_SATISFIABLE = "range_not_satisfiable"
     # --- end recordings ---
     RATE_LIMITED = "rate_limited"
@@ -222,12 +223,15 @@ class CodeMeaning:
 
     ``statuses`` are the HTTP statuses it comes with, the usual one first (an ack's
     ``status`` is the same number). ``retry`` says whether sending the very same
-    request again, later, can succeed.
+    request again, later, can succeed. ``rest_only`` codes come from REST routes that
+    no chat, MQTT or signaling request reaches (payments), so the clients of those
+    transports need not know them.
     """
 
     statuses: tuple[int, ...]
     meaning: str
     retry: bool = False
+    rest_only: bool = False
 
 
 ERROR_MEANINGS: Final[Mapping[ErrorCode, CodeMeaning]] = {
@@ -334,6 +338,11 @@ ERROR_MEANINGS: Final[Mapping[ErrorCode, CodeMeaning]] = {
     ErrorCode.RECORDING_NOT_READY: CodeMeaning(
         (409,), "the recording is still being made or sealed, failed, or has expired"
     ),
+    ErrorCode.RECORDING_DAMAGED: CodeMeaning(
+        (409,),
+        "the stored recording fails its integrity check (damaged or tampered with); "
+        "the server logged and audited it",
+    ),
     ErrorCode.RANGE_NOT_SATISFIABLE: CodeMeaning(
         (416,), "the `Range` asks for bytes the media does not have; `Content-Range` gives its size"
     ),
@@ -349,13 +358,19 @@ ERROR_MEANINGS: Final[Mapping[ErrorCode, CodeMeaning]] = {
         (422,), "that `Idempotency-Key` was used for a different request: use a new key"
     ),
     ErrorCode.IDEMPOTENCY_KEY_IN_FLIGHT: CodeMeaning(
-        (409,), "the first request with that `Idempotency-Key` is still running", retry=True
+        (409,),
+        "the first request with that `Idempotency-Key` is still running",
+        retry=True,
+        rest_only=True,
     ),
     ErrorCode.PAYMENT_REQUIRED: CodeMeaning(
         (402,), "pay the invoice first; the fields name `invoice_id`, `amount` and `currency`"
     ),
     ErrorCode.PAYMENT_IN_PROGRESS: CodeMeaning(
-        (409,), "the invoice already has a payment under way or paid", retry=True
+        (409,),
+        "the invoice already has a payment under way or paid",
+        retry=True,
+        rest_only=True,
     ),
     ErrorCode.NOT_PAYABLE: CodeMeaning(
         (409, 422), "the invoice or payment is not in a state that allows this"
@@ -367,7 +382,10 @@ ERROR_MEANINGS: Final[Mapping[ErrorCode, CodeMeaning]] = {
         (422,), "the payment provider refused the payment (number, amount, currency)"
     ),
     ErrorCode.PROVIDER_UNAVAILABLE: CodeMeaning(
-        (503,), "the payment provider did not answer; the payment stays pending", retry=True
+        (503,),
+        "the payment provider did not answer; the payment stays pending",
+        retry=True,
+        rest_only=True,
     ),
     ErrorCode.BAD_WEBHOOK_SIGNATURE: CodeMeaning(
         (401,), "a provider webhook whose signature does not verify"
