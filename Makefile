@@ -35,6 +35,8 @@ $(VENV)/.test-deps: pyproject.toml | $(BIN)/python
 # `make run` is a try-out on one machine or a LAN: the network test's peer may talk to
 # loopback and private addresses there (production allows public ones only; docs/rtc.md).
 run: export RTC_ALLOWED_PEER_NETWORKS ?= 127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7
+# Group calls (a third person admitted) go through Janus when it is installed (apt: janus).
+run: export SFU ?= auto
 run: $(VENV)/.run-deps
 	$(BIN)/teleconsult serve
 

@@ -11,7 +11,7 @@ import re
 import secrets
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -36,7 +36,8 @@ from teleconsult.recording.routes import RECORDINGS  # recordings (issue 13, par
 from teleconsult.recording.upkeep import RotationProgress  # recordings (issue 13, R)
 from teleconsult.records.fieldcrypt import FieldCrypt  # records (issue 14, part R)
 from teleconsult.records.rotate import rotate as rotate_records  # records (issue 14, R)
-from teleconsult.server.app import METRICS, create_app, create_service_app
+from teleconsult.server.app import METRICS, create_app, create_service_app, create_worker_app
+from teleconsult.server.jobs import RUNNING_JOBS
 
 logger = logging.getLogger("teleconsult")
 
@@ -138,7 +139,7 @@ async def _database_urls(settings: Settings) -> AsyncIterator[DatabaseUrls]:
 
 @contextlib.asynccontextmanager
 async def _database_dsn(settings: Settings) -> AsyncIterator[str]:
-    """The runtime role's URL: enough for the worker and for `audit verify` (it reads)."""
+    """The runtime role's URL: enough for `audit verify` (it reads) and key rotation."""
     async with _database_urls(settings) as urls:
         yield urls.runtime
 
@@ -181,13 +182,15 @@ async def run_audit_verify(settings: Settings, args: argparse.Namespace) -> int:
 
 
 @contextlib.asynccontextmanager
-async def _service_app(settings: Settings) -> AsyncIterator[web.Application]:
-    """The services without HTTP, started and stopped as a server would.
+async def _service_app(
+    settings: Settings, make: Callable[[Settings], web.Application] = create_service_app
+) -> AsyncIterator[web.Application]:
+    """The services without HTTP (``make``), started and stopped as a server would.
 
     Frozen first: aiohttp only sends the startup signal of a frozen application
     (``app.startup()`` on a fresh one failed with "Cannot send non-frozen signal").
     """
-    app = create_service_app(settings)
+    app = make(settings)
     app.freeze()
     await app.startup()
     try:
@@ -227,17 +230,21 @@ async def run_clinic_create(settings: Settings, args: argparse.Namespace) -> int
 
 
 async def run_worker_command(settings: Settings) -> int:
-    """Send due notifications until SIGINT/SIGTERM (a server runs one too, unless
-    NOTIFY_IN_SERVER=false)."""
-    from teleconsult.notifications.worker import run_worker  # noqa: PLC0415
-
+    """Run every background job (server/jobs.py) until SIGINT/SIGTERM, then stop them
+    cleanly: what a job holds unfinished goes back to the others by its lease."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with _database_dsn(settings) as dsn:
-        _say("notification worker running; press Ctrl-C to stop")
-        await run_worker(dsn, settings.notify, stop=stop)
+    async with _service_app(settings, create_worker_app) as app:
+        lines = app[RUNNING_JOBS]
+        _say(f"teleconsult worker: {len(lines)} background jobs")
+        for line in lines:
+            _say(f"  {line}")
+        _say("  press Ctrl-C to stop")
+        await stop.wait()
+        _say("stopping: letting the jobs finish what they hold")
+    _say("stopped")
     return 0
 
 
@@ -318,7 +325,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the server")
     sub.add_parser("migrate", help="apply database migrations")
-    sub.add_parser("worker", help="run a notification worker on its own")
+    sub.add_parser(
+        "worker",
+        help="run every background job (notifications, payments reconciler, FHIR exports, "
+        "sweepers); see BACKGROUND_JOBS",
+    )
     audit = sub.add_parser("audit", help="audit trail tools")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_sub.add_parser(

@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +122,17 @@ async def wait_for(predicate: Any, *, within: float = 30.0, every: float = 0.2) 
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(every)
+
+
+def assert_streams_are_whose(
+    offer: dict[str, Any], peers: Sequence[str | None], per_peer: int
+) -> None:
+    """A /signal ``subscribe`` answer says whose each stream is: ``per_peer`` streams of
+    each of ``peers``, each by a mid of its offer (docs/signaling.md, "SFU rooms")."""
+    mids = set(re.findall(r"^a=mid:(\S+)", offer["sdp"], re.MULTILINE))
+    streams = offer["streams"]
+    assert {s["mid"] for s in streams} <= mids and len({s["mid"] for s in streams}) == len(
+        streams
+    ), (streams, mids)
+    expected = sorted(str(p) for p in peers for _ in range(per_peer))
+    assert sorted(s["peer_id"] for s in streams) == expected, streams

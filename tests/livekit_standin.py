@@ -13,6 +13,11 @@ room_record); errors are Twirp's JSON (``{"code", "msg"}``) with its statuses.
 ``room_join`` for that room, and ``revoke_token_ts`` (a token whose ``nbf`` is
 before the identity's revocation time is refused), as LiveKit does.
 
+A stopped room-composite egress (StopEgress, or DeleteRoom while it runs, as
+LiveKit ends a room's recordings with the room) writes a real media file of the
+requested type (an H.264 MP4 or an Opus Ogg, made with PyAV) at the requested
+path; ``written`` keeps its bytes for comparison.
+
 Webhooks are signed like the real ones: a protojson body, and an
 ``Authorization`` JWT (API key as issuer, 5 minutes) whose ``sha256`` claim is
 the base64 sha256 of the body. ``outbox`` keeps every webhook made; ``deliver``
@@ -22,10 +27,11 @@ posts them, and tests can drop, duplicate, reorder, delay or forge them first.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -34,6 +40,7 @@ from typing import Any
 import aiohttp
 import jwt
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 from livekit import api
@@ -42,6 +49,8 @@ from livekit.protocol import egress as egress_pb
 from livekit.protocol import models as models_pb
 from livekit.protocol import room as room_pb
 from livekit.protocol.webhook import WebhookEvent
+
+from tests.recordingkit import make_mp4, make_ogg
 
 
 class JoinRefused(Exception):
@@ -82,6 +91,8 @@ class LiveKitStandIn:
     calls: list[str] = field(default_factory=list)
     # Events of these kinds are made (in ``outbox``) but never sent by ``deliver``.
     withhold: set[str] = field(default_factory=set)
+    # egress id -> the bytes of the media file that egress wrote.
+    written: dict[str, bytes] = field(default_factory=dict)
     _sent: int = 0
     _last_ms: int = 0
 
@@ -91,6 +102,17 @@ class LiveKitStandIn:
         app = web.Application()
         app.router.add_post("/twirp/livekit.{service}/{method}", self._twirp)
         return app
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[str]:
+        """The Twirp API on a real port of 127.0.0.1 (a server process can call it); its
+        URL (``LIVEKIT_URL``)."""
+        server = TestServer(self.app(), host="127.0.0.1")
+        await server.start_server()
+        try:
+            yield str(server.make_url("")).rstrip("/")
+        finally:
+            await server.close()
 
     async def _twirp(self, request: web.Request) -> web.Response:
         service, method = request.match_info["service"], request.match_info["method"]
@@ -191,6 +213,9 @@ class LiveKitStandIn:
             raise TwirpFailure(404, "not_found", "room not found")
         for identity in list(self.participants.get(req.room, {})):
             self.leave(req.room, identity)
+        for info in list(self.egress.values()):  # the room's recordings end with it
+            if info.room_name == req.room and info.status < egress_pb.EgressStatus.EGRESS_ENDING:
+                self._finish_egress(info.egress_id)
         del self.rooms[req.room]
         self._emit("room_finished", room=room)
         return room_pb.DeleteRoomResponse()
@@ -292,16 +317,25 @@ class LiveKitStandIn:
             raise TwirpFailure(404, "not_found", "egress not found")
         if info.status >= egress_pb.EgressStatus.EGRESS_COMPLETE:
             raise TwirpFailure(412, "failed_precondition", "egress already ended")
-        self._advance_egress(req.egress_id, egress_pb.EgressStatus.EGRESS_ENDING)
-        path = Path(info.room_composite.file_outputs[0].filepath)
+        self._finish_egress(req.egress_id)
+        return self.egress[req.egress_id]
+
+    def _finish_egress(self, egress_id: str) -> None:
+        """Ending, then complete with a real media file of the requested type."""
+        info = self.egress[egress_id]
+        self._advance_egress(egress_id, egress_pb.EgressStatus.EGRESS_ENDING)
+        output = info.room_composite.file_outputs[0]
+        path = Path(output.filepath)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"\x00\x00\x00\x18ftypmp42" + secrets.token_bytes(64))
+        if output.file_type == egress_pb.EncodedFileType.OGG:
+            self.written[egress_id] = make_ogg(path)
+        else:  # MP4, LiveKit's default for a room composite
+            self.written[egress_id] = make_mp4(path)
         self._advance_egress(
-            req.egress_id,
+            egress_id,
             egress_pb.EgressStatus.EGRESS_COMPLETE,
             file=egress_pb.FileInfo(filename=str(path), size=path.stat().st_size),
         )
-        return self.egress[req.egress_id]
 
     def _advance_egress(
         self, egress_id: str, status: int, file: egress_pb.FileInfo | None = None

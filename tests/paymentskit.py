@@ -13,13 +13,14 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from teleconsult.core.settings import load_settings
 from teleconsult.payments.simulators import Simulators, build_simulators
 from teleconsult.payments.simulators.common import Behaviour
-from teleconsult.server.app import create_app
+from teleconsult.server.app import POOL, create_app
 from tests.conftest import settings_env
 from tests.world import Account
 
@@ -145,3 +146,24 @@ async def pay_world(
 
 def make_sims_app() -> web.Application:
     return build_simulators(webhook_base="http://127.0.0.1:1")[0]
+
+
+def world_fixtures(behaviour: Callable[[], Behaviour]) -> tuple[Any, Any]:
+    """A payments test module's ``pw`` (a test server whose providers are simulators
+    behaving as ``behaviour()`` says) and ``pool`` (its database pool) fixtures:
+    ``pw, pool = world_fixtures(lambda: Behaviour(decide_after=0.05))``."""
+
+    @pytest.fixture
+    async def pw(
+        aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+        database_url: str,
+        tmp_path: Path,
+    ) -> AsyncIterator[PayWorld]:
+        async for world in pay_world(aiohttp_client, database_url, tmp_path, behaviour()):
+            yield world
+
+    @pytest.fixture
+    def pool(pw: PayWorld) -> asyncpg.Pool:
+        return pw.client.app[POOL]
+
+    return pw, pool

@@ -22,9 +22,21 @@ MEDIA_MAGIC = {
 
 def make_webm(path: Path, *, seconds: float = 2.0, size: tuple[int, int] = (320, 240)) -> bytes:
     """A VP8 WebM of moving noise (so it does not compress to nothing); its bytes."""
+    return _noise_video(path, "webm", "libvpx", seconds, size)
+
+
+def make_mp4(path: Path, *, seconds: float = 1.0, size: tuple[int, int] = (320, 240)) -> bytes:
+    """An H.264 MP4 of moving noise (what LiveKit's room-composite egress writes); its bytes."""
+    return _noise_video(path, "mp4", "libx264", seconds, size)
+
+
+def _noise_video(
+    path: Path, container_format: str, codec: str, seconds: float, size: tuple[int, int]
+) -> bytes:
     rng = random.Random(7)
-    with av.open(str(path), mode="w", format="webm") as container:
-        stream = container.add_stream("libvpx", rate=15)
+    with av.open(str(path), mode="w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=15)
+        assert isinstance(stream, av.VideoStream)
         stream.width, stream.height = size
         stream.pix_fmt = "yuv420p"
         stream.bit_rate = 600_000

@@ -7,7 +7,7 @@ import base64
 import hashlib
 import json
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -17,7 +17,7 @@ from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
 from teleconsult.core.identity import Role
-from tests.world import Account, Tenant
+from tests.world import Account, Tenant, login, make_user
 
 Client = TestClient[Any, Any]
 
@@ -211,3 +211,23 @@ async def add_member(
         json={"user_id": str(who.user_id), **body},
         headers=tenant[Role.RECEPTIONIST].headers,
     )
+
+
+async def child_of(
+    client: Client, app_pool: asyncpg.Pool, tenant: Tenant, *permissions: str
+) -> tuple[Account, str]:
+    """A new ten-year-old patient, a dependant (with ``permissions``) in a new household
+    whose guardian is the tenant's patient; the child, signed in, and the household."""
+    child = await login(client, await make_user(app_pool, tenant.clinic_id, Role.PATIENT))
+    ten_years_ago = date.today().replace(year=date.today().year - 10)
+    await app_pool.execute(
+        "UPDATE users SET date_of_birth = $2 WHERE id = $1", child.user_id, ten_years_ago
+    )
+    household = await new_household(client, tenant)
+    guardian = tenant[Role.PATIENT]
+    assert (await add_member(client, tenant, household, guardian, kind="guardian")).status == 200
+    resp = await add_member(
+        client, tenant, household, child, kind="dependant", permissions=list(permissions)
+    )
+    assert resp.status == 200, await resp.text()
+    return child, household

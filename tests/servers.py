@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -18,7 +20,9 @@ from teleconsult.loadtest import processes
 from teleconsult.loadtest.processes import free_port
 from tests.conftest import settings_env
 
-__all__ = ["ServerProcess", "free_port"]
+__all__ = ["ServerProcess", "WorkerProcess", "free_port"]
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 class ServerProcess(processes.ServerProcess):
@@ -68,3 +72,64 @@ class ServerProcess(processes.ServerProcess):
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+class WorkerProcess:
+    """``python -m teleconsult worker`` with ``env`` as its whole environment, its output
+    in ``log``."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env, self.log = env, log
+        self._proc: asyncio.subprocess.Process | None = None
+
+    async def launch(self) -> None:
+        """Start it, without waiting for its jobs."""
+        with self.log.open("wb") as output:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "teleconsult",
+                "worker",
+                env=self.env,
+                cwd=REPO,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=output,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+
+    async def start(self) -> None:
+        """Start it and wait until its jobs run."""
+        await self.launch()
+        await self.wait_for("press Ctrl-C to stop")
+
+    async def wait_for(self, text: str) -> None:
+        """Until ``text`` is in its output (it must not exit meanwhile)."""
+        assert self._proc is not None
+        async with asyncio.timeout(60):
+            while text not in (seen := await asyncio.to_thread(self.text)):
+                assert self._proc.returncode is None, seen
+                await asyncio.sleep(0.05)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    async def wait(self) -> int:
+        """Until it exits by itself; the exit code."""
+        assert self._proc is not None
+        async with asyncio.timeout(60):
+            return await self._proc.wait()
+
+    async def terminate(self) -> int:
+        """SIGTERM; the exit code."""
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            code = await self._proc.wait()
+        self._proc = None
+        return code
+
+    async def kill(self) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.kill()
+            await self._proc.wait()
+        self._proc = None

@@ -71,6 +71,10 @@ PAYMENTS: dict[str, Rule] = {
         (A, N, N),    NONE,         NONE,         DESK,         DESK),
     "refundPayment": row(f"POST {PAYMENT}/refunds", PATIENT_OBJECT,
         NONE,         NONE,         NONE,         DESK,         DESK),
+    "retryRefundPayout": row("POST /api/v1/refunds/{refund_id}/payouts", PATIENT_OBJECT,
+        NONE,         NONE,         NONE,         DESK,         DESK),
+    "listOwedRefunds": row("GET /api/v1/refunds/owed", NO_ID,
+        (F,),         (F,),         (F,),         (A,),         (A,)),
     "getPaymentSettings": row("GET /api/v1/payment-settings", NO_ID,
         (F,),         (F,),         (F,),         (A,),         (A,)),
     "putPaymentSettings": row("PUT /api/v1/payment-settings", NO_ID,
@@ -82,6 +86,9 @@ PAYMENTS: dict[str, Rule] = {
     # Providers' callbacks: no token; signatures and status queries decide (test_payments_api).
     "paymentWebhook": Rule("POST", "/api/v1/webhooks/payments/{provider}"),
     "paymentWebhookPut": Rule("PUT", "/api/v1/webhooks/payments/{provider}"),
+    # A payout's result: the secret in its URL decides (test_payments_payouts).
+    "refundResult": Rule("POST", "/api/v1/webhooks/refunds/{provider}/{payout_id}/{token}"),
+    "refundResultPut": Rule("PUT", "/api/v1/webhooks/refunds/{provider}/{payout_id}/{token}"),
 }
 # fmt: on
 AUTHENTICATED = sorted(op for op, r in PAYMENTS.items() if not r.public)
@@ -115,6 +122,25 @@ class PayMatrixWorld(World):
         invoice_id = await invoice_of(self.pool, appointment_id)
         self._note(clinic, invoice_id)
         return self._note(clinic, appointment_id), invoice_id
+
+    async def refunded(self, target: Target) -> UUID:
+        """A refund of a cash payment of ``target`` kind whose payout failed (so it may be
+        paid out again)."""
+        clinic, _ = self.parties(target)
+        payment_id = await self.paid(target)
+        resp = await self.client.post(
+            f"/api/v1/payments/{payment_id}/refunds", json={"amount": 100, "reason": "x"},
+            headers=clinic[Role.ADMIN].headers | key(),
+        )  # fmt: skip
+        assert resp.status == 201, await resp.text()
+        refund_id = UUID((await resp.json())["refund"]["id"])
+        # A payout that failed (as a provider's refusal would leave it).
+        await self.pool.execute(
+            "UPDATE refund_payouts SET status = 'failed', failure_reason = 'declined' "
+            "WHERE refund_id = $1",
+            refund_id,
+        )
+        return self._note(clinic, refund_id)
 
     async def paid(self, target: Target) -> UUID:
         """A cash payment of a fresh invoice of ``target`` kind, taken by its clinic."""
@@ -180,6 +206,14 @@ async def prepare(world: PayMatrixWorld, op: str, role: Role | None, target: Tar
             payment_id = prep.params["payment_id"] = await world.paid(target)
             prep.body, prep.headers = {"amount": 100, "reason": "goodwill"}, money
             prep.probe = read(pool, "SELECT refunded FROM payments WHERE id = $1", payment_id)
+        case "retryRefundPayout":
+            refund_id = prep.params["refund_id"] = await world.refunded(target)
+            prep.body, prep.headers = {"method": "cash"}, money
+            prep.probe = read(
+                pool, "SELECT count(*) FROM refund_payouts WHERE refund_id = $1", refund_id
+            )
+        case "listOwedRefunds":
+            pass
         case "putPaymentSettings":
             rate = secrets.randbelow(5000) + 1
             prep.body = {"gate": "pay_after", "tax_label": "VAT", "tax_rate_bp": rate}

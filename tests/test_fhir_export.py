@@ -28,9 +28,9 @@ from tests.fhirseed import seed_patients
 from tests.fhirvalidate import assert_outcome
 from tests.servers import ServerProcess
 from tests.world import (
-    PASSWORD,
     Account,
     Tenant,
+    bearer_at,
     clinic_people,
     login,
     make_tenant,
@@ -307,19 +307,6 @@ async def test_at_most_three_exports_run_at_once_per_requester(start_server: Sta
     assert "Retry-After" in resp.headers
 
 
-async def _login(base_url: str, account: Account) -> dict[str, str]:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(
-            f"{base_url}/api/v1/auth/login",
-            json={"email": account.email, "password": PASSWORD},
-        ) as resp,
-    ):
-        assert resp.status == 200, await resp.text()
-        token = (await resp.json())["access_token"]
-    return {"Authorization": f"Bearer {token}"}
-
-
 async def test_a_job_survives_a_killed_server_and_resumes_where_it_stopped(
     fresh_db: str, tmp_path: Path
 ) -> None:
@@ -337,7 +324,7 @@ async def test_a_job_survives_a_killed_server_and_resumes_where_it_stopped(
     try:
         seeded = await seed_patients(pool, admin.clinic_id, doctor.user_id, 1500)
         await server.start()
-        headers = await _login(server.base_url, admin)
+        headers = await bearer_at(server.base_url, admin)
         async with aiohttp.ClientSession(server.base_url) as http:
             async with http.get("/fhir/R4/$export", headers={**headers, **KICK}) as resp:
                 assert resp.status == 202, await resp.text()

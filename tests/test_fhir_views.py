@@ -6,7 +6,7 @@ tests/test_fhir_validate.py). Errors under /fhir/ are OperationOutcomes.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 from teleconsult.core.identity import Role
 from tests.fhirseed import fhir_json, seed_patients
 from tests.fhirvalidate import assert_outcome
-from tests.recordskit import add_member, new_household
+from tests.recordskit import child_of
 from tests.world import Account, Tenant, login, make_user
 
 Client = TestClient[Any, Any]
@@ -367,18 +367,8 @@ async def test_a_guardian_reads_and_searches_their_dependants_records_as_fhir(
     ``read`` sees the dependant's Patient and clinical resources, by id and in searches
     without a patient parameter; a stranger's stay 404; removal ends it at once."""
     parent = tenant[Role.PATIENT]
-    child = await login(client, await make_user(app_pool, tenant.clinic_id, Role.PATIENT))
+    child, family = await child_of(client, app_pool, tenant, "read", "write")
     stranger = await login(client, await make_user(app_pool, tenant.clinic_id, Role.PATIENT))
-    ten_years_ago = date.today().replace(year=date.today().year - 10)
-    await app_pool.execute(
-        "UPDATE users SET date_of_birth = $2 WHERE id = $1", child.user_id, ten_years_ago
-    )
-    family = await new_household(client, tenant)
-    assert (await add_member(client, tenant, family, parent, kind="guardian")).status == 200
-    resp = await add_member(
-        client, tenant, family, child, kind="dependant", permissions=["read", "write"]
-    )
-    assert resp.status == 200, await resp.text()
     for who in (child, stranger):
         resp = await client.post(
             f"/api/v1/patients/{who.user_id}/vitals",

@@ -11,9 +11,7 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import socket
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -54,12 +52,12 @@ from teleconsult.notifications.worker import (
 from teleconsult.scheduling import store
 from teleconsult.scheduling.records import NewNotification, OutboxItem, ServiceKind
 from tests.dbutil import create_database, drop_database
+from tests.servers import WorkerProcess
 from tests.world import make_user
 
 SECRET = "webhook-test-secret-0123456789"
 LEASE = timedelta(seconds=30)
 FIRST_SLOT = datetime(2031, 3, 3, 9, 0, tzinfo=UTC)
-REPO = Path(__file__).resolve().parent.parent
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 
@@ -601,7 +599,7 @@ async def test_the_background_worker_sends_until_stopped(
 # --- the kill test --------------------------------------------------------------------------
 
 
-async def start_worker(receiver: Receiver, dsn: str, data_dir: Path, log: Path) -> Any:
+async def start_worker(receiver: Receiver, dsn: str, data_dir: Path, log: Path) -> WorkerProcess:
     env = {
         **os.environ,
         "DATABASE_URL": dsn,
@@ -614,18 +612,9 @@ async def start_worker(receiver: Receiver, dsn: str, data_dir: Path, log: Path) 
         "LOG_FORMAT": "text",
         "LOG_LEVEL": "INFO",
     }
-    with log.open("wb") as output:
-        return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "teleconsult",
-            "worker",
-            env=env,
-            cwd=REPO,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=output,
-            stderr=asyncio.subprocess.STDOUT,
-        )
+    worker = WorkerProcess(env, log)
+    await worker.launch()
+    return worker
 
 
 async def test_killed_workers_lose_nothing_and_repeat_only_what_was_in_flight(
@@ -638,7 +627,7 @@ async def test_killed_workers_lose_nothing_and_repeat_only_what_was_in_flight(
     kill_after = [5, 15, 10, 20]  # requests the worker makes before SIGKILL
     # How many times each key was held (claimed, not recorded as sent) by a killed worker.
     in_flight: Counter[str] = Counter()
-    proc: Any = None
+    proc: WorkerProcess | None = None
 
     async def all_sent() -> bool:
         pending: int = await db.fetchval(
@@ -652,8 +641,7 @@ async def test_killed_workers_lose_nothing_and_repeat_only_what_was_in_flight(
                 receiver.cue(arrivals)
                 proc = await start_worker(receiver, dsn, tmp_path, tmp_path / f"w{round_}.log")
                 await receiver.triggered.wait()
-                proc.kill()
-                await proc.wait()
+                await proc.kill()
                 proc = None
                 # Claimed but not recorded as sent: what the killed worker held.
                 held = await db.fetch(
@@ -664,13 +652,11 @@ async def test_killed_workers_lose_nothing_and_repeat_only_what_was_in_flight(
             receiver.cue(10**6)
             proc = await start_worker(receiver, dsn, tmp_path, tmp_path / "last.log")
             await until(all_sent, within=30)
-            proc.send_signal(signal.SIGTERM)
-            assert await proc.wait() == 0, (tmp_path / "last.log").read_text()
+            assert await proc.terminate() == 0, proc.text()
             proc = None
     finally:
         if proc is not None:
-            proc.kill()
-            await proc.wait()
+            await proc.kill()
 
     received = receiver.keys()
     duplicates = {k: n for k, n in sorted(received.items()) if n > 1}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -18,32 +18,14 @@ from teleconsult.core.identity import Role
 from teleconsult.payments.providers.card import SIGNATURE_HEADER, sign
 from teleconsult.payments.simulators.common import Behaviour
 from teleconsult.server.app import POOL
-from tests.paymentskit import PayWorld, book, give_fee, invoice_of, key, pay_world
+from tests.paymentskit import PayWorld, book, give_fee, invoice_of, key, pay_world, world_fixtures
 from tests.world import Tenant, assert_problem, make_tenant
 
 Client = TestClient[Any, Any]
 WEBHOOK = "/api/v1/webhooks/payments/{}"
 
 
-@pytest.fixture
-def behaviour() -> Behaviour:
-    return Behaviour(decide_after=0.05)
-
-
-@pytest.fixture
-async def pw(
-    aiohttp_client: Callable[..., Awaitable[Client]],
-    database_url: str,
-    tmp_path: Path,
-    behaviour: Behaviour,
-) -> AsyncIterator[PayWorld]:
-    async for world in pay_world(aiohttp_client, database_url, tmp_path, behaviour):
-        yield world
-
-
-@pytest.fixture
-def pool(pw: PayWorld) -> asyncpg.Pool:
-    return pw.client.app[POOL]
+pw, pool = world_fixtures(lambda: Behaviour(decide_after=0.05))
 
 
 @pytest.fixture
@@ -359,8 +341,18 @@ async def test_cash_refunds_and_waivers_post_to_the_ledger(
         invoice_id,
     )
     assert [(r["linked"], r["account"], r["amount"]) for r in refunds] == [
-        (True, "refunds", 50_000), (True, "cash", -50_000),
-        (True, "refunds", 100_000), (True, "cash", -100_000),
+        (True, "refunds", 50_000), (True, "refunds_payable", -50_000),
+        (True, "refunds", 100_000), (True, "refunds_payable", -100_000),
+    ]  # fmt: skip
+    # A cash payment's refund is paid from the till at once (payouts, 0023).
+    payouts = await pool.fetch(
+        "SELECT p.account, p.amount FROM ledger_transactions t JOIN ledger_postings p "
+        "ON p.transaction_id = t.id WHERE t.invoice_id = $1 AND t.kind = 'payout' ORDER BY p.id",
+        invoice_id,
+    )
+    assert [(r["account"], r["amount"]) for r in payouts] == [
+        ("refunds_payable", 50_000), ("cash", -50_000),
+        ("refunds_payable", 100_000), ("cash", -100_000),
     ]  # fmt: skip
     waived_id = await new_invoice(pool, clinic)
     waived = await pw.client.post(

@@ -5,9 +5,8 @@ invoices, and the front desk's date filter."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 from uuid import UUID
@@ -30,27 +29,15 @@ from teleconsult.payments.providers.momo import normalise as momo_reason
 from teleconsult.payments.providers.mpesa import state_of
 from teleconsult.payments.routes import PAYMENTS
 from teleconsult.payments.simulators.common import Behaviour
-from teleconsult.server.app import POOL, SETTINGS
-from tests.paymentskit import PayWorld, book, give_fee, invoice_of, key, pay_world
+from teleconsult.server.app import SETTINGS
+from tests.paymentskit import PayWorld, book, give_fee, invoice_of, key, world_fixtures
 from tests.test_payments_api import start, until_final
 from tests.world import Tenant, assert_problem, make_tenant
 
 Client = TestClient[Any, Any]
 
 
-@pytest.fixture
-async def pw(
-    aiohttp_client: Callable[..., Awaitable[Client]], database_url: str, tmp_path: Path
-) -> AsyncIterator[PayWorld]:
-    async for world in pay_world(
-        aiohttp_client, database_url, tmp_path, Behaviour(decide_after=0.05)
-    ):
-        yield world
-
-
-@pytest.fixture
-def pool(pw: PayWorld) -> asyncpg.Pool:
-    return pw.client.app[POOL]
+pw, pool = world_fixtures(lambda: Behaviour(decide_after=0.05))
 
 
 @pytest.fixture

@@ -328,7 +328,7 @@ async def test_a_tampered_chunk_is_refused(room: Room, tmp_path: Path) -> None:
     resp = await room.client.get(
         media_url(recording_id), headers={**doctor.headers, "Range": touching}
     )
-    await assert_problem(resp, 500, "internal_error")
+    await assert_problem(resp, 409, "recording_damaged")
     # a range that does not touch the damaged chunk still plays
     resp = await room.client.get(
         media_url(recording_id), headers={**doctor.headers, "Range": "bytes=0-99"}
@@ -345,7 +345,7 @@ async def test_a_truncated_file_is_refused_whatever_the_range(room: Room, tmp_pa
     resp = await room.client.get(
         media_url(recording_id), headers={**doctor.headers, "Range": "bytes=0-9"}
     )
-    await assert_problem(resp, 500, "internal_error")
+    await assert_problem(resp, 409, "recording_damaged")
 
 
 async def test_ingest_again_only_removes_the_plaintext(room: Room, tmp_path: Path) -> None:

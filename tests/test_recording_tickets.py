@@ -14,6 +14,7 @@ from uuid import UUID
 
 import asyncpg
 
+from teleconsult.accounts.routes import ACCOUNTS
 from teleconsult.core.identity import Role
 from teleconsult.recording.keys import KeyRing
 from teleconsult.recording.routes import RECORDINGS
@@ -109,7 +110,8 @@ async def test_a_ticket_opens_no_other_recording_and_bad_tickets_are_refused(
     # Expired: issued with the server's own keys, but its minutes are over.
     keys = client.app[RECORDINGS].keys
     real = PlaybackTickets(keys)
-    me = as_principal(world, patient.user_id)
+    # The patient as the server knows them now, with their real login session.
+    me = await client.app[ACCOUNTS].authenticate(patient.access_token)
     old = real.issue(me, mine, now=time.time() - 3600).ticket
     assert await plays(client, f"/api/v1/recordings/{mine}/playback?ticket={old}") == 404
     # (and the same call, fresh, does play: the refusals above are the ticket's)

@@ -3,14 +3,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 
 from teleconsult.core.identity import Role
 from tests.auditkit import chained
-from tests.recordskit import Client, add_member, appointment, give_care, new_household
+from tests.recordskit import Client, add_member, appointment, child_of, give_care
 from tests.world import Account, Tenant, assert_problem, login, make_user
 
 
@@ -226,21 +226,11 @@ async def test_a_guardian_acts_for_a_child_but_not_for_an_adult_stranger(
     client: Client, app_pool: asyncpg.Pool, tenant: Tenant
 ) -> None:
     parent = tenant[Role.PATIENT]
-    child = await login(client, await make_user(app_pool, tenant.clinic_id, Role.PATIENT))
+    child, household = await child_of(client, app_pool, tenant, "read", "write")
     adult = await login(client, await make_user(app_pool, tenant.clinic_id, Role.PATIENT))
-    ten_years_ago = date.today().replace(year=date.today().year - 10)
-    await app_pool.execute(
-        "UPDATE users SET date_of_birth = $2 WHERE id = $1", child.user_id, ten_years_ago
-    )
     await app_pool.execute(
         "UPDATE users SET date_of_birth = '1980-01-01' WHERE id = $1", adult.user_id
     )
-    household = await new_household(client, tenant)
-    assert (await add_member(client, tenant, household, parent, kind="guardian")).status == 200
-    resp = await add_member(
-        client, tenant, household, child, kind="dependant", permissions=["read", "write"]
-    )
-    assert resp.status == 200, await resp.text()
     # An adult is no one's dependant without a documented legal basis.
     resp = await add_member(
         client, tenant, household, adult, kind="dependant", permissions=["read"]

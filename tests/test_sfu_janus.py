@@ -4,7 +4,7 @@ aiortc peers (tests/januskit.py)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -16,7 +16,7 @@ import pytest
 from teleconsult.core.errors import Forbidden, InfrastructureError
 from teleconsult.rtc.janus import UNAUTHORIZED, JanusError, JanusSession
 from teleconsult.rtc.janus_process import JanusProcess
-from teleconsult.rtc.janus_recording import post_process
+from teleconsult.rtc.janus_recording import header_start_us, post_process
 from teleconsult.rtc.janus_sfu import JanusSfu
 from teleconsult.rtc.sfu import SfuEvent, SfuEventKind, SfuRole
 from tests.januskit import SfuPeer, require_janus, running_janus, wait_for
@@ -230,41 +230,57 @@ async def _grew(peer: SfuPeer, before: dict[str, int]) -> bool:
     return all(now.get(ssrc, 0) > count for ssrc, count in before.items())
 
 
+def _recording_end(sfu: JanusSfu, read: Callable[[Path], None]) -> asyncio.Future[SfuEvent]:
+    """The recording's end (finished or failed); ``read`` looks at the finished WebM while
+    it is there, as the recording store would (it seals it)."""
+    finished: asyncio.Future[SfuEvent] = asyncio.get_running_loop().create_future()
+
+    async def handler(event: SfuEvent) -> None:
+        if event.kind is SfuEventKind.RECORDING_FINISHED:
+            assert event.file_path is not None
+            await asyncio.to_thread(read, Path(event.file_path))
+        if event.kind in (SfuEventKind.RECORDING_FINISHED, SfuEventKind.RECORDING_FAILED):
+            finished.set_result(event)
+
+    sfu.on_event(handler)
+    return finished
+
+
+def _written(folder: Path, files: int, size: int) -> Callable[[], Awaitable[bool]]:
+    """Whether ``folder`` holds ``files`` .mjr files, each over ``size`` bytes."""
+
+    def there() -> bool:
+        mjr = list(folder.glob("*.mjr"))
+        return len(mjr) == files and all(p.stat().st_size > size for p in mjr)
+
+    async def check() -> bool:
+        return await asyncio.to_thread(there)
+
+    return check
+
+
 @pytest.mark.slow
 async def test_a_recording_becomes_one_playable_webm_and_no_raw_file_stays(
     janus: tuple[JanusProcess, JanusSfu],
 ) -> None:
     process, sfu = janus
     consultation = uuid4()
-    finished: asyncio.Future[SfuEvent] = asyncio.get_running_loop().create_future()
     seen: dict[str, Any] = {}
 
-    async def handler(event: SfuEvent) -> None:
-        if event.kind is SfuEventKind.RECORDING_FINISHED:
-            # What the recording store would do: read (seal) the file while it is there.
-            assert event.file_path is not None
-            path = Path(event.file_path)
-            seen["mode"] = path.parent.stat().st_mode & 0o777
-            with av.open(str(path)) as media:
-                seen["kinds"] = sorted(s.type for s in media.streams)
-                seen["frames"] = sum(1 for _ in media.decode(media.streams.video[0]))
-            finished.set_result(event)
-        elif event.kind is SfuEventKind.RECORDING_FAILED:
-            finished.set_result(event)
+    def read(path: Path) -> None:
+        seen["mode"] = path.parent.stat().st_mode & 0o777
+        with av.open(str(path)) as media:
+            seen["kinds"] = sorted(s.type for s in media.streams)
+            seen["frames"] = sum(1 for _ in media.decode(media.streams.video[0]))
 
-    sfu.on_event(handler)
+    finished = _recording_end(sfu, read)
     peers = [SfuPeer("doctor"), SfuPeer("patient")]
     try:
         await _publish_all(sfu, consultation, peers)
         recording_id = await sfu.start_recording(consultation)
         folder = process.recordings / str(sfu.room_number(consultation))
         assert folder.stat().st_mode & 0o777 == 0o700
-
-        async def written() -> bool:
-            mjr = list(folder.glob("*.mjr"))
-            return len(mjr) == 4 and all(p.stat().st_size > 20_000 for p in mjr)
-
-        await wait_for(written, within=60)
+        await wait_for(_written(folder, 4, 20_000), within=60)
         await sfu.stop_recording(consultation, recording_id)
         event = await asyncio.wait_for(finished, 120)
     finally:
@@ -291,3 +307,62 @@ async def test_post_processing_an_empty_recording_fails_and_leaves_nothing(
     with pytest.raises(InfrastructureError):
         await post_process(pp, folder, folder / "out.webm")
     assert list(folder.iterdir()) == []
+
+
+# How long the second publisher waits after the recording started (not asserted as a
+# time: the WebM must show it joined later, by clearly more than half of it).
+LATE_BY = 2.0
+
+
+def _first_seconds(path: Path) -> dict[str, float]:
+    """Each track's (title's) first packet time in the WebM, in seconds."""
+    firsts: dict[str, float] = {}
+    with av.open(str(path)) as media:
+        for packet in media.demux():
+            title, base = packet.stream.metadata["title"], packet.stream.time_base
+            if packet.pts is not None and base is not None and title not in firsts:
+                firsts[title] = float(packet.pts * base)
+    return firsts
+
+
+@pytest.mark.slow
+async def test_a_late_publisher_starts_at_its_real_offset_in_the_webm(
+    janus: tuple[JanusProcess, JanusSfu],
+) -> None:
+    process, sfu = janus
+    consultation = uuid4()
+    firsts: dict[str, float] = {}
+    finished = _recording_end(sfu, lambda path: firsts.update(_first_seconds(path)))
+    early, late = SfuPeer("doctor"), SfuPeer("patient")
+    try:
+        await _publish_all(sfu, consultation, [early])
+        recording_id = await sfu.start_recording(consultation)
+        folder = process.recordings / str(sfu.room_number(consultation))
+        await wait_for(_written(folder, 2, 5_000), within=60)
+        await asyncio.sleep(LATE_BY)
+        grant = await sfu.grant(consultation, late.identity, SfuRole.PATIENT)
+        await late.published(await sfu.publish(consultation, late.identity, await late.offer()))
+        assert await sfu.wait_live(consultation, late.identity)
+        await wait_for(_written(folder, 4, 20_000), within=60)
+        await sfu.stop_recording(consultation, recording_id)
+        event = await asyncio.wait_for(finished, 120)
+    finally:
+        await early.close()
+        await late.close()
+    assert event.kind is SfuEventKind.RECORDING_FINISHED, event
+    late_feed = grant.details["feed"]
+    late_tracks = {t: s for t, s in firsts.items() if t.endswith(f"feed {late_feed}")}
+    early_tracks = {t: s for t, s in firsts.items() if t not in late_tracks}
+    assert sorted(t.split()[0] for t in late_tracks) == ["audio", "video"], firsts
+    assert sorted(t.split()[0] for t in early_tracks) == ["audio", "video"], firsts
+    # The first publisher starts the WebM; the late one starts about LATE_BY later.
+    assert min(early_tracks.values()) < 0.5, firsts
+    assert min(late_tracks.values()) >= LATE_BY / 2, firsts
+
+
+def test_a_tracks_start_is_its_headers_first_packet_time() -> None:
+    printed = b'{"t": "a", "c": "opus", "s": 1700000000000100, "u": 1700000000050000}\n'
+    assert header_start_us(printed, 7) == 1700000000050000
+    assert header_start_us(b'{"t": "a", "s": 1700000000000100}', 7) == 1700000000000100
+    for junk in (b"", b"not json", b"[1]", b'{"u": "soon", "s": true}', b'{"u": 0}'):
+        assert header_start_us(junk, 7) == 7, junk

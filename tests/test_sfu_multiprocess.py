@@ -33,7 +33,13 @@ from teleconsult.rtc.janus_sfu import JanusSfu
 from teleconsult.rtc.janus_state import RedisJanusState
 from teleconsult.rtc.sfu import SfuEvent, SfuEventKind, SfuRole
 from tests.dbutil import REDIS_URL
-from tests.januskit import ICE_INTERFACES, SfuPeer, require_janus, wait_for
+from tests.januskit import (
+    ICE_INTERFACES,
+    SfuPeer,
+    assert_streams_are_whose,
+    require_janus,
+    wait_for,
+)
 from tests.servers import ServerProcess
 from tests.signalkit import open_room
 from tests.world import PASSWORD, Tenant, make_user
@@ -173,6 +179,7 @@ async def test_an_sfu_room_is_served_by_both_processes(fresh_db: str, tmp_path: 
                     heard.add((await c.next_event("sfu_published", within=30))["peer_id"])
                     assert heard == set(others)
                     offer = await c.call("sfu", {"kind": "subscribe", "peers": others})
+                    assert_streams_are_whose(offer, others, per_peer=1)  # audio only
                     await c.call("sfu", {"kind": "answer", "sdp": await m.answer(offer["sdp"])})
                 for m in media:
                     await wait_for(lambda m=m: _receiving(m, 2))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,13 @@ from teleconsult.rtc.janus_sfu import JanusSfu
 from teleconsult.server.app import POOL, SETTINGS, SFU_BACKEND
 from teleconsult.signaling.sfu_bridge import ROLES
 from tests.conftest import StartServer, settings_env
-from tests.januskit import ICE_INTERFACES, SfuPeer, require_janus, wait_for
+from tests.januskit import (
+    ICE_INTERFACES,
+    SfuPeer,
+    assert_streams_are_whose,
+    require_janus,
+    wait_for,
+)
 from tests.signalkit import open_room
 from tests.test_sfu_janus import _grew, _streams
 from tests.test_signaling import _signal, _url
@@ -191,6 +198,7 @@ async def test_three_peers_exchange_media_through_janus_over_signal(
                 heard.add((await c.next_event("sfu_published", within=30))["peer_id"])
                 assert heard == set(others)
                 offer = await c.call("sfu", {"kind": "subscribe", "peers": others})
+                assert_streams_are_whose(offer, others, per_peer=1)  # audio only
                 await c.call("sfu", {"kind": "answer", "sdp": await m.answer(offer["sdp"])})
             for m in media:
                 await wait_for(lambda m=m: _streams(m, 2))
@@ -269,6 +277,19 @@ def test_bad_sfu_settings_name_the_variable(
     with pytest.raises(ConfigError) as bad:
         load_settings(settings_env(database_url, tmp_path, **env))
     assert bad.value.variable == variable
+
+
+def test_sfu_auto_is_janus_where_janus_is_and_none_elsewhere(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``make run`` sets SFU=auto: group calls on Janus when it can run here."""
+    env = settings_env(database_url, tmp_path, SFU="auto")
+    assert shutil.which("janus"), "the tests need Debian's janus (.ci/run installs it)"
+    assert load_settings(env).sfu.kind == "janus"
+    given = load_settings(env | {"JANUS_URL": "http://127.0.0.1:8088/janus"}).sfu
+    assert (given.kind, given.janus_url) == ("janus", "http://127.0.0.1:8088/janus")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no janus binary on this PATH
+    assert load_settings(env).sfu.kind == "none"
 
 
 @pytest.mark.slow

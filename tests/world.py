@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+import aiohttp
 import asyncpg
 from aiohttp.test_utils import TestClient
 
@@ -92,6 +93,20 @@ async def login(client: TestClient[Any, Any], account: Account) -> Account:
     account.access_token = body["access_token"]
     account.refresh_token = body["refresh_token"]
     return account
+
+
+async def bearer_at(base_url: str, account: Account) -> dict[str, str]:
+    """Sign ``account`` in at a server process's ``base_url``; its Authorization header."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{base_url}/api/v1/auth/login",
+            json={"email": account.email, "password": PASSWORD},
+        ) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+        token = (await resp.json())["access_token"]
+    return {"Authorization": f"Bearer {token}"}
 
 
 async def make_tenant(

@@ -68,6 +68,24 @@ def core_ticks() -> dict[str, tuple[int, int]]:
     return found
 
 
+def child_named(parent: int, name: str) -> int | None:
+    """The child of ``parent`` whose command is ``name`` (such as a server's own Janus)."""
+    for pid in children(parent):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == name:
+                return pid
+    return None
+
+
+def pin_threads(pid: int, core: int | None) -> None:
+    """Every thread of a running ``pid`` on ``core``; threads it starts later inherit it."""
+    if core is None:
+        return
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(task.name), {core})
+
+
 @dataclass(frozen=True)
 class Cores:
     generator: int

@@ -55,7 +55,7 @@ class AuditedRefusals:
     async def refused(self, refusal: Refusal) -> None:
         if self._metrics is not None:
             self._metrics.authz_refusals.labels(str(refusal.status)).inc()
-        key = f"refused:{refusal.principal.user_id}:{refusal.action.value}"
+        key = f"refused:{refusal.principal.user_id}:{refusal.action}"
         if (await self._limiter.hit(key, self._per_minute, WINDOW_SECONDS)).allowed:
             await self._audit.record(self._event(refusal, suppressed=False))
             return
@@ -69,12 +69,14 @@ class AuditedRefusals:
     def _event(self, refusal: Refusal, *, suppressed: bool) -> AuditEvent:
         principal = refusal.principal
         detail: dict[str, str | int | bool] = {
-            "policy_action": refusal.action.value,
+            "policy_action": str(refusal.action),
             "operation": refusal.operation_id,
             "status": refusal.status,
             "code": refusal.code,
             "actor_clinic_id": str(principal.clinic_id),
         }
+        if refusal.transport is not None:
+            detail["transport"] = refusal.transport
         if suppressed:
             detail["suppressed"] = True
             detail["limit_per_minute"] = self._per_minute

@@ -53,22 +53,35 @@ class Authenticator(Protocol):
 
 @dataclass(frozen=True)
 class Refusal:
-    """A signed-in caller the policy refused: a 403, or a 404 for an object out of scope."""
+    """A signed-in caller the policy refused: a 403, or a 404 for an object out of scope.
+
+    ``action`` is the policy action, or for a real-time event without one its name
+    (``room.join``); ``transport`` names a real-time transport (``socketio``,
+    ``mqtt``), None for REST."""
 
     principal: Principal
-    action: Action
+    action: Action | str
     operation_id: str
     status: int
     code: str
     target_type: str | None
     target_id: str | None
     ip: str | None
+    transport: str | None = None
 
 
 class RefusalSink(Protocol):
     """Told of every refused authorization attempt (the audit trail, rate-limited)."""
 
     async def refused(self, refusal: Refusal) -> None: ...
+
+
+async def tell_refusal(sink: RefusalSink, refusal: Refusal) -> None:
+    """Tell ``sink``; never raises: the caller is refused either way, a lost row is logged."""
+    try:
+        await sink.refused(refusal)
+    except Exception:
+        logger.warning("could not record a refused %s", refusal.operation_id, exc_info=True)
 
 
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
@@ -135,7 +148,7 @@ class ApiRequest:
 
     @property
     def ip(self) -> str | None:
-        return _ip(self.request)
+        return request_ip(self.request)
 
 
 Handler = Callable[[ApiRequest], Awaitable[BaseModel | web.StreamResponse | None]]
@@ -219,7 +232,8 @@ class Api:
         return register
 
 
-def _ip(request: web.Request) -> str | None:
+def request_ip(request: web.Request) -> str | None:
+    """The client's address of ``request`` (:func:`client_address`, as the app is configured)."""
     app = request.app
     trusted = app.get(TRUSTED_PROXY_COUNT, 1) if app.get(TRUST_FORWARDED_FOR, False) else None
     return client_address(
@@ -355,12 +369,9 @@ async def _note_refusal(
         code=str(exc.code),
         target_type=target_type,
         target_id=None if target_id is None else target_id[:200],
-        ip=_ip(request),
+        ip=request_ip(request),
     )
-    try:
-        await sink.refused(refusal)
-    except Exception:  # the caller is refused either way; a lost row is logged
-        logger.warning("could not record a refused %s", op.operation_id, exc_info=True)
+    await tell_refusal(sink, refusal)
 
 
 def mount(app: web.Application, operations: list[Operation]) -> None:

@@ -14,6 +14,7 @@ recording and chaining events go, nothing that owns, creates, alters or drops.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -240,3 +241,50 @@ async def migrate_database(urls: DatabaseUrls) -> list[int]:
         return await migrate(conn, runtime_role=role)
     finally:
         await conn.close()
+
+
+async def pending_migrations(conn: asyncpg.Connection) -> list[int]:
+    """The shipped migrations the database has not applied (all of them on an empty
+    database, or one whose migrate has not granted this role yet), read-only: what a
+    process that does not migrate checks."""
+    # Readable only once a migrate has granted the runtime role (at its end).
+    readable = await conn.fetchval(
+        "SELECT to_regclass('schema_migrations') IS NOT NULL "
+        "AND has_table_privilege('schema_migrations', 'SELECT')"
+    )
+    applied: dict[int, str] = {}
+    if readable:
+        rows = await conn.fetch("SELECT version, checksum FROM schema_migrations")
+        applied = {row["version"]: row["checksum"] for row in rows}
+    pending = []
+    for migration in load_migrations():
+        found = applied.get(migration.version)
+        if found is not None and found != migration.checksum:
+            raise MigrationError(
+                f"migration {migration.version}_{migration.name} was edited after it was applied"
+            )
+        if found is None:
+            pending.append(migration.version)
+    return pending
+
+
+async def wait_for_schema(pool: asyncpg.Pool, *, patience: float, poll: float = 1.0) -> None:
+    """Wait until every shipped migration is applied (by a server or ``teleconsult
+    migrate``, with the owner role), or raise ``MigrationError`` after ``patience`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience
+    told = False
+    while True:
+        async with pool.acquire() as conn:
+            pending = await pending_migrations(conn)
+        if not pending:
+            return
+        if loop.time() >= deadline:
+            raise MigrationError(
+                f"{len(pending)} migrations are not applied (first {pending[0]:04d}): start a "
+                "server with DATABASE_OWNER_URL, or run `teleconsult migrate`, first"
+            )
+        if not told:
+            logger.info("waiting for %d migrations to be applied by a server", len(pending))
+            told = True
+        await asyncio.sleep(poll)

@@ -32,6 +32,11 @@ class MomoSettings:
     api_key: str = field(repr=False)
     subscription_key: str = field(repr=False)
     target_environment: str = "sandbox"
+    # The Disbursement product (refunds) has its own API user and subscription key;
+    # None: the Collection ones.
+    disbursement_user_id: str | None = None
+    disbursement_api_key: str | None = field(repr=False, default=None)
+    disbursement_subscription_key: str | None = field(repr=False, default=None)
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,10 @@ class MpesaSettings:
     consumer_secret: str = field(repr=False)
     shortcode: str = "174379"
     passkey: str = field(repr=False, default="")
+    # The Reversal and Transaction Status APIs (refunds): the API operator's name and its
+    # encrypted password; None: refunds are paid out at the desk, not reversed.
+    initiator: str | None = None
+    security_credential: str | None = field(repr=False, default=None)
 
 
 @dataclass(frozen=True)
@@ -83,7 +92,9 @@ def _need(e: _Reader, name: str) -> str:
     return value
 
 
-def load_payment_settings(e: _Reader, public_url: str) -> PaymentSettings:
+def load_payment_settings(
+    e: _Reader, public_url: str, *, jobs_in_server: bool = True
+) -> PaymentSettings:
     momo = mpesa = card = None
     url = e.url("PAYMENTS_MOMO_URL", ("http", "https"))
     if url is not None:
@@ -93,6 +104,9 @@ def load_payment_settings(e: _Reader, public_url: str) -> PaymentSettings:
             api_key=_need(e, "PAYMENTS_MOMO_API_KEY"),
             subscription_key=_need(e, "PAYMENTS_MOMO_SUBSCRIPTION_KEY"),
             target_environment=e.text("PAYMENTS_MOMO_TARGET_ENVIRONMENT", "sandbox"),
+            disbursement_user_id=e.get("PAYMENTS_MOMO_DISBURSEMENT_USER_ID"),
+            disbursement_api_key=e.get("PAYMENTS_MOMO_DISBURSEMENT_API_KEY"),
+            disbursement_subscription_key=e.get("PAYMENTS_MOMO_DISBURSEMENT_SUBSCRIPTION_KEY"),
         )
     url = e.url("PAYMENTS_MPESA_URL", ("http", "https"))
     if url is not None:
@@ -102,6 +116,8 @@ def load_payment_settings(e: _Reader, public_url: str) -> PaymentSettings:
             consumer_secret=_need(e, "PAYMENTS_MPESA_CONSUMER_SECRET"),
             shortcode=_need(e, "PAYMENTS_MPESA_SHORTCODE"),
             passkey=_need(e, "PAYMENTS_MPESA_PASSKEY"),
+            initiator=e.get("PAYMENTS_MPESA_INITIATOR"),
+            security_credential=e.get("PAYMENTS_MPESA_SECURITY_CREDENTIAL"),
         )
     url = e.url("PAYMENTS_CARD_URL", ("http", "https"))
     if url is not None:
@@ -130,7 +146,8 @@ def load_payment_settings(e: _Reader, public_url: str) -> PaymentSettings:
         poll_interval=poll,
         poll_max_interval=max(poll, e.number("PAYMENTS_POLL_MAX_INTERVAL", 60.0, minimum=0.05)),
         lease_seconds=e.number("PAYMENTS_LEASE_SECONDS", 30.0, minimum=1.0),
-        reconcile_in_server=e.flag("PAYMENTS_RECONCILE_IN_SERVER", True),
+        # The demo simulators live in the server process: their reconciler stays there.
+        reconcile_in_server=e.flag("PAYMENTS_RECONCILE_IN_SERVER", jobs_in_server or demo),
         request_timeout=e.number("PAYMENTS_REQUEST_TIMEOUT", 15.0, minimum=0.1),
         idempotency_ttl_hours=e.integer("PAYMENTS_IDEMPOTENCY_TTL_HOURS", 24, minimum=24),
         demo=demo,

@@ -1,7 +1,8 @@
 """Sessions that end, told to every process at once.
 
 The accounts domain says *who* can no longer act (a login session, or every
-session of a user) through a :class:`Revocations`; each transport (``/chat``
+session of a user), and messaging which device (a deleted one), through a
+:class:`Revocations`; each transport (``/chat``
 and ``/signal`` through the session guard, MQTT, the server's network-test
 peers) subscribes with a :data:`RevocationHandler` and closes what it holds.
 The message goes over the bus, so a logout on one process closes the user's
@@ -10,7 +11,8 @@ periodic re-check stays as the fallback for a revocation lost while the bus
 was down.
 
 Wire format (channel ``tc.revoke``): compact JSON
-``{"u": user id, "s": session id or null, "k": session id to keep or null, "r": reason}``.
+``{"u": user id, "s": session id or null, "k": session id to keep or null, "r": reason}``,
+with ``"d": device id`` for a device's revocation.
 """
 
 from __future__ import annotations
@@ -34,12 +36,16 @@ class Revocation:
 
     ``session_id`` None means every login session of ``user_id``, except
     ``keep_session`` when set (a password change keeps the session that made it).
+    With ``device_id`` it is one device of the user that is gone, and no login
+    session ends (:meth:`covers` is False): only what that device holds closes
+    (its MQTT account and connections).
     """
 
     user_id: UUID
     reason: str
     session_id: UUID | None = None
     keep_session: UUID | None = None
+    device_id: UUID | None = None
 
     def covers(self, user_id: UUID, session_id: UUID | None) -> bool:
         """Whether a connection of ``user_id`` on login session ``session_id`` must end.
@@ -47,22 +53,22 @@ class Revocation:
         A connection without a login session (``None``, e.g. proven by a broker)
         ends on a user-wide revocation only.
         """
-        if user_id != self.user_id:
+        if user_id != self.user_id or self.device_id is not None:
             return False
         if self.session_id is not None:
             return session_id == self.session_id
         return session_id is None or session_id != self.keep_session
 
     def encode(self) -> bytes:
-        return json.dumps(
-            {
-                "u": str(self.user_id),
-                "s": _text(self.session_id),
-                "k": _text(self.keep_session),
-                "r": self.reason,
-            },
-            separators=(",", ":"),
-        ).encode()
+        data = {
+            "u": str(self.user_id),
+            "s": _text(self.session_id),
+            "k": _text(self.keep_session),
+            "r": self.reason,
+        }
+        if self.device_id is not None:
+            data["d"] = str(self.device_id)
+        return json.dumps(data, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, raw: bytes) -> Revocation:
@@ -73,6 +79,7 @@ class Revocation:
             reason=str(data["r"]),
             session_id=_uuid(data.get("s")),
             keep_session=_uuid(data.get("k")),
+            device_id=_uuid(data.get("d")),
         )
 
 

@@ -22,6 +22,7 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from nacl.signing import SigningKey
@@ -139,7 +140,8 @@ class DatabaseSettings:
     ``owner_url`` names the role that owns the schema and runs migrations; the
     server then serves as ``url``'s role (``runtime_role``, granted what it needs
     and no more by every migrate; README, "Database"). Without ``owner_url``,
-    ``url``'s role does both, with more privilege than it needs.
+    ``url``'s role does both, with more privilege than it needs. A process that never
+    migrates (``teleconsult worker``) waits up to ``schema_wait_seconds`` for the schema.
     """
 
     url: str | None = field(default=None, repr=False)
@@ -147,6 +149,7 @@ class DatabaseSettings:
     pool_max: int = 10
     owner_url: str | None = field(default=None, repr=False)
     runtime_role: str | None = None
+    schema_wait_seconds: int = 300
 
 
 @dataclass(frozen=True)
@@ -456,7 +459,7 @@ class FhirSettings:
     run_in_server: bool = True
 
 
-def _fhir(e: _Env, data_dir: Path) -> FhirSettings:
+def _fhir(e: _Env, data_dir: Path, jobs_in_server: bool) -> FhirSettings:
     raw = e.get("FHIR_EXPORT_DIR")
     return FhirSettings(
         export_dir=Path(raw).resolve() if raw else data_dir / "fhir-exports",
@@ -465,7 +468,7 @@ def _fhir(e: _Env, data_dir: Path) -> FhirSettings:
         retry_after=e.integer("FHIR_EXPORT_RETRY_AFTER", 2, minimum=1, maximum=3600),
         max_rows_per_second=e.integer("FHIR_EXPORT_MAX_ROWS_PER_SECOND", 0, minimum=0),
         expire_hours=e.integer("FHIR_EXPORT_EXPIRE_HOURS", 24, minimum=1, maximum=24 * 30),
-        run_in_server=e.flag("FHIR_EXPORT_IN_SERVER", True),
+        run_in_server=e.flag("FHIR_EXPORT_IN_SERVER", jobs_in_server),
     )
 
 
@@ -554,10 +557,12 @@ class SfuSettings:
 
 
 def _sfu(e: _Env, data_dir: Path, livekit: LiveKitSettings) -> SfuSettings:
-    kind = e.choice("SFU", "none", ("none", "janus", "livekit"))
+    kind = e.choice("SFU", "none", ("none", "auto", "janus", "livekit"))
     if kind == "livekit" and not livekit.enabled:
         raise ConfigError("SFU", "SFU=livekit needs LIVEKIT_URL")
     url = e.url("JANUS_URL", ("http", "https"))
+    if kind == "auto":  # `make run`: group calls on Janus when it is installed
+        kind = "janus" if url is not None or shutil.which("janus") else "none"
     if kind == "janus" and url is None and shutil.which("janus") is None:
         raise ConfigError("SFU", "SFU=janus needs JANUS_URL or the janus binary (apt: janus)")
     ports = e.text("JANUS_RTP_PORT_RANGE", "20000-40000")
@@ -717,6 +722,10 @@ class Settings:
     auth: AuthSettings
     log: LogSettings
     public_url: str = "http://127.0.0.1:8080"
+    # Where the background jobs run (server/jobs.py): in every server process, or only
+    # in `teleconsult worker` processes (BACKGROUND_JOBS). The per-job *_IN_SERVER
+    # flags default to it and, when set, win.
+    background_jobs: Literal["server", "worker"] = "server"
     scheduling: SchedulingSettings = field(default_factory=SchedulingSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
     chat: ChatSettings = field(default_factory=ChatSettings)
@@ -808,7 +817,12 @@ def _database(e: _Env, pool_min: int, pool_max: int) -> DatabaseSettings:
                 "runtime role must be two roles",
             )
     return DatabaseSettings(
-        url=url, pool_min=pool_min, pool_max=pool_max, owner_url=owner_url, runtime_role=role
+        url=url,
+        pool_min=pool_min,
+        pool_max=pool_max,
+        owner_url=owner_url,
+        runtime_role=role,
+        schema_wait_seconds=e.integer("DATABASE_SCHEMA_WAIT_SECONDS", 300, maximum=86_400),
     )
 
 
@@ -1045,6 +1059,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         join_after_minutes=e.integer("JOIN_AFTER_MINUTES", 30, minimum=0, maximum=240),
         reminder_offsets_minutes=offsets,
     )
+    jobs = e.choice("BACKGROUND_JOBS", "server", ("server", "worker"))
+    background_jobs: Literal["server", "worker"] = "worker" if jobs == "worker" else "server"
+    jobs_in_server = background_jobs == "server"
     channel = e.choice("NOTIFY_CHANNEL", "log", ("log", "webhook"))
     webhook_url = e.url("NOTIFY_WEBHOOK_URL", ("http", "https"))
     if channel == "webhook" and webhook_url is None:
@@ -1056,7 +1073,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         webhook_secret=webhook_secret,
         poll_interval=e.number("NOTIFY_POLL_INTERVAL", 1.0, minimum=0.05),
         lease_seconds=e.integer("NOTIFY_LEASE_SECONDS", 60, minimum=1),
-        run_in_server=e.flag("NOTIFY_IN_SERVER", True),
+        run_in_server=e.flag("NOTIFY_IN_SERVER", jobs_in_server),
     )
     chat = ChatSettings(
         max_frame_bytes=e.integer("CHAT_MAX_FRAME_BYTES", 256 * 1024, minimum=16 * 1024),
@@ -1100,7 +1117,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     audit = _audit(e, data_dir)
     records = _records(e, data_dir)  # records (issue 14)
     livekit = _livekit(e, data_dir)  # livekit (issue 13, part L)
-    fhir = _fhir(e, data_dir)  # fhir export (issue 14, F)
+    fhir = _fhir(e, data_dir, jobs_in_server)  # fhir export (issue 14, F)
     return Settings(
         data_dir=data_dir,
         http=http,
@@ -1110,6 +1127,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         auth=auth,
         log=log,
         public_url=public_url.rstrip("/"),
+        background_jobs=background_jobs,
         scheduling=scheduling,
         notify=notify,
         chat=chat,
@@ -1122,5 +1140,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         livekit=livekit,  # livekit (issue 13, part L)
         fhir=fhir,  # fhir export (issue 14, F)
         sfu=_sfu(e, data_dir, livekit),  # sfu / janus (issue 13, part J)
-        payments=load_payment_settings(e, public_url.rstrip("/")),  # payments (issue 15)
+        payments=load_payment_settings(  # payments (issue 15)
+            e, public_url.rstrip("/"), jobs_in_server=jobs_in_server
+        ),
     )

@@ -22,6 +22,7 @@ from uuid import UUID
 
 from teleconsult.core.errors import ClientError, InfrastructureError, RateLimited
 from teleconsult.core.identity import Principal
+from teleconsult.core.policy import Action
 from teleconsult.core.ratelimit import RateLimiter
 from teleconsult.core.settings import ChatSettings
 from teleconsult.core.tasks import cancel_and_wait
@@ -34,6 +35,7 @@ from teleconsult.realtime import acks
 from teleconsult.realtime.connection import Connection
 from teleconsult.realtime.hub import Hub
 from teleconsult.realtime.presence import Presence
+from teleconsult.realtime.refusals import EventRefusals, Via, payload_field
 
 logger = logging.getLogger(__name__)
 
@@ -91,12 +93,15 @@ class ChatService:
         presence: Presence,
         limiter: RateLimiter,
         settings: ChatSettings,
+        refusals: EventRefusals | None = None,
     ) -> None:
+        """``refusals``: where refused events are audited (realtime/refusals.py)."""
         self._messaging = messaging
         self._hub = hub
         self._presence = presence
         self._limiter = limiter
         self._settings = settings
+        self._refusals = refusals or EventRefusals(None)
         self._sinks: list[_SinkWorker] = []
         self._beat: asyncio.Task[None] | None = None
 
@@ -191,10 +196,11 @@ class ChatService:
     # --- events -----------------------------------------------------------------------
 
     async def handle(
-        self, principal: Principal, event: str, data: object, *, skip: str | None = None
+        self, principal: Principal, event: str, data: object, *, via: Via, skip: str | None = None
     ) -> dict[str, Any]:
         """Run one client event; the ack to send back (never raises for client faults).
 
+        ``via`` is the transport it came by: a refusal is audited naming it.
         ``skip`` is the connection the event came on: its own message is not pushed
         back to it.
         """
@@ -202,7 +208,8 @@ class ChatService:
             if event == "send":
                 return await self._send(principal, acks.parse(wire.SendRequest, data), skip)
             if event == "resume":
-                return await self._resume(principal, acks.parse(wire.ResumeRequest, data))
+                req = acks.parse(wire.ResumeRequest, data)
+                return await self._resume(principal, req, via)
             if event == "receipt":
                 return await self._receipt(principal, acks.parse(wire.ReceiptRequest, data))
             if event == "typing":
@@ -211,9 +218,24 @@ class ChatService:
                 return await self._presence_of(principal, acks.parse(wire.PresenceRequest, data))
             raise ClientError(f"unknown event {event!r}; expected one of {', '.join(EVENTS)}")
         except ClientError as exc:
+            await self._refused(principal, event, exc, via, payload_field(data, "thread_id"))
             return acks.error_ack(exc)
         except Exception as exc:
             return acks.failure(exc, f"chat event {event}")
+
+    async def _refused(
+        self, principal: Principal, event: str, exc: ClientError, via: Via, thread_id: object
+    ) -> None:
+        """Audit ``exc`` if the policy refused it (not for malformed or missing things)."""
+        await self._refusals.note(
+            principal,
+            exc,
+            via=via,
+            operation=f"chat.{event}",
+            action=Action.MESSAGE_SEND if event == "send" else Action.THREAD_READ,
+            target_type="thread",
+            target_id=thread_id,
+        )
 
     async def _send(
         self, principal: Principal, req: wire.SendRequest, skip: str | None
@@ -254,7 +276,9 @@ class ChatService:
     ) -> None:
         self._hub.publish((str(u) for u in user_ids), event, data, skip=skip)
 
-    async def _resume(self, principal: Principal, req: wire.ResumeRequest) -> dict[str, Any]:
+    async def _resume(
+        self, principal: Principal, req: wire.ResumeRequest, via: Via
+    ) -> dict[str, Any]:
         requests = [PageRequest(t, after, req.limit) for t, after in req.threads.items()]
         pages = await self._messaging.read(principal, requests)
         threads: dict[str, Any] = {}
@@ -265,6 +289,7 @@ class ChatService:
                     complete=page.complete,
                 )
             else:
+                await self._refused(principal, "resume", page, via, str(request.thread_id))
                 threads[str(request.thread_id)] = acks.error_ack(page)
         return acks.ok(threads=threads)
 

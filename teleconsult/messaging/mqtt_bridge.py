@@ -82,6 +82,7 @@ from teleconsult.messaging.mqtt_dynsec import Dynsec, MqttAccounts
 from teleconsult.messaging.records import Device, StoredMessage
 from teleconsult.realtime import acks
 from teleconsult.realtime.limits import TokenBucket, rate_limited
+from teleconsult.realtime.refusals import MQTT_VIA
 
 logger = logging.getLogger(__name__)
 
@@ -374,7 +375,7 @@ class MqttBridge:
             return acks.failure(exc, "loading the user of an MQTT request")
         if request.event in mqtt_wire.LINK_EVENTS:
             return await self._link(principal.user_id, request)
-        return await self._chat.handle(principal, request.event, request.data)
+        return await self._chat.handle(principal, request.event, request.data, via=MQTT_VIA)
 
     async def _link(self, user_id: UUID, request: mqtt_wire.Request) -> dict[str, Any]:
         """``online``/``offline``: one of the user's own connections, by the id it chose."""

@@ -20,7 +20,11 @@ CONNECT is authenticated before amqtt may act on its client id (amqtt ends
 the session of an online client with the same id, and copies the CONNECT's
 will and credentials onto it, before it authenticates). The broker keeps each
 connection's user and login session, so a :class:`Revocation` closes the
-connections it covers (:meth:`EmbeddedBroker.revoke`).
+connections it covers (:meth:`EmbeddedBroker.revoke`). It also notes which
+device a connection speaks for, from the first request it publishes (the
+``device`` its frame names; only its own user's topic counts), so a revoked
+device's connection is closed too. That device may connect again while its
+user's login session lasts: the bridge drops whatever it sends.
 """
 
 from __future__ import annotations
@@ -172,6 +176,11 @@ class AccessTopicPlugin(BaseTopicPlugin):
     @dataclass
     class Config:
         access: Any = None
+        published: Any = None  # Callable[[str, str, bytes], None]: client id, topic, payload
+
+    async def on_broker_message_received(self, *, client_id: str, message: Any) -> None:
+        if self.config.published is not None and message is not None:
+            self.config.published(client_id, message.topic, message.data)
 
     async def topic_filtering(
         self, *, session: Any = None, topic: str | None = None, action: Any = None
@@ -217,10 +226,13 @@ class _GatedBroker(Broker):
     checks all three against the amqtt version pinned in pyproject.toml.
     """
 
-    def __init__(self, config: dict[str, Any], gate: Gate, live: set[_Link]) -> None:
+    def __init__(
+        self, config: dict[str, Any], gate: Gate, live: set[_Link], by_client: dict[str, _Link]
+    ) -> None:
         super().__init__(config)
         self._gate = gate
         self._live = live
+        self._by_client = by_client
 
     async def retain_message(
         self, source_session: Any, topic_name: str | None, data: Any, qos: int | None = None
@@ -238,25 +250,42 @@ class _GatedBroker(Broker):
         if link is None:
             return
         self._live.add(link)
+        self._by_client[link.client_id] = link
         try:
             await self._client_connected(
                 listener_name, _Replayed(link.connect, reader), StreamWriterAdapter(writer)
             )
         finally:
             self._live.discard(link)
+            if self._by_client.get(link.client_id) is link:
+                del self._by_client[link.client_id]
 
 
 @dataclass(eq=False, slots=True)
 class _Link:
-    """One admitted connection: who it is, and its socket to cut on revocation."""
+    """One admitted connection: who it is, and its socket to cut on revocation.
+
+    ``device_id``: the device its first request named (None before, or unsigned);
+    ``heard``: whether that first request came."""
 
     connect: bytes = field(repr=False)
     client_id: str
     admitted: Admitted
     writer: asyncio.StreamWriter = field(repr=False)
+    device_id: UUID | None = None
+    heard: bool = False
+
+    def ends_with(self, revocation: Revocation) -> bool:
+        user_id = self.admitted.user_id
+        if user_id is None:
+            return False
+        if revocation.device_id is not None:
+            return user_id == revocation.user_id and self.device_id == revocation.device_id
+        return revocation.covers(user_id, self.admitted.session_id)
 
 
 CONNECT_WITHIN = 10.0  # seconds a new connection has to send its CONNECT
+MAX_NOTED_BYTES = 1 << 20  # a first request larger than this names no device here
 
 
 class EmbeddedBroker:
@@ -272,6 +301,7 @@ class EmbeddedBroker:
         self.host, self.port, self.access = host, port, access
         self._broker: Broker | None = None
         self._live: set[_Link] = set()
+        self._by_client: dict[str, _Link] = {}
         self.refused = 0  # CONNECTs answered with a refusal or closed unread (tests, metrics)
 
     async def start(self) -> None:
@@ -284,10 +314,13 @@ class EmbeddedBroker:
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
             "plugins": {
                 plugin + AccessAuthPlugin.__name__: {"access": self.access},
-                plugin + AccessTopicPlugin.__name__: {"access": self.access},
+                plugin + AccessTopicPlugin.__name__: {
+                    "access": self.access,
+                    "published": self._published,
+                },
             },
         }
-        broker = _GatedBroker(config, self._gate, self._live)
+        broker = _GatedBroker(config, self._gate, self._live, self._by_client)
         try:
             await broker.start()
         except BrokerError as exc:
@@ -308,8 +341,7 @@ class EmbeddedBroker:
         """Close every connection ``revocation`` covers (idempotent)."""
         closed = 0
         for link in list(self._live):
-            user_id = link.admitted.user_id
-            if user_id is not None and revocation.covers(user_id, link.admitted.session_id):
+            if link.ends_with(revocation):
                 link.writer.transport.abort()
                 self._live.discard(link)
                 closed += 1
@@ -317,6 +349,19 @@ class EmbeddedBroker:
             logger.info(
                 "closed %s MQTT connection(s) of a revoked session (%s)", closed, revocation.reason
             )
+
+    def _published(self, client_id: str, topic: str, payload: Any) -> None:
+        """Note the device a connection speaks for, from its first request."""
+        link = self._by_client.get(client_id)
+        if link is None or link.heard or link.admitted.user_id is None:
+            return
+        if topic != mqtt_wire.request_topic(link.admitted.user_id):
+            return
+        link.heard = True
+        with contextlib.suppress(mqtt_wire.RequestRefused):
+            link.device_id = mqtt_wire.parse_request(
+                bytes(payload or b""), max_bytes=MAX_NOTED_BYTES
+            ).device
 
     async def _gate(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

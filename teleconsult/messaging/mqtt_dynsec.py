@@ -19,7 +19,9 @@ manages devices' MQTT accounts by publishing JSON commands to
 
 A revocation of all of a user's sessions (disabling, a password change) disables
 every MQTT account of theirs: Mosquitto disconnects them at once and refuses
-their password until the owner asks for credentials again, signed in. Commands
+their password until the owner asks for credentials again, signed in. A
+revoked (deleted) device's account is disabled the same way, for good: a
+revoked device gets no new credentials. Commands
 go one at a time over the plugin's own connection; each answer is matched by
 ``correlationData``.
 """
@@ -293,7 +295,12 @@ class MqttAccounts:
         )
 
     async def revoke(self, revocation: Revocation) -> None:
-        """A RevocationHandler: every session of the user ended, so do their MQTT accounts."""
+        """A RevocationHandler: every session of the user ended, so do their MQTT accounts;
+        a device revoked, so does its account."""
+        if revocation.device_id is not None:
+            await self.disable_device(revocation.device_id)
+            logger.info("disabled the MQTT account of a revoked device")
+            return
         if revocation.session_id is not None:
             return  # one login session: MQTT accounts belong to devices, not sessions
         (answer,) = await self._dynsec.run(

@@ -39,5 +39,7 @@ class ChatNamespace(LiveNamespace):
         await self._chat.close_session(conn)
 
     async def answer(self, conn: Connection, event: str, data: Any) -> Any:
-        ack = await self._chat.handle(conn.principal, event, data, skip=conn.sid)
+        ack = await self._chat.handle(
+            conn.principal, event, data, via=self.via(conn), skip=conn.sid
+        )
         return wire.ack_for_encoding(event, ack, conn.encoding)

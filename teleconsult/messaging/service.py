@@ -29,7 +29,8 @@ from teleconsult.core.errors import (
     PayloadTooLarge,
 )
 from teleconsult.core.identity import Principal, Role
-from teleconsult.core.policy import Scope, ensure_in_scope
+from teleconsult.core.policy import OutOfScope, Scope, ensure_in_scope
+from teleconsult.core.revocation import Revocation, RevocationSink
 from teleconsult.messaging import message_store, store
 from teleconsult.messaging.appender import Appender
 from teleconsult.messaging.directory import ThreadDirectory, ThreadInfo
@@ -102,11 +103,15 @@ class MessagingService:
         audit: AuditTrail,
         directory: ThreadDirectory,
         appender: Appender,
+        revocations: RevocationSink | None = None,
     ) -> None:
+        """``revocations``: where a revoked device is announced, after its commit
+        (its MQTT account is disabled and its connections closed, core/revocation.py)."""
         self._pool = pool
         self._audit = audit
         self._directory = directory
         self._appender = appender
+        self._revocations = revocations
 
     @property
     def directory(self) -> ThreadDirectory:
@@ -141,6 +146,9 @@ class MessagingService:
         if not await store.revoke_device(self._pool, principal.user_id, device_id):
             raise NotFound("device not found")
         await self._directory.forget_user(principal.user_id)
+        if self._revocations is not None:
+            reason = str(ErrorCode.DEVICE_NOT_USABLE)
+            await self._revocations(Revocation(principal.user_id, reason, device_id=device_id))
 
     # --- threads --------------------------------------------------------------------
 
@@ -157,11 +165,19 @@ class MessagingService:
     async def _member_thread(self, principal: Principal, thread_id: UUID) -> Thread:
         """The thread when the caller is a current member of it; NotFound otherwise."""
         thread = await store.member_thread(self._pool, thread_id, principal.user_id)
+        if thread is None:
+            raise await self._not_a_member(thread_id)
         # Membership is the scope: a member is in it whatever their role.
-        scope = Scope(thread.clinic_id, principal.user_id) if thread else None
-        ensure_in_scope(principal, scope, "thread")
-        assert thread is not None
+        ensure_in_scope(principal, Scope(thread.clinic_id, principal.user_id), "thread")
         return thread
+
+    async def _not_a_member(self, thread_id: UUID) -> NotFound:
+        """What a caller who is not a current member is told: ``not_found`` either way,
+        but OutOfScope (audited as a refused attempt) when the thread exists. Only on
+        the refusal path, so it costs the answers to members nothing."""
+        if await self._directory.thread(thread_id) is None:
+            return NotFound("thread not found")
+        return OutOfScope("thread not found")
 
     async def create_thread(
         self, principal: Principal, *, kind: ThreadKind, member_ids: Sequence[UUID]
@@ -239,8 +255,10 @@ class MessagingService:
         info = await self._directory.thread(thread_id)
         if info is None or principal.user_id not in info.members:
             info = await self._directory.fresh(thread_id)
-            if info is None or principal.user_id not in info.members:
+            if info is None:
                 raise NotFound("thread not found")
+            if principal.user_id not in info.members:
+                raise OutOfScope("thread not found")
         if env.thread_id != thread_id:
             raise BadRequest(
                 "the envelope names another thread",
@@ -323,7 +341,10 @@ class MessagingService:
                 reader_role=principal.role.value,
                 clinic_id=principal.clinic_id,
             )
-        return [NotFound("thread not found") if p is None else p for p in pages]
+        return [
+            await self._not_a_member(r.thread_id) if p is None else p
+            for r, p in zip(capped, pages, strict=True)
+        ]
 
     async def history(
         self, principal: Principal, thread_id: UUID, *, after: int, limit: int
@@ -351,7 +372,9 @@ class MessagingService:
                 delivered_seq=delivered_seq,
                 read_seq=read_seq,
             )
-        except (NotAMember, ThreadNotFound):
+        except NotAMember:
+            raise OutOfScope("thread not found") from None
+        except ThreadNotFound:
             raise NotFound("thread not found") from None
 
     @staticmethod
@@ -370,6 +393,8 @@ def _appended(outcome: message_store.Outcome) -> AppendResult:
         )
     if isinstance(outcome, DeviceNotUsable):
         raise Forbidden("the sending device is not usable", code=ErrorCode.DEVICE_NOT_USABLE)
-    if isinstance(outcome, NotAMember | ThreadNotFound):
+    if isinstance(outcome, NotAMember):
+        raise OutOfScope("thread not found")
+    if isinstance(outcome, ThreadNotFound):
         raise NotFound("thread not found")
     raise outcome

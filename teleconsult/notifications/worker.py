@@ -68,7 +68,6 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import asyncpg
 
-from teleconsult.core.db import create_pool
 from teleconsult.core.settings import NotifySettings
 from teleconsult.notifications import store as outbox_store
 from teleconsult.notifications.channels import (
@@ -390,25 +389,3 @@ class BackgroundWorker:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
-
-
-async def run_worker(
-    dsn: str, settings: NotifySettings, *, worker_id: str | None = None, stop: asyncio.Event
-) -> None:
-    """Run a notification worker with its own pool and HTTP session until ``stop`` is set."""
-    pool = await create_pool(dsn, min_size=1, max_size=5)
-    try:
-        async with aiohttp.ClientSession() as session:
-            worker = OutboxWorker(
-                pool,
-                create_channel(settings, session),
-                worker_id=worker_id or default_worker_id(),
-                lease=timedelta(seconds=settings.lease_seconds),
-            )
-            logger.info(
-                "notification worker %s started (channel %s)", worker.worker_id, settings.channel
-            )
-            await worker.run(stop, settings.poll_interval)
-            logger.info("notification worker %s stopped", worker.worker_id)
-    finally:
-        await pool.close()

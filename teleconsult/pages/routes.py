@@ -55,11 +55,27 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 REVALIDATE = "no-cache"
 
 
+def sfu_origins(url: str | None) -> tuple[str, ...]:
+    """What a page must reach of an SFU it joins itself (LiveKit): its WebSocket origin
+    (``/rtc``) and its HTTP origin (livekit-client asks ``/rtc/validate`` why a join
+    failed), whichever of the two schemes ``url`` is given in."""
+    if not url:
+        return ()
+    scheme, sep, rest = url.partition("://")
+    host = rest.split("/", 1)[0]
+    if not sep or not _HOST.match(host):
+        return ()
+    secure = scheme in ("https", "wss")
+    return (f"{'wss' if secure else 'ws'}://{host}", f"{'https' if secure else 'http'}://{host}")
+
+
 def page_policy(request: web.Request) -> str:
     """The pages' CSP. ``connect-src`` names this origin's WebSocket scheme explicitly
-    (``'self'`` covers it in CSP 3 browsers; older ones need it spelled out)."""
+    (``'self'`` covers it in CSP 3 browsers; older ones need it spelled out), and the
+    origins of an SFU the pages join directly (``install``'s ``connect``)."""
     ws = "wss" if request.secure else "ws"
     own = f" {ws}://{request.host}" if _HOST.match(request.host) else ""
+    own += "".join(f" {origin}" for origin in request.app.get(CONNECT, ()))
     return (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
         f"media-src 'self' blob:; connect-src 'self'{own}; "
@@ -123,6 +139,7 @@ def _asset(rel: str, data: bytes) -> Asset:
 
 
 ASSETS = web.AppKey("page_assets", PageAssets)
+CONNECT = web.AppKey("page_connect_origins", tuple)
 
 
 def _respond(request: web.Request, asset: Asset, cache_control: str) -> web.Response:
@@ -182,9 +199,13 @@ async def static(request: web.Request) -> web.Response:
     return _respond(request, asset, IMMUTABLE if current else REVALIDATE)
 
 
-def install(app: web.Application, root: Path = STATIC_DIR) -> None:
-    """Serve the pages on ``app`` (after the API's routes, which keep their paths)."""
+def install(
+    app: web.Application, root: Path = STATIC_DIR, *, connect: tuple[str, ...] = ()
+) -> None:
+    """Serve the pages on ``app`` (after the API's routes, which keep their paths);
+    ``connect``: more origins the pages may connect to (``sfu_origins``)."""
     app[ASSETS] = PageAssets(root)
+    app[CONNECT] = connect
     app.router.add_get("/", home, name="page_home")
     app.router.add_get("/{name}.html", page, name="page")
     app.router.add_get("/join/{room_id}", join, name="page_join")

@@ -11,6 +11,11 @@ is applied, otherwise the next poll is set with backoff (``poll_interval`` doubl
 up to ``poll_max_interval``). Past ``expires_at`` the payment is confirmed once more
 and, unless it succeeded, marked failed (``expired``). The same loop sweeps
 idempotency keys past their 24 h.
+
+Refund payouts (payouts.py) are reconciled the same way, from their own table: each
+pending payout is asked about (MoMo's refund status, the card gateway's refund, or
+Daraja's Transaction Status query, whose answer comes as a result callback) until it
+is final; past its ``expires_at`` it fails and stays owed to the patient.
 """
 
 from __future__ import annotations
@@ -27,10 +32,10 @@ import asyncpg
 
 from teleconsult.core.payment_settings import PaymentSettings
 from teleconsult.core.tasks import cancel_and_wait
-from teleconsult.payments import store
+from teleconsult.payments import payout_store, store
 from teleconsult.payments.idempotency import IdempotencyKeys
 from teleconsult.payments.providers.base import ProviderError
-from teleconsult.payments.records import Payment
+from teleconsult.payments.records import Payment, Payout
 from teleconsult.payments.service import PaymentService
 
 logger = logging.getLogger(__name__)
@@ -69,39 +74,51 @@ class Reconciler:
         seconds = min(self._settings.poll_max_interval, base * 2 ** min(max(polls - 1, 0), 20))
         return timedelta(seconds=seconds)
 
-    async def _one(self, payment: Payment, now: datetime) -> None:
+    async def _one(self, item: Payment | Payout, now: datetime) -> None:
+        """Ask about one claimed payment or payout; give it back with backoff unless final."""
+        kind, table = (
+            ("payout", "refund_payouts") if isinstance(item, Payout) else ("payment", "payments")
+        )
         try:
-            if now >= payment.expires_at:
-                done = await self._service.expire(payment)
+            if isinstance(item, Payout):
+                payouts = self._service.payouts
+                expired = now >= item.expires_at
+                done: object = await (payouts.expire(item) if expired else payouts.confirm(item))
             else:
-                done = await self._service.confirm(payment)
+                expired = now >= item.expires_at
+                service = self._service
+                done = await (service.expire(item) if expired else service.confirm(item))
         except ProviderError as exc:
-            logger.info("payment %s: provider did not say (%s)", payment.id, exc)
+            logger.info("%s %s: provider did not say (%s)", kind, item.id, exc)
             done = None
         except Exception:
-            logger.exception("payment %s: reconciling failed", payment.id)
+            logger.exception("%s %s: reconciling failed", kind, item.id)
             done = None
         if done is None:
             async with self._pool.acquire() as conn:
                 await store.release(
-                    conn, payment.id, self.worker_id, _now() + self._backoff(payment.polls)
+                    conn, item.id, self.worker_id, _now() + self._backoff(item.polls), table=table
                 )
 
     async def run_once(self, now: datetime | None = None) -> int:
-        """Claim and poll one batch; returns how many were claimed."""
+        """Claim and poll one batch of payments and one of payouts; returns how many
+        were claimed."""
         now = now or _now()
+        lease = self._settings.lease_seconds
         async with self._pool.acquire() as conn:
             claimed = await store.claim_pending(
-                conn,
-                worker_id=self.worker_id,
-                now=now,
-                lease_seconds=self._settings.lease_seconds,
-                batch=BATCH,
+                conn, worker_id=self.worker_id, now=now, lease_seconds=lease, batch=BATCH
             )
-        if claimed:
+            payouts = await payout_store.claim_pending(
+                conn, worker_id=self.worker_id, now=now, lease_seconds=lease, batch=BATCH
+            )
+        if claimed or payouts:
             async with asyncio.timeout(self._settings.lease_seconds * 0.8):
-                await asyncio.gather(*(self._one(p, now) for p in claimed))
-        return len(claimed)
+                await asyncio.gather(
+                    *(self._one(p, now) for p in claimed),
+                    *(self._one(p, now) for p in payouts),
+                )
+        return len(claimed) + len(payouts)
 
     async def _run(self) -> None:
         idle = min(self._settings.poll_interval, 1.0)

@@ -4,13 +4,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Literal, Protocol, TypeVar
 from uuid import UUID
+
+from teleconsult.core.identity import Principal
+from teleconsult.core.policy import Scope, ensure_in_scope
 
 InvoiceStatus = Literal["open", "paid", "partially_refunded", "refunded", "void"]
 PaymentStatus = Literal["pending", "succeeded", "failed"]
 Gate = Literal["pay_before", "pay_after", "none"]
 PROVIDERS = ("momo", "mpesa", "card", "cash")
+
+
+class _Owned(Protocol):
+    @property
+    def clinic_id(self) -> UUID: ...
+    @property
+    def patient_id(self) -> UUID: ...
+
+
+_T = TypeVar("_T", bound=_Owned)
+
+
+def scoped(principal: Principal, found: _T | None, kind: str) -> _T:
+    """``found`` if ``principal`` may see it (its clinic and patient), else NotFound or
+    Forbidden as the policy says (``ensure_in_scope``); None is not found."""
+    ensure_in_scope(principal, Scope(found.clinic_id, found.patient_id) if found else None, kind)
+    assert found is not None
+    return found
 
 
 @dataclass(frozen=True)
@@ -80,6 +101,37 @@ class Refund:
     by: UUID | None
     by_name: str | None
     created_at: datetime
+    # Its latest payout (0023): how the money goes back, and where that stands.
+    payout_id: UUID | None = None
+    payout_method: str | None = None
+    payout_status: PaymentStatus | None = None
+    payout_failure_reason: str | None = None
+    payout_reference: str | None = None
+    invoice_id: UUID | None = None
+
+
+@dataclass(frozen=True)
+class Payout:
+    """One attempt to pay a refund back out: through the provider or from the till."""
+
+    id: UUID
+    clinic_id: UUID
+    refund_id: UUID
+    payment_id: UUID
+    invoice_id: UUID
+    patient_id: UUID
+    method: str
+    amount: int
+    currency: str
+    status: PaymentStatus
+    provider_reference: str | None
+    originator_reference: str | None
+    provider_transaction_id: str | None
+    failure_reason: str | None
+    created_at: datetime
+    finalized_at: datetime | None
+    expires_at: datetime
+    polls: int
 
 
 @dataclass(frozen=True)

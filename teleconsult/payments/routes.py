@@ -1,6 +1,6 @@
 """HTTP transport for payments: invoices, paying, the front desk's money, reports, and
-the providers' webhooks. Every POST that creates or moves money needs an
-``Idempotency-Key`` (idempotency.py)."""
+the providers' webhooks (refunds and their payouts: refund_routes.py). Every POST that
+creates or moves money needs an ``Idempotency-Key`` (idempotency.py)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,35 @@ class Line(BaseModel):
     amount: int
 
 
+class RefundOut(BaseModel):
+    id: UUID = Field(description="its ledger transaction")
+    payment_id: UUID
+    amount: int = Field(description="minor units")
+    currency: str
+    reason: str
+    by: UUID | None = Field(description="who refunded (a front desk user)")
+    by_name: str | None
+    created_at: datetime
+    invoice_id: UUID | None = None
+    payout_id: UUID | None = Field(default=None, description="its latest payout")
+    payout_method: str | None = Field(
+        default=None, description="momo, mpesa, card (through the provider) or cash (the till)"
+    )
+    payout_status: PaymentStatus | None = Field(
+        default=None,
+        description="pending, succeeded (the money went back) or failed (still owed: retry "
+        "or pay from the till); null for refunds recorded before payouts",
+    )
+    payout_failure_reason: str | None = None
+    payout_reference: str | None = Field(
+        default=None, description="the provider's id of the payout (MoMo, card, M-Pesa)"
+    )
+
+    @classmethod
+    def of(cls, r: Refund) -> RefundOut:
+        return cls(**vars(r))
+
+
 class PaymentOut(BaseModel):
     id: UUID
     invoice_id: UUID
@@ -56,6 +85,9 @@ class PaymentOut(BaseModel):
     refunded: int
     created_at: datetime
     finalized_at: datetime | None
+    refund: RefundOut | None = Field(
+        default=None, description="the refund just made, with its payout (refund answers only)"
+    )
 
     @classmethod
     def of(cls, p: Payment) -> PaymentOut:
@@ -73,21 +105,6 @@ class PaymentOut(BaseModel):
             created_at=p.created_at,
             finalized_at=p.finalized_at,
         )
-
-
-class RefundOut(BaseModel):
-    id: UUID = Field(description="its ledger transaction")
-    payment_id: UUID
-    amount: int = Field(description="minor units")
-    currency: str
-    reason: str
-    by: UUID | None = Field(description="who refunded (a front desk user)")
-    by_name: str | None
-    created_at: datetime
-
-    @classmethod
-    def of(cls, r: Refund) -> RefundOut:
-        return cls(**vars(r))
 
 
 class InvoiceOut(BaseModel):
@@ -167,11 +184,6 @@ class StartPaymentBody(Body):
 
 
 class WaiveBody(Body):
-    reason: Text
-
-
-class RefundBody(Body):
-    amount: Annotated[int, Field(ge=1, le=10**15)] | None = None
     reason: Text
 
 
@@ -389,24 +401,6 @@ async def get_payment(req: ApiRequest) -> PaymentOut:
     return PaymentOut.of(payment)
 
 
-@api.op(
-    "POST", f"{PAYMENT}/refunds", operation_id="refundPayment",
-    summary="Refund all or part of a payment (Idempotency-Key required)", tag=TAG,
-    action=Action.PAYMENT_DESK, body=RefundBody, response=PaymentOut, status=201, errors=(409,),
-)  # fmt: skip
-async def refund_payment(req: ApiRequest) -> web.Response:
-    body = req.body(RefundBody)
-
-    async def run() -> PaymentOut:
-        payment = await req.request.app[PAYMENTS].refund(
-            req.principal, req.params["payment_id"], amount=body.amount, reason=body.reason,
-            ip=req.ip,
-        )  # fmt: skip
-        return PaymentOut.of(payment)
-
-    return await idempotent(req, "refundPayment", 201, run)
-
-
 # --- settings and reports -------------------------------------------------------------
 
 
@@ -498,13 +492,18 @@ async def reconciliation(req: ApiRequest) -> ReconOut:
 WEBHOOK = "/api/v1/webhooks/payments/{provider}"
 
 
-async def _webhook(req: ApiRequest) -> WebhookAnswer:
-    request = req.request
+async def callback_body(request: web.Request) -> bytes:
     if request.content_length is not None and request.content_length > MAX_WEBHOOK_BYTES:
         raise PayloadTooLarge(f"a callback is at most {MAX_WEBHOOK_BYTES} bytes")
     raw = await request.read()
     if len(raw) > MAX_WEBHOOK_BYTES:
         raise PayloadTooLarge(f"a callback is at most {MAX_WEBHOOK_BYTES} bytes")
+    return raw
+
+
+async def _webhook(req: ApiRequest) -> WebhookAnswer:
+    request = req.request
+    raw = await callback_body(request)
     outcome = await request.app[PAYMENTS].handle_callback(
         request.match_info["provider"], request.headers, raw, ip=req.ip
     )

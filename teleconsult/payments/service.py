@@ -30,10 +30,10 @@ from teleconsult.core.errors import (
 )
 from teleconsult.core.identity import Principal, Role
 from teleconsult.core.payment_settings import PaymentSettings
-from teleconsult.core.policy import Scope, ensure_in_scope
 from teleconsult.payments import store
 from teleconsult.payments.ledger import accounts
-from teleconsult.payments.ledger.store import Balance, Posting, post, transaction_of, trial_balance
+from teleconsult.payments.ledger.store import Balance, Posting, post, trial_balance
+from teleconsult.payments.payouts import PayoutMethod, RefundPayouts
 from teleconsult.payments.providers.base import (
     Initiation,
     PaymentProvider,
@@ -49,6 +49,7 @@ from teleconsult.payments.records import (
     Payment,
     PaymentDue,
     Refund,
+    scoped,
 )
 from teleconsult.payments.reports import Reconciliation, reconcile
 from teleconsult.payments.settlement import CallbackOutcome, Settlement, payment_event
@@ -80,6 +81,9 @@ class PaymentService:
         self._settings = settings
         self._now = clock
         self._settle = Settlement(pool=pool, audit=audit, providers=self._providers, clock=clock)
+        self.payouts = RefundPayouts(
+            pool=pool, audit=audit, providers=self._providers, settings=settings, clock=clock
+        )
 
     @property
     def provider_names(self) -> list[str]:
@@ -99,16 +103,6 @@ class PaymentService:
 
     # --- reading ----------------------------------------------------------------------
 
-    @staticmethod
-    def _scope_invoice(principal: Principal, invoice: Invoice | None) -> Invoice:
-        ensure_in_scope(
-            principal,
-            Scope(invoice.clinic_id, invoice.patient_id) if invoice else None,
-            "invoice",
-        )
-        assert invoice is not None
-        return invoice
-
     _event = staticmethod(payment_event)
 
     async def get_invoice(
@@ -116,7 +110,7 @@ class PaymentService:
     ) -> tuple[Invoice, list[Payment], list[Refund]]:
         """The invoice with its payments and its refunds (amount, reason, who, when)."""
         async with self._pool.acquire() as conn, conn.transaction():
-            invoice = self._scope_invoice(principal, await store.get_invoice(conn, invoice_id))
+            invoice = scoped(principal, await store.get_invoice(conn, invoice_id), "invoice")
             payments = await store.payments_of_invoice(conn, invoice_id)
             refunds = await store.refunds_of_invoice(conn, invoice_id) if invoice.refunded else []
             await self._audit.record(
@@ -133,8 +127,7 @@ class PaymentService:
     ) -> tuple[Invoice, list[Payment], list[Refund]]:
         async with self._pool.acquire() as conn:
             invoice = await store.invoice_for_appointment(conn, appointment_id)
-        self._scope_invoice(principal, invoice)
-        assert invoice is not None
+        invoice = scoped(principal, invoice, "invoice")
         return await self.get_invoice(principal, invoice.id, ip=ip)
 
     async def list_invoices(
@@ -179,13 +172,7 @@ class PaymentService:
         self, principal: Principal, payment_id: UUID, *, ip: str | None
     ) -> Payment:
         async with self._pool.acquire() as conn, conn.transaction():
-            payment = await store.get_payment(conn, payment_id)
-            ensure_in_scope(
-                principal,
-                Scope(payment.clinic_id, payment.patient_id) if payment else None,
-                "payment",
-            )
-            assert payment is not None
+            payment = scoped(principal, await store.get_payment(conn, payment_id), "payment")
             await self._audit.record(
                 self._event(
                     principal, "payment.read", "payment", payment.id,
@@ -250,8 +237,8 @@ class PaymentService:
         payment_id = uuid4()
         now = self._now()
         async with self._pool.acquire() as conn, conn.transaction():
-            invoice = self._scope_invoice(
-                principal, await store.get_invoice(conn, invoice_id, for_update=True)
+            invoice = scoped(
+                principal, await store.get_invoice(conn, invoice_id, for_update=True), "invoice"
             )
             amount = self._payable(invoice)
             request = Initiation(
@@ -384,8 +371,8 @@ class PaymentService:
         payment_id = uuid4()
         now = self._now()
         async with self._pool.acquire() as conn, conn.transaction():
-            invoice = self._scope_invoice(
-                principal, await store.get_invoice(conn, invoice_id, for_update=True)
+            invoice = scoped(
+                principal, await store.get_invoice(conn, invoice_id, for_update=True), "invoice"
             )
             amount = self._payable(invoice)
             try:
@@ -419,63 +406,21 @@ class PaymentService:
         amount: int | None,
         reason: str,
         ip: str | None,
-    ) -> Payment:
-        """Refund all or part of a succeeded payment: a reversing ledger transaction
-        linked to the payment's credit (refunds, the contra-revenue account, against the
-        provider's clearing account or the till). Paying the money back out through the
-        provider is the clinic's step (docs/payments.md)."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            payment = await store.get_payment(conn, payment_id, for_update=True)
-            ensure_in_scope(
-                principal,
-                Scope(payment.clinic_id, payment.patient_id) if payment else None,
-                "payment",
-            )
-            assert payment is not None
-            left = payment.amount - payment.refunded
-            value = left if amount is None else amount
-            if payment.status != "succeeded" or value <= 0 or value > left:
-                raise Conflict(
-                    f"can refund at most {max(left, 0) if payment.status == 'succeeded' else 0}",
-                    code=ErrorCode.NOT_PAYABLE,
-                )
-            refunded = await store.add_refund(conn, payment_id, value)
-            assert refunded is not None
-            await store.get_invoice(conn, payment.invoice_id, for_update=True)
-            invoice = await store.move_invoice(conn, payment.invoice_id, refunded=value)
-            original = await transaction_of(conn, kind="payment", payment_id=payment_id)
-            await post(
-                conn,
-                clinic_id=payment.clinic_id,
-                kind="refund",
-                currency=payment.currency,
-                invoice_id=payment.invoice_id,
-                payment_id=payment_id,
-                reverses=original,
-                memo=reason[:500],
-                created_by=principal.user_id,
-                postings=[
-                    Posting(accounts.REFUNDS, value),
-                    Posting(accounts.clearing(payment.provider), -value),
-                ],
-            )
-            await self._audit.record(
-                self._event(
-                    principal, "payment.refund", "payment", payment_id,
-                    clinic_id=payment.clinic_id, ip=ip, patient_id=str(payment.patient_id),
-                    amount=value, currency=payment.currency, invoice_status=invoice.status,
-                ),
-                conn,
-            )  # fmt: skip
-        return refunded
+        method: PayoutMethod = "provider",
+    ) -> tuple[Payment, Refund]:
+        """Refund all or part of a succeeded payment and pay it back out through the
+        provider that took it, or from the till (payouts.py)."""
+        return await self.payouts.refund(
+            principal, payment_id, amount=amount, reason=reason, method=method, ip=ip
+        )
 
     async def waive(
         self, principal: Principal, invoice_id: UUID, *, reason: str, ip: str | None
     ) -> Invoice:
         """The front desk waives what is still owed: fees_waived against receivables."""
         async with self._pool.acquire() as conn, conn.transaction():
-            invoice = self._scope_invoice(
-                principal, await store.get_invoice(conn, invoice_id, for_update=True)
+            invoice = scoped(
+                principal, await store.get_invoice(conn, invoice_id, for_update=True), "invoice"
             )
             amount = self._payable(invoice)
             live = list(await store.payments_of_invoice(conn, invoice_id))
@@ -520,6 +465,8 @@ class PaymentService:
     async def handle_callback(
         self, provider_name: str, headers: Mapping[str, str], body: bytes, *, ip: str | None
     ) -> CallbackOutcome:
+        if self.payouts.is_card_refund(provider_name, body):  # the gateway's one webhook URL
+            return await self.payouts.handle_card_webhook(headers, body, ip=ip)
         return await self._settle.handle_callback(provider_name, headers, body, ip=ip)
 
     # --- the consultation gate --------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Literal
 from uuid import UUID
@@ -181,8 +182,13 @@ class Settlement:
             )  # fmt: skip
         return failed
 
-    async def confirm(self, payment: Payment, *, source: str = "poll") -> Payment | None:
+    async def confirm(
+        self, payment: Payment, *, source: str = "poll", hinted_id: str | None = None
+    ) -> Payment | None:
         """Ask the provider about a pending payment and apply a final answer.
+        ``hinted_id`` is the transaction id an unsigned callback named (M-Pesa's receipt,
+        which the STK query does not give): kept when the provider confirms, as the
+        reference a refund's reversal needs.
 
         Raises ProviderError when the provider cannot say (the caller retries)."""
         if payment.provider_reference is None:
@@ -190,6 +196,8 @@ class Settlement:
             # in its answer): nothing to ask yet. At expiry it fails (``expire``).
             return None
         status = await self.provider(payment.provider).query(payment.provider_reference)
+        if status.transaction_id is None and hinted_id is not None:
+            status = replace(status, transaction_id=hinted_id)
         return await self.finalize(payment.id, status, source)
 
     async def expire(self, payment: Payment) -> Payment | None:
@@ -276,7 +284,7 @@ class Settlement:
             )
             return "applied" if done is not None else "duplicate"
         try:
-            done = await self.confirm(payment, source="callback")
+            done = await self.confirm(payment, source="callback", hinted_id=cb.transaction_id)
         except ProviderError:
             async with self._pool.acquire() as conn:
                 await store.poll_soon(conn, payment.id, self._now())

@@ -125,29 +125,55 @@ async def list_invoices(
     return [_invoice(r, lines.get(r["id"], [])) for r in rows]
 
 
+_REFUND = """
+    SELECT t.id, t.payment_id, t.invoice_id, p.amount, p.currency, t.memo, t.created_by,
+           u.full_name, t.created_at, o.id AS payout_id, o.method, o.status AS payout_status,
+           o.failure_reason, o.provider_reference
+    FROM ledger_transactions t
+    JOIN ledger_postings p ON p.transaction_id = t.id AND p.account = 'refunds'
+    LEFT JOIN users u ON u.id = t.created_by
+    LEFT JOIN LATERAL (
+        SELECT * FROM refund_payouts r WHERE r.refund_id = t.id
+        ORDER BY r.created_at DESC, r.id DESC LIMIT 1
+    ) o ON true
+"""
+
+
+def _refund(r: asyncpg.Record) -> Refund:
+    return Refund(
+        id=r["id"], payment_id=r["payment_id"], amount=r["amount"],
+        currency=r["currency"].strip(), reason=r["memo"] or "", by=r["created_by"],
+        by_name=r["full_name"], created_at=r["created_at"], payout_id=r["payout_id"],
+        payout_method=r["method"], payout_status=r["payout_status"],
+        payout_failure_reason=r["failure_reason"], payout_reference=r["provider_reference"],
+        invoice_id=r["invoice_id"],
+    )  # fmt: skip
+
+
 async def refunds_of_invoice(conn: Conn, invoice_id: UUID) -> list[Refund]:
     """The invoice's refunds from the ledger (each is a ``refund`` transaction whose
-    ``refunds`` posting is its amount), oldest first."""
+    ``refunds`` posting is its amount) with their latest payout, oldest first."""
     rows = await conn.fetch(
-        """
-        SELECT t.id, t.payment_id, p.amount, p.currency, t.memo, t.created_by,
-               u.full_name, t.created_at
-        FROM ledger_transactions t
-        JOIN ledger_postings p ON p.transaction_id = t.id AND p.account = 'refunds'
-        LEFT JOIN users u ON u.id = t.created_by
-        WHERE t.invoice_id = $1 AND t.kind = 'refund'
-        ORDER BY t.created_at, t.id
-        """,
+        f"{_REFUND} WHERE t.invoice_id = $1 AND t.kind = 'refund' ORDER BY t.created_at, t.id",
         invoice_id,
     )
-    return [
-        Refund(
-            id=r["id"], payment_id=r["payment_id"], amount=r["amount"],
-            currency=r["currency"].strip(), reason=r["memo"] or "", by=r["created_by"],
-            by_name=r["full_name"], created_at=r["created_at"],
-        )
-        for r in rows
-    ]  # fmt: skip
+    return [_refund(r) for r in rows]
+
+
+async def get_refund(conn: Conn, refund_id: UUID) -> Refund | None:
+    row = await conn.fetchrow(f"{_REFUND} WHERE t.id = $1 AND t.kind = 'refund'", refund_id)
+    return None if row is None else _refund(row)
+
+
+async def refunds_owed(conn: Conn, clinic_id: UUID, limit: int) -> list[Refund]:
+    """The clinic's refunds not paid out yet (latest payout pending or failed), oldest first."""
+    rows = await conn.fetch(
+        f"{_REFUND} WHERE t.clinic_id = $1 AND t.kind = 'refund'"
+        " AND o.status IN ('pending', 'failed') ORDER BY t.created_at, t.id LIMIT $2",
+        clinic_id,
+        limit,
+    )
+    return [_refund(r) for r in rows]
 
 
 async def move_invoice(
@@ -310,18 +336,25 @@ async def finalize(
 ) -> Payment | None:
     """Move a pending payment to ``status``; None when it was final already."""
     row = await conn.fetchrow(
-        f"""
-        UPDATE payments SET status = $2, failure_reason = left($3, 200),
-            provider_transaction_id = left($4, 200), finalized_at = now(), updated_at = now(),
-            locked_until = NULL, claimed_by = NULL
-        WHERE id = $1 AND status = 'pending' RETURNING {_PAYMENT}
-        """,
+        finalize_sql("payments", _PAYMENT),
         payment_id,
         status,
         reason,
         provider_transaction_id,
     )
     return None if row is None else _payment(row)
+
+
+def finalize_sql(table: str, columns: str) -> str:
+    """Move row $1 of ``table`` from ``pending`` to $2 with failure reason $3 and the
+    provider's transaction id $4, giving up its lease; no row when it was final already
+    (the conditional UPDATE that makes a payment or payout final once)."""
+    return f"""
+        UPDATE {table} SET status = $2, failure_reason = left($3, 200),
+            provider_transaction_id = left($4, 200), finalized_at = now(), updated_at = now(),
+            locked_until = NULL, claimed_by = NULL
+        WHERE id = $1 AND status = 'pending' RETURNING {columns}
+        """
 
 
 async def add_refund(conn: Conn, payment_id: UUID, amount: int) -> Payment | None:
@@ -337,48 +370,51 @@ async def add_refund(conn: Conn, payment_id: UUID, amount: int) -> Payment | Non
     return None if row is None else _payment(row)
 
 
-async def claim_pending(
-    conn: Conn, *, worker_id: str, now: datetime, lease_seconds: float, batch: int
-) -> list[Payment]:
-    """Lease up to ``batch`` pending payments due for a poll (SKIP LOCKED: concurrent
-    reconcilers get disjoint rows; a dead one's lease runs out and others take over)."""
-    rows = await conn.fetch(
-        f"""
+def claim_sql(table: str, columns: str) -> str:
+    """Lease up to $4 pending rows of ``table`` due for a poll at $1 for $2 seconds to
+    worker $3 (SKIP LOCKED: concurrent reconcilers get disjoint rows; a dead one's lease
+    runs out and others take over). Payments and refund payouts share it."""
+    return f"""
         WITH due AS (
-            SELECT id FROM payments
+            SELECT id FROM {table}
             WHERE status = 'pending' AND next_poll_at <= $1
               AND (locked_until IS NULL OR locked_until <= $1)
             ORDER BY next_poll_at LIMIT $4 FOR UPDATE SKIP LOCKED
         )
-        UPDATE payments p SET locked_until = $1 + make_interval(secs => $2), claimed_by = $3,
+        UPDATE {table} p SET locked_until = $1 + make_interval(secs => $2), claimed_by = $3,
             polls = p.polls + 1
         FROM due WHERE p.id = due.id
-        RETURNING {", ".join("p." + c for c in _PAYMENT.split(", "))}
-        """,
-        now,
-        lease_seconds,
-        worker_id,
-        batch,
-    )
+        RETURNING {", ".join("p." + c for c in columns.split(", "))}
+        """
+
+
+async def claim_pending(
+    conn: Conn, *, worker_id: str, now: datetime, lease_seconds: float, batch: int
+) -> list[Payment]:
+    """Lease up to ``batch`` pending payments due for a poll (``claim_sql``)."""
+    rows = await conn.fetch(claim_sql("payments", _PAYMENT), now, lease_seconds, worker_id, batch)
     return [_payment(r) for r in rows]
 
 
-async def release(conn: Conn, payment_id: UUID, worker_id: str, next_poll_at: datetime) -> None:
+async def release(
+    conn: Conn, row_id: UUID, worker_id: str, next_poll_at: datetime, *, table: str = "payments"
+) -> None:
+    """Give a claimed pending row back, to be polled at ``next_poll_at``."""
     await conn.execute(
-        "UPDATE payments SET locked_until = NULL, claimed_by = NULL, next_poll_at = $3 "
+        f"UPDATE {table} SET locked_until = NULL, claimed_by = NULL, next_poll_at = $3 "
         "WHERE id = $1 AND claimed_by = $2 AND status = 'pending'",
-        payment_id,
+        row_id,
         worker_id,
         next_poll_at,
     )
 
 
-async def poll_soon(conn: Conn, payment_id: UUID, at: datetime) -> None:
-    """A hint arrived: poll the payment at ``at`` (sooner than planned)."""
+async def poll_soon(conn: Conn, row_id: UUID, at: datetime, *, table: str = "payments") -> None:
+    """A hint arrived: poll the pending row at ``at`` (sooner than planned)."""
     await conn.execute(
-        "UPDATE payments SET next_poll_at = least(next_poll_at, $2) "
+        f"UPDATE {table} SET next_poll_at = least(next_poll_at, $2) "
         "WHERE id = $1 AND status = 'pending'",
-        payment_id,
+        row_id,
         at,
     )
 

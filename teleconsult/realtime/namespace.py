@@ -14,11 +14,13 @@ Events of one connection arrive one after another (the server runs with
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
 import socketio
 
+from teleconsult.api.registry import request_ip
 from teleconsult.core.errors import ClientError, ErrorCode, Unauthenticated
 from teleconsult.core.outages import OUTAGES, is_outage
 from teleconsult.core.settings import ChatSettings
@@ -27,6 +29,7 @@ from teleconsult.realtime.connection import Connection
 from teleconsult.realtime.guard import SessionGuard
 from teleconsult.realtime.hub import SLOW_CONSUMER, Hub
 from teleconsult.realtime.limits import TokenBucket, rate_limited
+from teleconsult.realtime.refusals import SOCKETIO, Via
 from teleconsult.realtime.server import connect_auth, refusal
 
 logger = logging.getLogger(__name__)
@@ -46,6 +49,15 @@ class LiveNamespace(socketio.AsyncNamespace):
 
     def connection_count(self) -> int:
         return len(self._connections)
+
+    def via(self, conn: Connection) -> Via:
+        """How ``conn``'s events come, for the refusal audit (the address is looked up late)."""
+        return Via(SOCKETIO, functools.partial(self._address, conn.sid))
+
+    def _address(self, sid: str) -> str | None:
+        environ = self.server.get_environ(sid, namespace=self.namespace)
+        request = environ.get("aiohttp.request") if environ else None
+        return request_ip(request) if request is not None else None
 
     # --- what a subclass says -----------------------------------------------------------
 

@@ -12,7 +12,8 @@ from pydantic import BaseModel, Field
 from teleconsult.api.models import Body
 from teleconsult.api.registry import Api, ApiRequest
 from teleconsult.core.policy import Action
-from teleconsult.recording.service import Playback, RecordingService, RoomRecordingState
+from teleconsult.recording.playback import Playback, PlaybackCut
+from teleconsult.recording.service import RecordingService, RoomRecordingState
 from teleconsult.recording.store import Consent, Recording
 from teleconsult.recording.tickets import PlaybackTickets
 
@@ -154,8 +155,9 @@ async def get_media(req: ApiRequest) -> web.StreamResponse:
 
 
 async def _send(req: ApiRequest, playback: Playback) -> web.StreamResponse:
-    # The first piece before the headers: a damaged object fails as an error answer.
-    first = await anext(playback.chunks, b"")
+    """Stream a playback whose first piece the service has already checked (a damaged
+    object answered 409 ``recording_damaged`` before this). Damage found later cuts the
+    connection: the body ends short of ``Content-Length``, never as a clean end."""
     resp = web.StreamResponse(status=200 if playback.range is None else 206)
     resp.content_type = playback.recording.content_type or "application/octet-stream"
     resp.content_length = playback.end - playback.start
@@ -163,10 +165,15 @@ async def _send(req: ApiRequest, playback: Playback) -> web.StreamResponse:
     if playback.range is not None:
         resp.headers["Content-Range"] = playback.range.content_range(playback.total)
     await resp.prepare(req.request)
-    if first:
-        await resp.write(first)
-    async for part in playback.chunks:
-        await resp.write(part)
+    try:
+        async for part in playback.chunks:
+            await resp.write(part)
+    except PlaybackCut:
+        resp.force_close()
+        transport = req.request.transport
+        if transport is not None:
+            transport.abort()
+        return resp  # already audited and logged; aiohttp's own end finds it closed
     await resp.write_eof()
     return resp
 
@@ -218,13 +225,15 @@ async def issue_playback_ticket(req: ApiRequest) -> PlaybackTicketOut:
 )
 async def play_with_ticket(req: ApiRequest) -> web.StreamResponse:
     """No bearer token: the ticket (from ``issueRecordingPlaybackTicket``) is the
-    credential. A forged, altered, expired ticket, or one for another recording, is
-    ``not_found``. Then exactly the media route: scope checks, Range, an audit row."""
-    recording_id = req.params["recording_id"]
-    ticket = req.query(PlaybackQuery).ticket
-    principal = PlaybackTickets(_svc(req).keys).redeem(ticket, recording_id)
-    playback = await _svc(req).play(
-        principal, recording_id, req.request.headers.get("Range"), ip=req.ip
+    credential. A forged, altered, expired ticket, one for another recording, or one
+    whose login session has ended (logout, password change, disabled account) or whose
+    user's role changed since, is ``not_found``. Then exactly the media route: scope
+    checks, Range, an audit row."""
+    playback = await _svc(req).play_with_ticket(
+        req.query(PlaybackQuery).ticket,
+        req.params["recording_id"],
+        req.request.headers.get("Range"),
+        ip=req.ip,
     )
     return await _send(req, playback)
 

@@ -297,6 +297,8 @@ class Opener:
         if not 0 <= index < self._chunks:
             raise SealError("chunk index out of range")
         last = index == self._chunks - 1
+        if len(sealed) < TAG_BYTES:  # pynacl would raise ValueError on it
+            raise SealError(f"chunk {index} is cut short")
         try:
             return crypto_aead_xchacha20poly1305_ietf_decrypt(
                 sealed, self._fixed, _nonce(self.header.nonce_prefix, index, last), self._key

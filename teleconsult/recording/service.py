@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 from uuid import UUID, uuid4
@@ -31,24 +31,30 @@ from teleconsult.core.errors import (
     ErrorCode,
     Forbidden,
     NotFound,
+    TeleconsultError,
     Unprocessable,
 )
 from teleconsult.core.identity import Principal, Role
 from teleconsult.core.policy import Action, Scope, ensure_allowed, ensure_in_scope
 from teleconsult.recording import store, upkeep
 from teleconsult.recording.keys import KeyRing
-from teleconsult.recording.ranges import ByteRange, parse_range
+from teleconsult.recording.playback import (
+    Playback,
+    after_first,
+    open_object,
+    stream_range,
+)
+from teleconsult.recording.ranges import parse_range
 from teleconsult.recording.seal import (
-    HEADER_BYTES,
+    KeyUnavailable,
     MasterKey,
-    Opener,
     Sealed,
     SealError,
-    open_header,
     seal_stream,
 )
-from teleconsult.recording.storage import BlobStore, overwrite_and_unlink
+from teleconsult.recording.storage import BlobStore, NoSuchObject, overwrite_and_unlink
 from teleconsult.recording.store import Consent, Recording
+from teleconsult.recording.tickets import PlaybackTickets, Sessions, still_current
 from teleconsult.recording.upkeep import RotationProgress, RotationReport
 from teleconsult.scheduling import store as scheduling
 from teleconsult.scheduling.records import Appointment
@@ -59,8 +65,6 @@ logger = logging.getLogger(__name__)
 _CONTENT_TYPE = re.compile(r"[a-z]+/[a-z0-9.+-]{1,60}")
 # How long one sealing attempt holds a recording before another may take over.
 SEALING_LEASE_SECONDS = 3600.0
-# Chunks read and decrypted per step of a playback (1 MiB at 64 KiB chunks).
-PLAYBACK_BATCH_CHUNKS = 16
 
 
 @dataclass(frozen=True)
@@ -76,24 +80,6 @@ class RoomRecordingState:
 Listener = Callable[[RoomRecordingState], Awaitable[None]]
 
 
-@dataclass(frozen=True)
-class Playback:
-    """One audited playback: which bytes, of how many, and how to get them."""
-
-    recording: Recording
-    range: ByteRange | None  # None: the whole media (a 200)
-    total: int
-    chunks: AsyncIterator[bytes]
-
-    @property
-    def start(self) -> int:
-        return 0 if self.range is None else self.range.start
-
-    @property
-    def end(self) -> int:
-        return self.total if self.range is None else self.range.end
-
-
 class RecordingService:
     def __init__(
         self,
@@ -103,8 +89,12 @@ class RecordingService:
         blobs: BlobStore,
         keys: KeyRing,
         chunk_size: int = 64 * 1024,
+        sessions: Sessions | None = None,
     ) -> None:
+        """``sessions`` re-checks a playback ticket's login session at each use; without
+        it every ticket is refused."""
         self._pool = pool
+        self._sessions = sessions
         self._audit = audit
         self._blobs = blobs
         self._keys = keys
@@ -404,16 +394,67 @@ class RecordingService:
                 ),
                 conn,
             )
-        opener = await self._opener(recording)
-        if opener.plaintext_size != recording.size:
-            raise SealError("the sealed object's length does not match its record")
         start = 0 if wanted is None else wanted.start
         end = recording.size if wanted is None else wanted.end
-        return Playback(
-            recording, wanted, recording.size, self._stream(recording, opener, start, end)
+
+        async def damaged(exc: TeleconsultError, stage: str) -> None:
+            await self._damaged(principal, recording, exc, stage, ip, detail)
+
+        try:
+            # The header, the final chunk and the first batch the range touches, all
+            # before the answer's status goes out: a damaged object is a clean 409.
+            opener = await open_object(self._blobs, self._keys, recording)
+            chunks = stream_range(self._blobs, recording, opener, start, end)
+            first = await anext(chunks, b"")
+        except KeyUnavailable:
+            raise  # our configuration, not the object: logged as a server failure
+        except (SealError, NoSuchObject) as exc:  # a ready recording's object is gone
+            await damaged(exc, "before_answer")
+            raise Conflict(
+                "the stored recording is damaged and cannot be played",
+                code=ErrorCode.RECORDING_DAMAGED,
+            ) from None
+        return Playback(recording, wanted, recording.size, after_first(first, chunks, damaged))
+
+    async def _damaged(
+        self,
+        principal: Principal,
+        recording: Recording,
+        exc: TeleconsultError,
+        stage: str,
+        ip: str | None,
+        detail: dict[str, str | int],
+    ) -> None:
+        """Audit (its own transaction: the playback's is committed) and log, once, that
+        a playback found the stored object damaged. The log line names the recording
+        and what failed, never a byte of it."""
+        logger.error(
+            "recording %s is damaged (%s, found %s)", recording.id, exc, stage.replace("_", " ")
         )
+        event = AuditEvent.by(
+            principal,
+            "recording.damaged",
+            "recording",
+            recording.id,
+            clinic_id=recording.clinic_id,
+            ip=ip,
+            detail={**detail, "stage": stage, "reason": str(exc)[:200]},
+        )
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._audit.record(replace(event, outcome="failure"), conn)
 
     # --- playback tickets (issue 13, pages) ---
+    async def play_with_ticket(
+        self, ticket: str, recording_id: UUID, range_header: str | None, *, ip: str | None = None
+    ) -> Playback:
+        """:meth:`play` as the ticket's principal, if the ticket is good for this recording
+        and its login session is still live with the same user, clinic and role;
+        ``not_found`` otherwise, like any bad ticket."""
+        principal = PlaybackTickets(self._keys).redeem(ticket, recording_id)
+        if not await still_current(self._sessions, principal):
+            raise NotFound("recording not found")
+        return await self.play(principal, recording_id, range_header, ip=ip)
+
     async def check_playable(self, principal: Principal, recording_id: UUID) -> Recording:
         """The media route's checks, without a playback: before a ticket is issued."""
         async with self._pool.acquire() as conn:
@@ -440,43 +481,6 @@ class RecordingService:
         return recording, appointment
 
     # --- end playback tickets ---
-
-    async def _opener(self, recording: Recording) -> Opener:
-        assert recording.object_name and recording.sealed_size is not None
-        assert recording.wrapped_key is not None and recording.key_version is not None
-        head = await self._blobs.get_range(recording.object_name, 0, HEADER_BYTES)
-        opener = open_header(
-            head,
-            self._keys.get,
-            recording.sealed_size,
-            wrapped=recording.wrapped_key,
-            key_version=recording.key_version,
-        )
-        # The final chunk proves the length: a truncated object fails here, before
-        # any byte is sent.
-        first, last = opener.layout.chunk_span(opener.final_chunk)
-        raw = await self._blobs.get_range(recording.object_name, first, last - first)
-        opener.open_chunk(opener.final_chunk, raw)
-        return opener
-
-    async def _stream(
-        self, recording: Recording, opener: Opener, start: int, end: int
-    ) -> AsyncIterator[bytes]:
-        if start >= end:
-            return
-        assert recording.object_name is not None
-        wanted = opener.layout.chunks_for(start, end)
-        step = PLAYBACK_BATCH_CHUNKS
-        for first_chunk in range(wanted.start, wanted.stop, step):
-            batch = range(first_chunk, min(first_chunk + step, wanted.stop))
-            lo = opener.layout.chunk_span(batch.start)[0]
-            hi = opener.layout.chunk_span(batch.stop - 1)[1]
-            raw = await self._blobs.get_range(recording.object_name, lo, hi - lo)
-            if len(raw) != hi - lo:
-                raise SealError("the sealed object is truncated")
-            plain = await asyncio.to_thread(_open_batch, opener, batch, raw, lo)
-            base = batch.start * opener.header.chunk_size
-            yield plain[max(start, base) - base : end - base]
 
     async def set_retention(
         self, principal: Principal, clinic_id: UUID, days: int, *, ip: str | None = None
@@ -546,11 +550,3 @@ class RecordingService:
 def _seal_file(plain: Path, sink: BinaryIO, master: MasterKey, chunk_size: int) -> Sealed:
     with plain.open("rb") as source:
         return seal_stream(source, sink, master, chunk_size=chunk_size)
-
-
-def _open_batch(opener: Opener, batch: range, raw: bytes, offset: int) -> bytes:
-    parts = []
-    for index in batch:
-        lo, hi = opener.layout.chunk_span(index)
-        parts.append(opener.open_chunk(index, raw[lo - offset : hi - offset]))
-    return b"".join(parts)

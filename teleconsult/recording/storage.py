@@ -20,14 +20,20 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from teleconsult.core.errors import TeleconsultError
+from teleconsult.core.errors import InfrastructureError
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,128}(/[A-Za-z0-9._-]{1,128}){0,7}")
 _TMP = ".tmp"
 
 
-class StorageError(TeleconsultError):
-    """The store failed or holds no such object."""
+class StorageError(InfrastructureError):
+    """The store failed or holds no such object. A dependency failure: a request that
+    meets one is answered 503 ``unavailable`` (core/outages.py), never 500; playback
+    answers a missing object of a ready recording as ``recording_damaged`` first."""
+
+
+class NoSuchObject(StorageError):
+    """The store answered, and holds no object of that name."""
 
 
 def check_name(name: str) -> str:
@@ -111,7 +117,7 @@ class LocalBlobStore:
             try:
                 fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError:
-                raise StorageError("no such object") from None
+                raise NoSuchObject("no such object") from None
             try:
                 parts: list[bytes] = []
                 done = 0
@@ -140,7 +146,7 @@ class LocalBlobStore:
             try:
                 fd = os.open(path, os.O_WRONLY)
             except FileNotFoundError:
-                raise StorageError("no such object") from None
+                raise NoSuchObject("no such object") from None
             try:
                 if os.pwrite(fd, data, 0) != len(data):
                     raise StorageError("short write of an object's head")

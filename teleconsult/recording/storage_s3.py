@@ -28,7 +28,7 @@ from xml.etree import ElementTree
 
 import aiohttp
 
-from teleconsult.recording.storage import StorageError, check_name
+from teleconsult.recording.storage import NoSuchObject, StorageError, check_name
 
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _UPLOAD_BLOCK = 1 << 20
@@ -180,7 +180,7 @@ class S3BlobStore:
             if resp.status == 416:
                 return b""
             if resp.status == 404:
-                raise StorageError("no such object")
+                raise NoSuchObject("no such object")
             await self._check(resp, "GET")
             data = await resp.read()
         return data if resp.status == 206 else data[offset : offset + length]
@@ -196,7 +196,7 @@ class S3BlobStore:
     async def rewrite_head(self, name: str, data: bytes) -> None:
         size = await self.size(name)
         if size is None:
-            raise StorageError("no such object")
+            raise NoSuchObject("no such object")
         async with self.writer(name) as handle:
             offset = 0
             while offset < size:

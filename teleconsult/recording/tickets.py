@@ -13,8 +13,12 @@ HMAC-SHA256 over the purpose and the payload, keyed by a key derived (BLAKE2b,
 keyed, personalised) from the recording master key of that version. Servers that
 share ``RECORDING_KEYS`` accept each other's tickets; a forged or altered ticket,
 one for another recording, or an expired one is refused with ``not_found`` (it
-reveals nothing about the recording). Redemption still runs the media route's
-scope checks against the appointment.
+reveals nothing about the recording). So is a ticket whose login session has
+ended since (logout, a password change from another session, a disabled account)
+or whose user's role or clinic changed: at each use the ticket's principal is
+re-checked by :class:`Sessions` (the accounts domain's ``recheck``, the same check
+that ends live connections) and must be the same principal now. Redemption still
+runs the media route's scope checks against the appointment.
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ import binascii
 import hashlib
 import hmac
 import time
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 from uuid import UUID
 
-from teleconsult.core.errors import NotFound
+from teleconsult.core.errors import ClientError, NotFound
 from teleconsult.core.identity import Principal, Role
 from teleconsult.recording.keys import KeyRing
 
@@ -42,6 +48,25 @@ def _b64(raw: bytes) -> str:
 
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class Sessions(Protocol):
+    """What the accounts domain tells about login sessions (``AccountService``)."""
+
+    async def recheck(
+        self, principals: Collection[Principal]
+    ) -> Mapping[UUID, Principal | ClientError]:
+        """For each login session, its principal as of now or why it may no longer act."""
+        ...
+
+
+async def still_current(sessions: Sessions | None, principal: Principal) -> bool:
+    """Whether ``principal``'s login session is live and it is still the same user,
+    clinic and role. Without ``sessions`` nothing is (tickets are refused)."""
+    if sessions is None:
+        return False
+    now = (await sessions.recheck([principal])).get(principal.session_id)
+    return now == principal
 
 
 @dataclass(frozen=True)

@@ -151,7 +151,8 @@ class JanusSession:
                 await asyncio.sleep(min(0.2 * 2**failures, 5))
                 continue
             for event in events if isinstance(events, list) else [events]:
-                self._dispatch(event)
+                if isinstance(event, dict):  # an empty poll answers null
+                    self._dispatch(event)
 
     def _dispatch(self, event: dict[str, Any]) -> None:
         kind = event.get("janus")

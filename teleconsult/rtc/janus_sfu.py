@@ -61,6 +61,7 @@ from teleconsult.rtc.sfu import (
     SfuRole,
     SfuRoom,
 )
+from teleconsult.rtc.sfu_relay import SubscribedStream, Subscription
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +155,10 @@ class JanusSfu:
         return self._url
 
     async def start(self) -> None:
-        self._http = aiohttp.ClientSession()
+        # No connection cap: every relayed participant's Janus session holds one
+        # connection in its long poll (aiohttp's default of 100 stopped the relay at
+        # about 100 participants a process; bench/sfu_relay.py).
+        self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         self._admin = await JanusSession.create(self._http, self._url)
         self._handle = await self._admin.attach()
 
@@ -522,15 +526,22 @@ class JanusSfu:
         return True
 
     async def subscribe(self, consultation_id: UUID, identity: str, feeds: list[str]) -> str:
+        """Subscribe to the publishers ``feeds`` (identities); the SFU's offer."""
+        return (await self.subscription(consultation_id, identity, feeds)).sdp
+
+    async def subscription(
+        self, consultation_id: UUID, identity: str, feeds: list[str]
+    ) -> Subscription:
         """Subscribe to the publishers ``feeds`` (identities) on a fresh subscriber
-        handle; the SFU's offer, to answer with :meth:`start`."""
+        handle; the SFU's offer, to answer with :meth:`answer`, and whose each of its
+        streams is (VideoRoom's ``attached`` lists them by ``mid`` and ``feed_id``)."""
         room = self._room(consultation_id)
         member = await self._member(consultation_id, identity)
         if member.subscriber is not None:
             await member.session.detach(member.subscriber)
             member.subscriber = None
         handle = await member.session.attach()
-        _, jsep = await member.session.request(
+        data, jsep = await member.session.request(
             handle,
             {
                 "request": "join",
@@ -543,7 +554,19 @@ class JanusSfu:
         member.subscriber = handle
         if jsep is None:
             raise JanusError("no offer for a subscription")
-        return str(jsep["sdp"])
+        return Subscription(str(jsep["sdp"]), self._streams(consultation_id, feeds, data))
+
+    def _streams(
+        self, consultation_id: UUID, feeds: list[str], attached: dict[str, Any]
+    ) -> tuple[SubscribedStream, ...]:
+        """The publisher (one of ``feeds``) of each media stream Janus listed."""
+        whose = {self.feed(consultation_id, f): f for f in feeds}
+        found = []
+        for stream in attached.get("streams") or []:
+            who = whose.get(stream.get("feed_id"))
+            if who is not None and stream.get("mid") is not None:
+                found.append(SubscribedStream(str(stream["mid"]), who))
+        return tuple(found)
 
     async def answer(self, consultation_id: UUID, identity: str, sdp: str) -> None:
         """The participant's answer to its subscription offer (VideoRoom's ``start``)."""

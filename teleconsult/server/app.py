@@ -40,7 +40,7 @@ from teleconsult.core.embedded_pg import EmbeddedPostgres
 from teleconsult.core.errors import ConfigError
 from teleconsult.core.logging import request_id_middleware
 from teleconsult.core.metrics import EventLoopLagMonitor, Metrics
-from teleconsult.core.migrations import migrate, migrate_database
+from teleconsult.core.migrations import migrate, migrate_database, wait_for_schema
 from teleconsult.core.mqtt_probe import mqtt_reachable
 from teleconsult.core.outages import OUTAGE_FILTER, OUTAGES
 from teleconsult.core.passwords import PasswordHasher
@@ -64,14 +64,15 @@ from teleconsult.messaging.namespace import ChatNamespace
 from teleconsult.messaging.offline import OfflineNotifier
 from teleconsult.messaging.routes import CHAT
 from teleconsult.messaging.service import MessagingService
-from teleconsult.notifications.worker import BackgroundWorker
 from teleconsult.pages import routes as pages_routes  # web pages (issue 12, part A)
+from teleconsult.payments import refund_routes as payments_refund_routes
 from teleconsult.payments import routes as payments_routes  # payments (issue 15)
 from teleconsult.payments.simulators import build_simulators  # payments (issue 15)
 from teleconsult.payments.simulators.app import demo_settings  # payments (issue 15)
 from teleconsult.realtime.guard import SessionGuard
 from teleconsult.realtime.hub import Hub
 from teleconsult.realtime.presence import create_presence
+from teleconsult.realtime.refusals import EventRefusals
 from teleconsult.realtime.server import attach_socketio, outside_realtime
 
 # --- recordings (issue 13, part R) ---
@@ -93,6 +94,7 @@ from teleconsult.scheduling.availability import AvailabilityService
 from teleconsult.scheduling.feeds import CalendarFeedService
 from teleconsult.scheduling.service import SchedulingService
 from teleconsult.server.clinical import fhir_context, payments_context, record_documents_context
+from teleconsult.server.jobs import server_jobs, worker_jobs
 from teleconsult.server.keys import (
     AUDIT,
     AUDIT_SEQUENCER,
@@ -103,6 +105,7 @@ from teleconsult.server.keys import (
     GUARD,
     LIMITER,
     METRICS,
+    MIGRATES,
     MQTT_BRIDGE,
     POOL,
     REALTIME,
@@ -114,7 +117,6 @@ from teleconsult.server.media import (
     SFU_BACKEND,
     janus_context,
     livekit_context,
-    recording_sweeper_context,
     recordings_context,
     rtc_context,
     sfu_bridge,
@@ -145,6 +147,7 @@ __all__ = [
     "all_operations",
     "create_app",
     "create_service_app",
+    "create_worker_app",
 ]
 
 logger = logging.getLogger(__name__)
@@ -169,6 +172,7 @@ def all_operations() -> list[Operation]:
         *livekit_routes.api.operations,  # livekit (issue 13, part L)
         *recording_routes.api.operations,  # recordings (issue 13, part R)
         *payments_routes.api.operations,  # payments (issue 15)
+        *payments_refund_routes.api.operations,
     ]
 
 
@@ -181,8 +185,9 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         urls = await embedded.start()
     else:
         urls = db.DatabaseUrls(settings.url, settings.owner_url, settings.runtime_role)
+    migrates = app.get(MIGRATES, True)
     try:
-        if urls.owner is not None:
+        if urls.owner is not None and migrates:
             await migrate_database(urls)
         pool = await db.create_pool(
             urls.runtime,
@@ -192,7 +197,9 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
             runtime_role=urls.runtime_role,
         )
         try:
-            if urls.owner is None:
+            if not migrates:
+                await wait_for_schema(pool, patience=settings.schema_wait_seconds)
+            elif urls.owner is None:
                 async with pool.acquire() as conn:
                     await migrate(conn)
             await db.warn_if_privileged(pool)
@@ -272,7 +279,11 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     )
     app[DIRECTORY] = directory
     app[messaging_routes.MESSAGING] = MessagingService(
-        pool=pool, audit=audit, directory=directory, appender=appender
+        pool=pool,
+        audit=audit,
+        directory=directory,
+        appender=appender,
+        revocations=app[REVOCATIONS].announce,
     )
     app[turn_routes.TURN] = TurnService(settings.turn, limiter=app[LIMITER])
     app[feed_routes.FEEDS] = CalendarFeedService(
@@ -344,7 +355,8 @@ def create_app(settings: Settings) -> web.Application:
         )
     headers.install(app)
     # --- web pages (issue 12, part A): /, /<page>.html, /static/ after the API's routes ---
-    pages_routes.install(app)
+    livekit = settings.livekit.url if settings.sfu.kind == "livekit" else None
+    pages_routes.install(app, connect=pages_routes.sfu_origins(livekit))
     app[browser_session.SECURE_COOKIES] = settings.public_url.startswith("https:")
 
     realtime = attach_socketio(app, settings.chat)
@@ -354,7 +366,6 @@ def create_app(settings: Settings) -> web.Application:
     _add_resources(app)
     app.cleanup_ctx.append(record_documents_context)  # records (issue 14, part R)
     app.cleanup_ctx.append(payments_context)  # payments (issue 15): before _signaling (the gate)
-    app.cleanup_ctx.append(recording_sweeper_context)  # recordings (issue 13, part R)
     app.cleanup_ctx.append(rtc_context)
     app.cleanup_ctx.append(livekit_context)  # livekit (issue 13, part L)
     app.cleanup_ctx.append(_guard)
@@ -362,8 +373,8 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(janus_context)  # sfu / janus (issue 13, part J)
     app.cleanup_ctx.append(_signaling)
     app.cleanup_ctx.append(_mqtt)
-    app.cleanup_ctx.append(_notifications)
     app.cleanup_ctx.append(fhir_context)  # fhir (issue 14, F)
+    app.cleanup_ctx.append(server_jobs)  # the jobs BACKGROUND_JOBS keeps here (jobs.py)
     app.cleanup_ctx.append(EventLoopLagMonitor(metrics).cleanup_ctx)
     return app
 
@@ -404,6 +415,7 @@ async def _chat(app: web.Application) -> AsyncIterator[None]:
         presence=presence,
         limiter=app[LIMITER],
         settings=settings.chat,
+        refusals=EventRefusals(app[REFUSALS]),
     )
     if settings.chat.offline_hook:
         chat.add_sink(OfflineNotifier(app[POOL], presence).sink)
@@ -474,7 +486,11 @@ async def _signaling(app: web.Application) -> AsyncIterator[None]:
 
         app[recording_routes.RECORDINGS].on_change(recording_changed)
     namespace = SignalNamespace(
-        signaling=service, guard=app[GUARD], hub=hub, settings=settings.chat
+        signaling=service,
+        guard=app[GUARD],
+        hub=hub,
+        settings=settings.chat,
+        refusals=EventRefusals(app[REFUSALS]),
     )
     app[REALTIME].register_namespace(namespace)
     app[SIGNAL_NAMESPACE] = namespace
@@ -510,20 +526,6 @@ async def _mqtt(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-async def _notifications(app: web.Application) -> AsyncIterator[None]:
-    """Send due notifications from this process (several processes may: leases)."""
-    settings = app[SETTINGS].notify
-    if not settings.run_in_server:
-        yield
-        return
-    worker = BackgroundWorker(settings)
-    await worker.start(app[POOL])
-    try:
-        yield
-    finally:
-        await worker.stop()
-
-
 def _add_resources(app: web.Application) -> None:
     # recordings_context: recordings (issue 13, part R), also for `teleconsult recordings`
     app.cleanup_ctx.extend([_database, _audit, _bus, _limiter, _services, recordings_context])
@@ -554,4 +556,15 @@ def create_service_app(settings: Settings) -> web.Application:
     app = web.Application()
     app[SETTINGS] = settings
     _add_resources(app)
+    return app
+
+
+def create_worker_app(settings: Settings) -> web.Application:
+    """``teleconsult worker``: the services the background jobs use, and every job
+    (server/jobs.py), without HTTP."""
+    app = create_service_app(settings)
+    # A worker never migrates, so it needs only the runtime role (DATABASE_URL): it
+    # waits for a server (or `teleconsult migrate`) to bring the schema up to date.
+    app[MIGRATES] = False
+    app.cleanup_ctx.extend([record_documents_context, payments_context, fhir_context, worker_jobs])
     return app

@@ -30,6 +30,8 @@ LIMITER = web.AppKey("rate_limiter", RateLimiter)
 AUDIT = web.AppKey("audit", AuditTrail)
 AUDIT_SEQUENCER = web.AppKey("audit_sequencer", AuditSequencer)
 DATABASE_DSN = web.AppKey("database_dsn", str)
+# False for a process that never migrates (the worker): it waits for the schema instead.
+MIGRATES = web.AppKey("migrates", bool)
 SIGNAL_NAMESPACE = web.AppKey("signal_namespace", SignalNamespace)
 REALTIME = web.AppKey("realtime", socketio.AsyncServer)
 GUARD = web.AppKey("session_guard", SessionGuard)

@@ -1,22 +1,24 @@
 """Calls and recordings in the composition root: the network-test peers, the SFU
-backends (Janus, LiveKit) and the recording store with its retention sweeper.
+backends (Janus, LiveKit) and the recording store (its retention sweeper is a job:
+``jobs.py``).
 
 Each function is a cleanup context that ``create_app`` appends in order.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
+from uuid import UUID
 
 from aiohttp import web
 
+from teleconsult.accounts import routes as accounts_routes
 from teleconsult.recording import routes as recording_routes
 from teleconsult.recording.blobs import open_blob_store
 from teleconsult.recording.keys import KeyRing
 from teleconsult.recording.service import RecordingService
 from teleconsult.recording.sfu_events import RecordingIntake
-from teleconsult.recording.sweeper import RetentionSweeper
 from teleconsult.rtc import livekit_routes
 from teleconsult.rtc import routes as rtc_routes
 from teleconsult.rtc.addresses import PeerAddressPolicy
@@ -85,24 +87,12 @@ async def recordings_context(app: web.Application) -> AsyncIterator[None]:
         blobs=blobs,
         keys=KeyRing.of(settings.keys),
         chunk_size=settings.chunk_size,
+        sessions=app[accounts_routes.ACCOUNTS],  # _services, an earlier context, made it
     )
     try:
         yield
     finally:
         await blobs.close()
-
-
-async def recording_sweeper_context(app: web.Application) -> AsyncIterator[None]:
-    """Expire recordings past their clinic's retention, every RECORDING_SWEEP_SECONDS
-    (several processes may: rows are locked while one works on them)."""
-    sweeper = RetentionSweeper(
-        app[recording_routes.RECORDINGS], period=app[SETTINGS].recording.sweep_seconds
-    )
-    sweeper.start()
-    try:
-        yield
-    finally:
-        await sweeper.stop()
 
 
 # --- end recordings (issue 13, part R) ---
@@ -134,6 +124,13 @@ async def janus_context(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+def _consent_of(recordings: RecordingService) -> Callable[[UUID], Awaitable[bool]]:
+    async def consented(consultation_id: UUID) -> bool:
+        return (await recordings.state(consultation_id)).consent
+
+    return consented
+
+
 def sfu_bridge(app: web.Application, publish: Any) -> SfuBridge | None:
     """The SFU that takes rooms past peer to peer (SFU=janus|livekit), or None."""
     kind = app[SETTINGS].sfu.kind
@@ -148,8 +145,9 @@ def sfu_bridge(app: web.Application, publish: Any) -> SfuBridge | None:
         return None
     recordings = app.get(recording_routes.RECORDINGS)
     begin = recordings.begin if recordings else None
+    consented = _consent_of(recordings) if recordings else None
     shared = create_sfu_rooms(app[SETTINGS].redis.url)  # issue 13, part MP
-    return SfuBridge(sfu, relay, publish, begin_recording=begin, shared=shared)
+    return SfuBridge(sfu, relay, publish, begin_recording=begin, consented=consented, shared=shared)
 
 
 # --- end sfu / janus (issue 13, part J) ---

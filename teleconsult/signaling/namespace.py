@@ -42,6 +42,7 @@ from teleconsult.realtime.connection import Connection
 from teleconsult.realtime.guard import SessionGuard
 from teleconsult.realtime.hub import Hub
 from teleconsult.realtime.namespace import LiveNamespace
+from teleconsult.realtime.refusals import EventRefusals, payload_field
 from teleconsult.signaling import wire as sw
 from teleconsult.signaling.service import SignalingService
 
@@ -101,9 +102,12 @@ class SignalNamespace(LiveNamespace):
         guard: SessionGuard,
         hub: Hub,
         settings: ChatSettings,
+        refusals: EventRefusals | None = None,
     ) -> None:
+        """``refusals``: where refused events are audited (realtime/refusals.py)."""
         super().__init__(NAMESPACE, guard=guard, hub=hub, settings=settings)
         self._signaling = signaling
+        self._refusals = refusals or EventRefusals(None)
         self._bindings: dict[str, _Binding] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -183,9 +187,29 @@ class SignalNamespace(LiveNamespace):
         try:
             return acks.ok(**await self._handle(conn, event, data))
         except ClientError as exc:
+            await self._refused(conn, event, data, exc)
             return acks.error_ack(exc)
         except Exception as exc:
             return acks.failure(exc, f"signal event {event}")
+
+    async def _refused(self, conn: Connection, event: str, data: Any, exc: ClientError) -> None:
+        """Audit ``exc`` if the policy refused it: the room (or the invited user) is the target."""
+        if event == "invite":
+            target_type, target_id = "user", payload_field(data, "user_id")
+        elif event == "join":
+            target_type, target_id = "room", payload_field(data, "room_id")
+        else:
+            binding = self._bindings.get(conn.sid)
+            target_type, target_id = "room", binding.room_id if binding else None
+        await self._refusals.note(
+            conn.principal,
+            exc,
+            via=self.via(conn),
+            operation=f"signal.{event}",
+            action=f"room.{event}",
+            target_type=target_type,
+            target_id=target_id,
+        )
 
     async def _handle(self, conn: Connection, event: str, data: Any) -> dict[str, Any]:
         service = self._signaling

@@ -52,6 +52,7 @@ class Peer:
     seen: float
     grace_until: float | None = None
     link: str = ""
+    name: str = ""  # the user's name, shown to the others in the call
 
     def to_json(self) -> str:
         data = asdict(self)

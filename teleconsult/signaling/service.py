@@ -45,6 +45,7 @@ from teleconsult.accounts import store as accounts
 from teleconsult.core.batching import Batcher
 from teleconsult.core.errors import Conflict, ErrorCode, Forbidden, NotFound
 from teleconsult.core.identity import Principal
+from teleconsult.core.policy import OutOfScope
 from teleconsult.core.settings import SignalSettings
 from teleconsult.signaling import store
 from teleconsult.signaling.rooms import (
@@ -181,9 +182,10 @@ class SignalingService:
 
     @staticmethod
     def _role(principal: Principal, access: store.RoomAccess) -> RoomRole:
-        """The caller's role in the room now, or why it may not enter."""
+        """The caller's role in the room now, or why it may not enter (another clinic's
+        room, or one the caller has no part in, is OutOfScope: ``not_found``, audited)."""
         if access.clinic_id != principal.clinic_id:
-            raise NotFound("room not found")
+            raise OutOfScope("room not found")
         role: RoomRole
         if principal.user_id == access.doctor_id:
             role = "doctor"
@@ -192,7 +194,7 @@ class SignalingService:
         elif access.invited:
             role = "guest"
         else:
-            raise NotFound("room not found")
+            raise OutOfScope("room not found")
         now = datetime.now(UTC)
         closed = access.consultation_status in (
             "ended",
@@ -243,6 +245,7 @@ class SignalingService:
             joined_at=now,
             seen=now,
             link=new_link(),
+            name=access.name,
         )
         listen(candidate.peer_id)
         if self._sfu is not None:
@@ -324,8 +327,11 @@ class SignalingService:
             "status": other.status,
             "connected": other.connected,
             "polite": polite(me.peer_id, other.peer_id),
+            "name": other.name,
         }
-        if me.role == "doctor":
+        if me.role == "doctor" or other.status == "admitted":
+            # An admitted peer's user id is its SFU identity (LiveKit shows it to the
+            # room anyway): the page maps a LiveKit participant to the peer's tile.
             view["user_id"] = str(other.user_id)
         return view
 
@@ -428,8 +434,10 @@ class SignalingService:
         await self._doctor_in(principal, room_id, peer_id)
         async with self._pool.acquire() as conn:
             user = await accounts.get_user(conn, user_id)
-            if user is None or user.clinic_id != principal.clinic_id:
+            if user is None:
                 raise NotFound("user not found")
+            if user.clinic_id != principal.clinic_id:
+                raise OutOfScope("user not found")
             await store.invite(conn, room_id, user_id, user.role.value, principal.user_id)
 
     # --- relay ------------------------------------------------------------------------

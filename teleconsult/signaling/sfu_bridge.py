@@ -10,9 +10,11 @@ Rules (docs/signaling.md, "SFU rooms"):
   they are kicked, so the same credentials cannot bring them back.
 * The SFU room is closed when the last peer leaves.
 * Only the doctor records (``record``), on the SFU: a peer-to-peer room moves to the
-  SFU first. The recording store (``begin``) refuses without the patient's consent,
-  and the SFU's recording is then stopped at once. Everyone in the room is told
-  ``recording`` when the store's state changes (:meth:`SignalingService.recording_changed`).
+  SFU first. Without the patient's consent (``consented``) it is refused before
+  anything moves or starts; the recording store (``begin``) checks again, under its
+  lock, and should a withdrawal slip in between, the SFU's recording is stopped at once.
+  Everyone in the room is told ``recording`` when the store's state changes
+  (:meth:`SignalingService.recording_changed`).
 
 Which rooms are on the SFU, with their consultation and running recording, is kept
 in the shared :class:`~teleconsult.signaling.sfu_rooms.SfuRooms` (Redis with several
@@ -55,6 +57,8 @@ Publish = Callable[[Iterable[str], str, Mapping[str, Any]], None]
 # The recording store's begin(principal, consultation id, the SFU's recording id):
 # refuses (a ClientError) without the patient's consent.
 BeginRecording = Callable[[Principal, UUID, str], Awaitable[Any]]
+# Whether the consultation's patient consents to recording it now.
+Consented = Callable[[UUID], Awaitable[bool]]
 
 
 def identity(peer: Peer) -> str:
@@ -81,12 +85,14 @@ class SfuBridge:
         publish: Publish,
         *,
         begin_recording: BeginRecording | None = None,
+        consented: Consented | None = None,
         shared: SfuRooms | None = None,
     ) -> None:
         self._sfu = sfu
         self._relay = relay
         self._publish = publish
         self._begin_recording = begin_recording
+        self._consented = consented
         self._shared: SfuRooms = shared or LocalSfuRooms()
         # Rooms joined through this process (room_of); the shared state has the rest.
         self._consultations: dict[str, UUID] = {}
@@ -187,6 +193,12 @@ class SfuBridge:
         state = await self._shared.get(room_id)
         if state is not None and state.recording is not None:
             return {"recording": True}
+        if self._consented is not None and not await self._consented(consultation):
+            # Refused before the room moves or the SFU records anyone: nothing changes.
+            raise Conflict(
+                "the patient has not consented to recording this consultation",
+                code=ErrorCode.RECORDING_CONSENT_REQUIRED,
+            )
         admitted = [p for p in peers.values() if p.status == "admitted"]
         others = [p for p in admitted if p.peer_id != me.peer_id]
         await self._move(room_id, others)
@@ -214,8 +226,8 @@ class SfuBridge:
         self, room_id: str, me: Peer, peers: Mapping[str, Peer], request: Any
     ) -> dict[str, Any]:
         """One SFU message of an admitted peer: ``publish`` (an offer; answers the SFU's
-        answer), ``subscribe`` (peer ids; answers the SFU's offer), ``answer``,
-        ``candidate``, ``leave``."""
+        answer), ``subscribe`` (peer ids; answers the SFU's offer and which of its
+        streams, by ``mid``, is which peer's), ``answer``, ``candidate``, ``leave``."""
         if self._relay is None:
             raise ClientError(
                 f"the {self.backend} SFU is joined directly with the grant, not over /signal"
@@ -230,13 +242,16 @@ class SfuBridge:
             self._announce(room_id, consultation, me, peers)
             return {"sdp": answer}
         if kind == "subscribe":
-            feeds = []
+            peer_of: dict[str, str] = {}  # identity -> peer id
             for peer_id in request.peers:
                 other = peers.get(peer_id)
                 if other is None or other.status != "admitted" or other.peer_id == me.peer_id:
                     raise NotFound("no admitted peer with that id in this room")
-                feeds.append(identity(other))
-            return {"sdp": await self._relay.subscribe(consultation, who, feeds)}
+                peer_of[identity(other)] = other.peer_id
+            offer = await self._relay.subscription(consultation, who, list(peer_of))
+            # Which stream (by mid) is whose: the page shows one tile per person.
+            streams = [{"mid": s.mid, "peer_id": peer_of[s.identity]} for s in offer.streams]
+            return {"sdp": offer.sdp, "streams": streams}
         if kind == "answer":
             await self._relay.answer(consultation, who, request.sdp)
             return {}

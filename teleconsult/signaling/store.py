@@ -34,6 +34,8 @@ class RoomAccess:
     invited: bool
     # The clinic's payment gate ('pay_before', 'pay_after' or 'none'; migration 0021).
     payment_gate: str
+    # The asking user's name, as the others in the call see it ('' if unknown).
+    name: str
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,8 @@ SELECT $3::int AS ord, c.id AS consultation_id, a.id AS appointment_id, a.clinic
            SELECT 1 FROM consultation_invites i
            WHERE i.consultation_id = c.id AND i.user_id = $2 AND i.revoked_at IS NULL
        ) AS invited,
-       clinic_payment_gate(a.clinic_id) AS payment_gate
+       clinic_payment_gate(a.clinic_id) AS payment_gate,
+       coalesce((SELECT u.full_name FROM users u WHERE u.id = $2), '') AS name
 FROM consultations c JOIN appointments a ON a.id = c.appointment_id
 WHERE c.room_id = $1
 """
@@ -85,7 +88,8 @@ SELECT q.ord, c.id AS consultation_id, a.id AS appointment_id, a.clinic_id, a.do
            SELECT 1 FROM consultation_invites i
            WHERE i.consultation_id = c.id AND i.user_id = q.user_id AND i.revoked_at IS NULL
        ) AS invited,
-       clinic_payment_gate(a.clinic_id) AS payment_gate
+       clinic_payment_gate(a.clinic_id) AS payment_gate,
+       coalesce((SELECT u.full_name FROM users u WHERE u.id = q.user_id), '') AS name
 FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS q(room_id, user_id, ord)
 JOIN consultations c ON c.room_id = q.room_id
 JOIN appointments a ON a.id = c.appointment_id

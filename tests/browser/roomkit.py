@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
-from playwright.async_api import Page
+from playwright.async_api import Page, expect
 
-from tests.browser.conftest import Clinic, Person
+from tests.browser.conftest import Clinic, NewPage, Person
 from tests.world import PASSWORD
 
 # Every room test books "now": the join window must already be open for the next slot.
@@ -122,3 +122,84 @@ async def wait_media_flowing(page: Page, *, attempts: int = 60) -> dict[str, int
                 return now
         await page.wait_for_timeout(500)
     raise AssertionError(f"media did not flow both ways on {page.url}: {seen}")
+
+
+async def livekit_loaded(page: Page) -> bool:
+    """Whether the page has fetched the vendored LiveKit client (a LiveKit call only)."""
+    loaded: bool = await page.evaluate(
+        """() => performance.getEntriesByType('resource')
+            .some((e) => e.name.includes('/vendor/livekit-client.js'))"""
+    )
+    return loaded
+
+
+async def call_of_two(clinic: Clinic, new_page: NewPage) -> tuple[dict[str, Any], Page, Page]:
+    """The seeded patient booked with the doctor, both in a peer-to-peer call with media
+    flowing: the appointment, the doctor's page and the patient's."""
+    appointment = await book_now(clinic, clinic["patient"], clinic["doctor"])
+    doc = await new_page("doctor")
+    pat = await new_page("patient")
+    await pat.goto(f"/room.html?appointment={appointment['id']}")
+    await pat.locator("#check-continue").click()
+    await admit(doc, clinic["patient"])
+    await wait_media_flowing(pat)
+    return appointment, doc, pat
+
+
+async def invite_third(clinic: Clinic, new_page: NewPage, doc: Page, who: str) -> Page:
+    """The doctor invites ``who`` (a seeded person), who knocks from room.html?room= and is
+    admitted: the third person, so the room moves to the SFU. Their page."""
+    person = clinic[who]
+    await doc.locator("#invite-user").fill(str(person.user_id))
+    await doc.get_by_role("button", name="Invite", exact=True).click()
+    await expect(doc.locator("#status")).to_contain_text("Invited")
+    room_id = await doc.evaluate("() => window.teleconsultDoctor.desk.link.roomId")
+    page = await new_page(who)
+    await page.goto(f"/room.html?room={room_id}")
+    await expect(page.locator("#waiting")).to_be_visible()
+    await admit(doc, person)
+    return page
+
+
+# What each remote tile of a page shows and plays (static/js/room/tiles.js).
+TILES = """() => [...document.querySelectorAll('#remote-tiles .tile')].map((tile) => {
+    const video = tile.querySelector('video');
+    const tracks = video.srcObject ? video.srcObject.getTracks() : [];
+    return {
+        peer: tile.dataset.peer,
+        name: tile.querySelector('.tile-name').textContent,
+        label: video.getAttribute('aria-label'),
+        width: video.videoWidth,
+        time: video.currentTime,
+        audio: tracks.some((t) => t.kind === 'audio' && t.readyState === 'live'),
+        video: tracks.some((t) => t.kind === 'video' && t.readyState === 'live'),
+    };
+})"""
+
+
+async def remote_tiles(page: Page) -> list[dict[str, Any]]:
+    """The page's remote tiles: peer id, visible name, the video's aria-label, its
+    videoWidth and currentTime, and whether its stream holds live audio and video."""
+    tiles: list[dict[str, Any]] = await page.evaluate(TILES)
+    return tiles
+
+
+async def wait_tiles_playing(page: Page, names: set[str], *, attempts: int = 90) -> None:
+    """Until the page shows exactly one tile per name in ``names``, each labelled with it,
+    each video playing (a picture, videoWidth > 0, and currentTime moving on between two
+    looks) with a live audio track in its stream. Polled every 0.5 s, at most
+    ``attempts`` times; no timing is asserted."""
+    seen: list[dict[str, Any]] = []
+    before: dict[str, float] = {}
+    for _ in range(attempts):
+        seen = await remote_tiles(page)
+        ready = (
+            sorted(t["name"] for t in seen) == sorted(names)
+            and all(t["label"].endswith(t["name"]) for t in seen)
+            and all(t["width"] > 0 and t["audio"] and t["video"] for t in seen)
+        )
+        if ready and before and all(t["time"] > before.get(t["peer"], t["time"]) for t in seen):
+            return
+        before = {t["peer"]: t["time"] for t in seen} if ready else {}
+        await page.wait_for_timeout(500)
+    raise AssertionError(f"{page.url} does not play a tile for each of {sorted(names)}: {seen}")

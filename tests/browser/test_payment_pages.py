@@ -6,11 +6,12 @@ of a payment and prints the receipt; axe-core on each page."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
-from uuid import UUID
+from uuid import UUID, uuid4
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -491,3 +492,173 @@ async def test_a_refused_payment_keeps_the_form_and_the_next_try_has_a_new_key(
     await page.wait_for_url("**/_simulators/card/checkout/*")
     after = await _invoice(database_url, appointment)
     assert [p["provider"] for p in after["payments"] if p["status"] != "failed"] == ["card"]
+
+
+# --- refund payouts (0023): failed payouts on the desk, retried or paid from the till ---
+
+
+async def _paid_by_momo(clinic: Clinic, database_url: str, appointment: UUID) -> UUID:
+    """The appointment's invoice paid by MTN MoMo through the API (the pay page is
+    tested above); the payment's id once the simulator's payer approved it."""
+    invoice = await _invoice(database_url, appointment)
+    async with aiohttp.ClientSession(clinic.base_url) as http:
+        login = {"email": clinic["patient"].email, "password": PASSWORD}
+        async with http.post("/api/v1/auth/login", json=login) as resp:
+            auth = {"Authorization": f"Bearer {(await resp.json())['access_token']}"}
+        async with http.post(
+            f"/api/v1/invoices/{invoice['id']}/payments",
+            json={"provider": "momo", "payer": "254711000001"},
+            headers=auth | {"Idempotency-Key": str(uuid4())},
+        ) as resp:
+            assert resp.status == 201, await resp.text()
+            payment_id = UUID((await resp.json())["id"])
+    async with asyncio.timeout(PAID_TIMEOUT / 1000):
+        while True:
+            if (await _invoice(database_url, appointment))["status"] == "paid":
+                return payment_id
+            await asyncio.sleep(0.2)
+
+
+async def _momo_refunds_fail(clinic: Clinic, rate: float) -> None:
+    async with aiohttp.ClientSession() as http:
+        control = clinic.url("/_simulators/_control/momo/behaviour")
+        async with http.post(control, json={"refund_fail_rate": rate}) as resp:
+            assert resp.status == 200, await resp.text()
+
+
+async def _payouts(database_url: str, payment_id: UUID) -> list[tuple[str, str, int]]:
+    """(method, status, amount) of each payout of the payment's refunds, oldest first."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT method, status, amount FROM refund_payouts WHERE payment_id = $1 "
+            "ORDER BY created_at",
+            payment_id,
+        )
+        return [(r["method"], r["status"], r["amount"]) for r in rows]
+    finally:
+        await conn.close()
+
+
+async def _provider_reference(database_url: str, payment_id: UUID) -> str:
+    conn = await asyncpg.connect(database_url)
+    try:
+        reference: str = await conn.fetchval(
+            "SELECT provider_reference FROM payments WHERE id = $1", payment_id
+        )
+        return reference
+    finally:
+        await conn.close()
+
+
+async def _until_payouts(
+    database_url: str, payment_id: UUID, expected: list[tuple[str, str, int]]
+) -> None:
+    async with asyncio.timeout(PAID_TIMEOUT / 1000):
+        while (found := await _payouts(database_url, payment_id)) != expected:
+            assert all(s in ("pending", "succeeded", "failed") for _, s, _ in found), found
+            await asyncio.sleep(0.2)
+
+
+async def _refund_on_desk(page: Page, invoice_id: UUID, amount: str, reason: str) -> None:
+    card = await _desk_card(page, invoice_id, "")  # all invoices: paid or partly refunded
+    await card.get_by_role("button", name="Refund").click()
+    form = card.locator("form[data-panel=refund]")
+    await form.get_by_label("Amount to refund").fill(amount)
+    await form.get_by_label("Reason").fill(reason)
+    await form.locator("button[type=submit]").click()
+    await page.locator(".toast-ok", has_text="refunded").wait_for()
+    await form.wait_for(state="detached")  # the list is drawn afresh
+
+
+async def _owed_payout(page: Page, refund_reason: str) -> Any:
+    """The card of "Refunds still to pay back" for the refund of that reason, listed
+    afresh (the list is read when the page loads or the filter changes)."""
+    await page.reload()
+    await page.wait_for_selector("body.ready")
+    section = page.locator("#owed-payouts")
+    await section.wait_for()
+    return section.locator("li", has_text=refund_reason)
+
+
+async def test_failed_refund_payouts_are_retried_or_paid_from_the_till(
+    clinic: Clinic, database_url: str, new_page: NewPage, shot: Shot, axe: Axe
+) -> None:
+    appointment = await _book(clinic, "patient", "doctor")  # 5,000 F CFA
+    payment_id = await _paid_by_momo(clinic, database_url, appointment)
+    invoice = await _invoice(database_url, appointment)
+    page = await new_page("receptionist")
+    await page.goto("/owed.html")
+    await page.wait_for_selector("body.ready")
+    # MTN refuses both refunds (the Disbursement account's answer is FAILED).
+    await _momo_refunds_fail(clinic, 1)
+    try:
+        await _refund_on_desk(page, invoice["id"], "2000", "Late doctor")
+        await _refund_on_desk(page, invoice["id"], "1000", "Short call")
+    finally:
+        await _momo_refunds_fail(clinic, 0)
+    await _until_payouts(
+        database_url, payment_id, [("momo", "failed", 2000), ("momo", "failed", 1000)]
+    )
+    late = await _owed_payout(page, "Late doctor")
+    assert "not paid back by MTN Mobile Money: still owed" in await late.inner_text()
+    assert "2,000" in await late.inner_text()
+    await shot(page, "desk-payouts-failed")
+    await _check_axe(axe, page, "owed.html (refunds still to pay back)")
+
+    # The French desk names the same section and buttons in French.
+    french = await new_page("receptionist", lang="fr")
+    await french.goto("/owed.html")
+    await french.wait_for_selector("body.ready")
+    assert await french.locator("#owed-payouts-title").inner_text() == (
+        "Remboursements encore à verser"
+    )
+    short_fr = french.locator("#owed-payouts li", has_text="Short call")
+    assert "non versé par MTN Mobile Money : toujours dû" in await short_fr.inner_text()
+    assert await short_fr.get_by_role("button", name="Réessayer MTN Mobile Money").is_visible()
+    await french.context.close()
+
+    # Try again, MTN now willing: the new payout succeeds and the refund leaves the list.
+    await late.get_by_role("button", name="Try MTN Mobile Money again").click()
+    await page.locator(".toast-ok", has_text="MTN Mobile Money").wait_for()
+    await _until_payouts(
+        database_url,
+        payment_id,
+        [("momo", "failed", 2000), ("momo", "failed", 1000), ("momo", "succeeded", 2000)],
+    )
+    short = await _owed_payout(page, "Short call")
+    assert await page.locator("#owed-payouts li", has_text="Late doctor").count() == 0
+    # The other one is paid from the till, at once.
+    await short.get_by_role("button", name="Paid F CFA 1,000 from the till").click()
+    await page.locator(".toast-ok", has_text="paid back by Cash").wait_for()
+    await _until_payouts(
+        database_url,
+        payment_id,
+        [("momo", "failed", 2000), ("momo", "failed", 1000), ("momo", "succeeded", 2000),
+         ("cash", "succeeded", 1000)],
+    )  # fmt: skip
+    await page.reload()
+    await page.wait_for_selector("body.ready")
+    assert await page.locator("#owed-payouts").is_hidden()
+    # MTN's own record of this payment's refunds: the two it refused, the one it paid.
+    async with aiohttp.ClientSession() as http:
+        async with http.get(clinic.url("/_simulators/_control/truth")) as resp:
+            truth = (await resp.json())["momo_refunds"]
+    reference = await _provider_reference(database_url, payment_id)
+    assert sorted((r["state"], r["amount"]) for r in truth.values() if r["of"] == reference) == [
+        ("failed", 1000), ("failed", 2000), ("succeeded", 2000)
+    ]  # fmt: skip
+
+    # The patient's receipt shows each refund with its payout.
+    receipt = await new_page("patient")
+    await receipt.goto(f"/receipt.html?invoice={invoice['id']}")
+    await receipt.wait_for_selector("body.receipt-ready")
+    rows = {
+        (await row.locator("td.payout").inner_text())
+        for row in await receipt.locator("tr.refund").all()
+    }
+    assert rows == {"refunded (MTN Mobile Money)", "refunded (Cash)"}, rows
+    await shot(receipt, "receipt-payouts")
+
+
+# --- end refund payouts ---

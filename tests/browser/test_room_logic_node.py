@@ -121,3 +121,58 @@ def test_every_string_of_the_room_doctor_and_chat_modules_is_in_both_catalogues(
             ]
     assert len(files) > 15 and seen > 100  # the patterns do find the pages' keys
     assert missing == []
+
+
+# -- who is who on a group call's tiles (static/js/room/people.js) ----------------------
+
+DOCTOR = {"peer_id": "p-doc", "role": "doctor", "status": "admitted", "user_id": "u-doc"}
+PATIENT = {"peer_id": "p-pat", "role": "patient", "status": "admitted", "user_id": "u-pat"}
+
+
+def people(**command: Any) -> Any:
+    base: dict[str, Any] = {"learn": [], "identities": [], "mids": [], "streams": [], "names": []}
+    return node({"op": "people", **base, **command})
+
+
+def test_a_livekit_participant_is_the_roster_peer_with_that_user_id() -> None:
+    got = people(
+        learn=[[{**DOCTOR, "name": "Dr Jean Okafor"}], [{**PATIENT, "name": "Grace Mwangi"}]],
+        identities=["u-pat", "u-doc", "u-pat", "u-stranger"],
+    )
+    # One tile per identity: the same person's tracks land on the same peer's tile; an
+    # identity the roster does not know yet gets a tile of its own.
+    assert got["identities"] == ["p-pat", "p-doc", "p-pat", "identity:u-stranger"]
+
+
+def test_a_janus_track_is_the_peer_its_mid_is_listed_for() -> None:
+    streams = [
+        {"mid": "0", "peer_id": "p-doc"},
+        {"mid": "1", "peer_id": "p-doc"},
+        {"mid": "2", "peer_id": "p-pat"},
+        {"mid": "3", "peer_id": "p-pat"},
+    ]
+    got = people(streams=streams, mids=["3", "0", "2", "9", None])
+    assert got["mids"] == ["p-pat", "p-doc", "p-pat", None, None]
+
+
+def test_a_later_view_without_a_name_keeps_the_name_known() -> None:
+    got = people(
+        learn=[
+            [{**PATIENT, "name": "Grace Mwangi"}],
+            [{"peer_id": "p-pat", "role": "patient", "status": "admitted"}],
+            [{"peer_id": "p-guest", "role": "guest", "status": "admitted"}],
+        ]
+    )
+    assert got["people"]["p-pat"] == {
+        "peerId": "p-pat",
+        "role": "patient",
+        "userId": "u-pat",
+        "name": "Grace Mwangi",
+    }
+    # A tile says the name, else the role (a catalogue key, in both languages).
+    assert got["labels"] == ["Grace Mwangi", "t:room.person_guest"]
+
+
+def test_an_audio_only_tile_shows_the_initials_of_the_first_and_last_name() -> None:
+    got = people(names=["Grace Mwangi", "jean-paul de la Fontaine", "Ngozi", "  ", "élodie ørsted"])
+    assert got["initials"] == ["GM", "JF", "N", "?", "ÉØ"]

@@ -4,7 +4,10 @@ The doctor and the patient are in a peer-to-peer call; the doctor invites a fami
 (another patient of the clinic), who knocks through ``room.html?room=<room id>`` and is
 admitted: the room moves to Janus (docs/signaling.md, "SFU rooms"), every page publishes
 once and subscribes to the others over /signal's relay, and all three receive audio and
-video (inbound-rtp bytes growing). The doctor removes the family member, whose old
+video (inbound-rtp bytes growing). Each page shows one tile per other person, labelled
+with their name, playing their video with their audio in it (the subscribe answer says
+whose each stream is); the pages with tiles pass axe-core. The doctor removes the family
+member, the others' pages drop to one tile, and the family member's old
 credentials then fail both ways: the page's own /signal session asking the relay to
 publish again (out of the room; back with the old peer id: waiting, no grant,
 ``not_admitted``), and the Janus grant the page was given (room, feed,
@@ -20,8 +23,15 @@ import pytest
 from playwright.async_api import Page, expect
 
 from teleconsult.rtc.janus import UNAUTHORIZED, JanusError, JanusSession
-from tests.browser.conftest import Clinic, NewPage, Shot
-from tests.browser.roomkit import admit, book_now, wait_media_flowing
+from tests.browser.conftest import Axe, Clinic, NewPage, Shot, summarise_axe
+from tests.browser.roomkit import (
+    call_of_two,
+    invite_third,
+    livekit_loaded,
+    remote_tiles,
+    wait_media_flowing,
+    wait_tiles_playing,
+)
 from tests.januskit import require_janus
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
@@ -77,26 +87,13 @@ async def join_janus_with(url: str, grant: dict[str, Any]) -> None:
 
 
 async def test_a_third_person_moves_the_call_to_janus_and_everyone_sees_everyone(
-    clinic: Clinic, new_page: NewPage, shot: Shot
+    clinic: Clinic, new_page: NewPage, shot: Shot, axe: Axe
 ) -> None:
     require_janus()
-    patient, doctor, family = clinic["patient"], clinic["doctor"], clinic["patient2"]
-    appointment = await book_now(clinic, patient, doctor)
-    doc = await new_page("doctor")
-    pat = await new_page("patient")
-    await pat.goto(f"/room.html?appointment={appointment['id']}")
-    await pat.locator("#check-continue").click()
-    await admit(doc, patient)
-    await wait_media_flowing(pat)
-
-    await doc.locator("#invite-user").fill(str(family.user_id))
-    await doc.get_by_role("button", name="Invite", exact=True).click()
-    await expect(doc.locator("#status")).to_contain_text("Invited")
+    doctor, patient, family = clinic["doctor"], clinic["patient"], clinic["patient2"]
+    _, doc, pat = await call_of_two(clinic, new_page)
+    fam = await invite_third(clinic, new_page, doc, "patient2")
     room_id = await doc.evaluate("() => window.teleconsultDoctor.desk.link.roomId")
-    fam = await new_page("patient2")
-    await fam.goto(f"/room.html?room={room_id}")
-    await expect(fam.locator("#waiting")).to_be_visible()
-    await admit(doc, family)
 
     for page, holder in (
         (pat, "teleconsultRoom"),
@@ -116,8 +113,22 @@ async def test_a_third_person_moves_the_call_to_janus_and_everyone_sees_everyone
             )
             == 0
         )  # the peer-to-peer connections are closed
+        assert not await livekit_loaded(page)  # fetched for LiveKit grants only
+    # Everyone sees and hears both others, each on a tile with their name.
+    others = {
+        fam: {doctor.full_name, patient.full_name},
+        pat: {doctor.full_name, family.full_name},
+        doc: {patient.full_name, family.full_name},
+    }
+    for page, names in others.items():
+        await wait_tiles_playing(page, names)
     await shot(fam, "01-family-on-sfu")
     await shot(doc, "02-doctor-on-sfu")
+    for page, name in ((fam, "room (group call)"), (doc, "doctor (group call)")):
+        violations = await axe(page)
+        print("\n" + summarise_axe(name, violations))
+        blocking = [v for v in violations if v["impact"] in ("serious", "critical")]
+        assert blocking == [], summarise_axe(name, blocking)
 
     grant = await sfu_grant(fam)
     peer_id = await fam.evaluate("() => window.teleconsultRoom.link.peerId")
@@ -131,6 +142,10 @@ async def test_a_third_person_moves_the_call_to_janus_and_everyone_sees_everyone
     )
     await expect(doc.locator(f'#call-people li[data-user="{family.user_id}"]')).to_have_count(0)
     await expect(pat.locator("#call")).to_be_visible()
+    # The two left see one tile each: the other one.
+    for page, name in ((pat, doctor.full_name), (doc, patient.full_name)):
+        await expect(page.locator("#remote-tiles .tile")).to_have_count(1)
+        assert [t["name"] for t in await remote_tiles(page)] == [name]
 
     # Their old credentials no longer work. Through the relay, on the same signed-in
     # socket: the removal took them out of the room.

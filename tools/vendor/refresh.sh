@@ -15,14 +15,15 @@ axe_out="$root/tests/browser/vendor"
 cd "$here"
 npm ci --no-audit --no-fund
 mkdir -p "$out" "$axe_out"
-for name in socket.io-client msgpack noble-ciphers noble-curves noble-hashes; do
+for name in socket.io-client msgpack noble-ciphers noble-curves noble-hashes livekit-client; do
   # One self-contained, minified ES module per library: the pages import it by path.
   ./node_modules/.bin/esbuild "entries/$name.js" --bundle --format=esm --minify \
     --target=es2020 --platform=browser --legal-comments=eof --log-level=warning \
     --outfile="$out/$name.js"
 done
 cp node_modules/axe-core/axe.min.js "$axe_out/axe.min.js"
-(cd "$out" && sha256sum socket.io-client.js msgpack.js noble-ciphers.js noble-curves.js noble-hashes.js >SHA256SUMS)
+(cd "$out" && sha256sum socket.io-client.js msgpack.js noble-ciphers.js noble-curves.js noble-hashes.js \
+  livekit-client.js >SHA256SUMS)
 (cd "$axe_out" && sha256sum axe.min.js >SHA256SUMS)
 echo "vendored into $out and $axe_out:"
 ls -l "$out" "$axe_out"

@@ -7,6 +7,8 @@
 * ``revenue`` (income): credited by an invoice's fee.
 * ``tax_payable`` (liability): credited by an invoice's tax.
 * ``refunds`` (contra-revenue): debited by a refund.
+* ``refunds_payable`` (liability): what is owed back to patients; credited by a
+  refund, debited when its payout (provider or till) succeeds.
 * ``fees_waived`` (contra-revenue): debited when the front desk waives a fee.
 """
 
@@ -18,6 +20,7 @@ RECEIVABLES = "receivables"
 CASH = "cash"
 REVENUE = "revenue"
 REFUNDS = "refunds"
+REFUNDS_PAYABLE = "refunds_payable"
 FEES_WAIVED = "fees_waived"
 TAX_PAYABLE = "tax_payable"
 _PROVIDER = re.compile(r"^[a-z][a-z0-9_]{0,30}$")

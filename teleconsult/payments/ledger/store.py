@@ -36,6 +36,7 @@ async def post(
     reverses: UUID | None = None,
     memo: str | None = None,
     created_by: UUID | None = None,
+    payout_id: UUID | None = None,
 ) -> UUID:
     """Write one ledger transaction with its postings (zero amounts are left out).
 
@@ -51,8 +52,9 @@ async def post(
         """
         WITH t AS (
             INSERT INTO ledger_transactions
-                (id, clinic_id, kind, invoice_id, payment_id, reverses, memo, created_by)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                (id, clinic_id, kind, invoice_id, payment_id, reverses, memo, created_by,
+                 payout_id)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $12)
         )
         INSERT INTO ledger_postings (transaction_id, clinic_id, account, currency, amount)
         SELECT $1, $2, a, $9, x FROM unnest($10::text[], $11::bigint[]) AS p (a, x)
@@ -68,6 +70,7 @@ async def post(
         currency,
         [p.account for p in lines],
         [p.amount for p in lines],
+        payout_id,
     )
     return txn
 

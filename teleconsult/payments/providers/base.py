@@ -127,3 +127,80 @@ class PaymentProvider(Protocol):
     async def query(self, reference: str) -> ProviderStatus: ...
 
     def parse_callback(self, headers: Mapping[str, str], body: bytes) -> Callback: ...
+
+
+# --- refund payouts (0023) --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PayoutRequest:
+    """Send ``amount`` of a succeeded payment back to its payer through the provider."""
+
+    payout_id: UUID
+    amount: int  # minor units
+    currency: str
+    payment_reference: str  # the payment's provider_reference (MoMo X-Reference-Id, card ref)
+    payment_transaction_id: str | None  # M-Pesa receipt, card transaction id
+    reason: str
+    # Where the provider sends the payout's result: <base>/<payout id>/<result token>.
+    result_url: str
+
+
+@dataclass(frozen=True)
+class PayoutStarted:
+    reference: str | None  # the provider's id of the payout, when it named one
+    originator_reference: str | None = None  # M-Pesa OriginatorConversationID
+
+
+@dataclass(frozen=True)
+class PayoutLookup:
+    """What the reconciler knows of a pending payout when it asks the provider."""
+
+    payout_id: UUID
+    reference: str | None
+    originator_reference: str | None
+    payment_reference: str
+    payment_transaction_id: str | None
+    result_url: str
+
+
+@dataclass(frozen=True)
+class PayoutCallback:
+    reference: str  # the provider's id of the payout (or ours, MoMo)
+    state: ProviderState
+    # True when the result itself is to be trusted (M-Pesa: its URL carried our secret
+    # token and Daraja has no synchronous status query); False: a hint to query.
+    trusted: bool
+    amount: int | None = None
+    reason: str | None = None
+    transaction_id: str | None = None
+    raw_reason: str | None = None
+    originator_reference: str | None = None
+
+
+class RefundPayer(Protocol):
+    """A provider that can pay a refund back out (MoMo, M-Pesa, card)."""
+
+    name: str
+
+    def payout_reference_for(self, payout_id: UUID) -> str | None:
+        """The payout's reference chosen before calling, or None when the provider names it."""
+        ...
+
+    def result_token(self, payout_id: UUID) -> str:
+        """The secret in the result URL's path: only the provider, which got the URL
+        from us over TLS, can call it (callbacks of MoMo and M-Pesa are not signed)."""
+        ...
+
+    def check_payout(self, request: PayoutRequest) -> None:
+        """Raise ProviderRefused for what the provider would refuse, before anything is saved."""
+        ...
+
+    async def refund(self, request: PayoutRequest) -> PayoutStarted: ...
+
+    async def query_refund(self, lookup: PayoutLookup) -> ProviderStatus:
+        """The payout's state; ``pending`` also when the answer comes later as a result
+        callback (M-Pesa's Transaction Status query)."""
+        ...
+
+    def parse_refund_callback(self, headers: Mapping[str, str], body: bytes) -> PayoutCallback: ...

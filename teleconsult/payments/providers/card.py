@@ -14,6 +14,15 @@
   constant time, with the current and (during a rotation) the previous key. Paystack
   sends no timestamp, so there is no tolerance window to check; replays are
   harmless (deduplicated by reference and event, and a final payment stays final).
+
+Refunds: ``POST /refund`` (``transaction`` = the payment's reference, ``amount``,
+``currency``, ``customer_note``, ``merchant_note``) queues one and answers its ``id``
+and ``status`` (pending, processing, processed, failed, needs-attention); ``GET
+/refund/{id}`` reads it; ``GET /refund?transaction=…`` lists a transaction's refunds.
+The gateway names the refund's id, so ours goes in ``merchant_note``: a refund whose
+answer was lost is found in that list. Its webhooks (``refund.processed``,
+``refund.failed``, …) come signed to the same dashboard URL; they make us read the
+refund.
 """
 
 from __future__ import annotations
@@ -32,6 +41,10 @@ from teleconsult.payments.providers.base import (
     Callback,
     Initiated,
     Initiation,
+    PayoutCallback,
+    PayoutLookup,
+    PayoutRequest,
+    PayoutStarted,
     ProviderError,
     ProviderRefused,
     ProviderState,
@@ -49,6 +62,46 @@ _STATES: dict[str, ProviderState] = {
     "processing": "pending",
     "queued": "pending",
 }
+
+
+_REFUND_STATES: dict[str, ProviderState] = {
+    "processed": "succeeded",
+    "failed": "failed",
+    "pending": "pending",
+    "processing": "pending",
+    "needs-attention": "pending",  # the gateway's staff look at it; it ends processed or failed
+}
+
+
+def is_refund_event(body: bytes) -> bool:
+    """A ``refund.*`` webhook (read before its signature is checked, only to route it)."""
+    try:
+        event = json.loads(body).get("event")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return False
+    return isinstance(event, str) and event.startswith("refund.")
+
+
+def merchant_note(payout_id: UUID) -> str:
+    return f"teleconsult payout {payout_id}"
+
+
+def _refund_status(data: object) -> ProviderStatus:
+    if not isinstance(data, dict):
+        raise ProviderError("card refund: no data")
+    raw = str(data.get("status", "")).lower()
+    state = _REFUND_STATES.get(raw)
+    if state is None:
+        raise ProviderError(f"card refund: unknown status {raw!r}")
+    amount = data.get("amount")
+    return ProviderStatus(
+        state,
+        amount=amount if isinstance(amount, int) and not isinstance(amount, bool) else None,
+        currency=data.get("currency") if isinstance(data.get("currency"), str) else None,
+        reason="declined" if state == "failed" else None,
+        transaction_id=str(data["id"]) if data.get("id") is not None else None,
+        raw_reason=None if state != "failed" else f"refund {raw}",
+    )
 
 
 # Words of the gateway's free-text ``gateway_response`` onto our reasons (base.REASONS).
@@ -210,3 +263,91 @@ class CardProvider:
             transaction_id=status.transaction_id,
             raw_reason=status.raw_reason,
         )
+
+    # --- refunds -------------------------------------------------------------------------
+
+    def payout_reference_for(self, payout_id: UUID) -> None:
+        return None  # the gateway names the refund's id; ours is in merchant_note
+
+    def result_token(self, payout_id: UUID) -> str:
+        return sign(self._s.secret_key, f"refund-result:{payout_id}".encode())[:64]
+
+    def check_payout(self, request: PayoutRequest) -> None:
+        if request.amount <= 0:
+            raise ProviderRefused("the amount must be positive")
+
+    async def _refund_call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: dict[str, object] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> tuple[int, object]:
+        try:
+            async with self._http.request(
+                method, f"{self._s.base_url}{path}", headers=self._auth(), json=json_body,
+                params=params,
+            ) as resp:  # fmt: skip
+                return resp.status, await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise ProviderError(f"card {path}: {exc!r}") from exc
+
+    async def refund(self, request: PayoutRequest) -> PayoutStarted:
+        self.check_payout(request)
+        status, answer = await self._refund_call(
+            "POST",
+            "/refund",
+            json_body={
+                "transaction": request.payment_reference,
+                "amount": request.amount,
+                "currency": request.currency,
+                "customer_note": request.reason[:200],
+                "merchant_note": merchant_note(request.payout_id),
+            },
+        )
+        ok = isinstance(answer, dict) and answer.get("status") is True
+        if status == 200 and ok and isinstance(answer, dict):
+            data = answer.get("data")
+            if isinstance(data, dict) and data.get("id") is not None:
+                return PayoutStarted(str(data["id"]))
+        message = str(answer.get("message") if isinstance(answer, dict) else answer)[:200]
+        if 400 <= status < 500 and status != 401:
+            raise ProviderRefused(message)
+        raise ProviderError(f"card refund: {status} {message}")
+
+    async def query_refund(self, lookup: PayoutLookup) -> ProviderStatus:
+        if lookup.reference is not None:
+            status, answer = await self._refund_call("GET", f"/refund/{lookup.reference}")
+            if status != 200 or not isinstance(answer, dict):
+                raise ProviderError(f"card refund: {status}")
+            return _refund_status(answer.get("data"))
+        # The answer to our POST was lost: find ours among the transaction's refunds.
+        status, answer = await self._refund_call(
+            "GET", "/refund", params={"transaction": lookup.payment_reference}
+        )
+        if (
+            status != 200
+            or not isinstance(answer, dict)
+            or not isinstance(answer.get("data"), list)
+        ):
+            raise ProviderError(f"card refund list: {status}")
+        note = merchant_note(lookup.payout_id)
+        for data in answer["data"]:
+            if isinstance(data, dict) and data.get("merchant_note") == note:
+                return _refund_status(data)
+        return ProviderStatus("pending", reason="reference_not_found")
+
+    def parse_refund_callback(self, headers: Mapping[str, str], body: bytes) -> PayoutCallback:
+        if not signature_ok(self.secrets, body, headers.get(SIGNATURE_HEADER)):
+            raise BadCallback("bad signature", signature=True)
+        try:
+            data = json.loads(body)["data"]
+            reference = str(data["id"])
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+            raise BadCallback("not a refund event") from None
+        try:
+            status = _refund_status(data)
+        except ProviderError as exc:
+            raise BadCallback(str(exc)) from None
+        return PayoutCallback(reference, status.state, trusted=False, amount=status.amount)

@@ -11,11 +11,20 @@
   SUCCESSFUL or FAILED (with ``reason``), ``financialTransactionId``.
 * The callback is a PUT (or POST) to the callback URL with the status body. It is
   not signed, so it is only a hint to query.
+
+Refunds go through the Disbursement product (its own API user and subscription key,
+``POST /disbursement/token/``): ``POST /disbursement/v1_0/refund`` with
+``X-Reference-Id`` (the payout id, chosen before calling), ``X-Callback-Url``; body
+``amount``, ``currency``, ``externalId``, ``payerMessage``, ``payeeNote``,
+``referenceIdToRefund`` (the requesttopay's X-Reference-Id). Answered 202; then
+``GET /disbursement/v1_0/refund/{referenceId}`` gives ``status`` as above.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import re
 from collections.abc import Mapping
@@ -30,6 +39,10 @@ from teleconsult.payments.providers.base import (
     Callback,
     Initiated,
     Initiation,
+    PayoutCallback,
+    PayoutLookup,
+    PayoutRequest,
+    PayoutStarted,
     ProviderError,
     ProviderRefused,
     ProviderState,
@@ -111,6 +124,7 @@ class MomoProvider:
         self._s = settings
         self._http = session
         self._token = AccessToken("momo token", default_expiry=3600)
+        self._disbursement_token = AccessToken("momo disbursement token", default_expiry=3600)
 
     def reference_for(self, payment_id: UUID) -> str:
         return str(payment_id)
@@ -175,20 +189,25 @@ class MomoProvider:
 
     async def query(self, reference: str) -> ProviderStatus:
         token = await self._bearer()
+        return await self._status(
+            f"{self._s.base_url}/collection/v1_0/requesttopay/{reference}",
+            self._headers(token),
+            self._token,
+        )
+
+    async def _status(self, url: str, headers: dict[str, str], kept: AccessToken) -> ProviderStatus:
+        """A requesttopay's or a refund's status (the same shape)."""
         try:
-            async with self._http.get(
-                f"{self._s.base_url}/collection/v1_0/requesttopay/{reference}",
-                headers=self._headers(token),
-            ) as resp:
+            async with self._http.get(url, headers=headers) as resp:
                 body = await resp.json(content_type=None)
                 if resp.status == 404:
                     # Not (yet) known: a request we gave up on may still land. Pending
-                    # until the payment expires (service.expire decides then).
+                    # until it expires (the service decides then).
                     return ProviderStatus(
                         "pending", reason="reference_not_found", raw_reason="RESOURCE_NOT_FOUND"
                     )
                 if resp.status == 401:
-                    self._token.forget()
+                    kept.forget()
                 if resp.status != 200:
                     raise ProviderError(f"momo status: {resp.status}")
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
@@ -234,3 +253,84 @@ class MomoProvider:
             transaction_id=_reason(fields.get("financialTransactionId")),
             raw_reason=raw,
         )
+
+    # --- refunds (Disbursement) ---------------------------------------------------------
+
+    def _disbursement(self) -> tuple[str, str, str]:
+        s = self._s
+        return (
+            s.disbursement_user_id or s.user_id,
+            s.disbursement_api_key or s.api_key,
+            s.disbursement_subscription_key or s.subscription_key,
+        )
+
+    async def _disbursement_headers(self) -> dict[str, str]:
+        user, api_key, subscription = self._disbursement()
+        basic = base64.b64encode(f"{user}:{api_key}".encode()).decode()
+        token = await self._disbursement_token.get(
+            lambda: self._http.post(
+                f"{self._s.base_url}/disbursement/token/",
+                headers={
+                    "Authorization": f"Basic {basic}",
+                    "Ocp-Apim-Subscription-Key": subscription,
+                },
+            )
+        )
+        return {
+            "Authorization": f"Bearer {token}",
+            "X-Target-Environment": self._s.target_environment,
+            "Ocp-Apim-Subscription-Key": subscription,
+        }
+
+    def payout_reference_for(self, payout_id: UUID) -> str:
+        return str(payout_id)
+
+    def result_token(self, payout_id: UUID) -> str:
+        key = self._disbursement()[1].encode()
+        return hmac.new(key, f"refund-result:{payout_id}".encode(), hashlib.sha256).hexdigest()
+
+    def check_payout(self, request: PayoutRequest) -> None:
+        if request.amount <= 0:
+            raise ProviderRefused("the amount must be positive")
+
+    async def refund(self, request: PayoutRequest) -> PayoutStarted:
+        self.check_payout(request)
+        reference = self.payout_reference_for(request.payout_id)
+        body = {
+            "amount": Money(request.amount, request.currency).major_string(),
+            "currency": request.currency,
+            "externalId": str(request.payout_id),
+            "payerMessage": request.reason[:160],
+            "payeeNote": request.reason[:160],
+            "referenceIdToRefund": request.payment_reference,
+        }
+        headers = await self._disbursement_headers() | {
+            "X-Reference-Id": reference,
+            "X-Callback-Url": request.result_url,
+        }
+        try:
+            async with self._http.post(
+                f"{self._s.base_url}/disbursement/v1_0/refund", json=body, headers=headers
+            ) as resp:
+                text = await resp.text()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ProviderError(f"momo refund: {exc!r}") from exc
+        if resp.status in (202, 409):  # 409: an earlier attempt with this reference got through
+            return PayoutStarted(reference)
+        if resp.status == 401:
+            self._disbursement_token.forget()
+        elif 400 <= resp.status < 500:
+            raise ProviderRefused(f"momo {resp.status}: {text[:160]}")
+        raise ProviderError(f"momo refund: {resp.status} {text[:160]}")
+
+    async def query_refund(self, lookup: PayoutLookup) -> ProviderStatus:
+        reference = lookup.reference or self.payout_reference_for(lookup.payout_id)
+        return await self._status(
+            f"{self._s.base_url}/disbursement/v1_0/refund/{reference}",
+            await self._disbursement_headers(),
+            self._disbursement_token,
+        )
+
+    def parse_refund_callback(self, headers: Mapping[str, str], body: bytes) -> PayoutCallback:
+        cb = self.parse_callback(headers, body)
+        return PayoutCallback(reference=cb.reference, state=cb.state, trusted=False)

@@ -15,11 +15,26 @@
 * The callback ``Body.stkCallback`` carries ``ResultCode`` and on success
   ``CallbackMetadata.Item`` (Amount, MpesaReceiptNumber, TransactionDate,
   PhoneNumber). It is not signed: a hint to query.
+
+Refunds are reversals: ``POST /mpesa/reversal/v1/request`` (``Initiator``,
+``SecurityCredential``, ``CommandID`` TransactionReversal, ``TransactionID`` the
+payment's receipt, ``Amount``, ``ReceiverParty`` the shortcode,
+``RecieverIdentifierType`` 11 (Daraja's spelling), ``ResultURL``, ``QueueTimeOutURL``,
+``Remarks``, ``Occasion``) answers ``ConversationID``, ``OriginatorConversationID``
+and ``ResponseCode`` "0" at once; the result is POSTed later to ``ResultURL``
+(``Result.ResultCode``, ``ResultDesc``, ``ConversationID``, ``TransactionID``). It is
+not signed and there is no synchronous status query, so the ResultURL carries a
+secret per payout (``result_token``). A lost result is asked for again with the
+Transaction Status query (``/mpesa/transactionstatus/v1/query``, ``CommandID``
+TransactionStatusQuery, ``OriginalConversationID``), whose own result comes to the
+same ResultURL (``ResultParameters``: ``TransactionStatus``, ``ReceiptNo``, ``Amount``).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -36,6 +51,10 @@ from teleconsult.payments.providers.base import (
     Callback,
     Initiated,
     Initiation,
+    PayoutCallback,
+    PayoutLookup,
+    PayoutRequest,
+    PayoutStarted,
     ProviderError,
     ProviderRefused,
     ProviderState,
@@ -230,3 +249,119 @@ class MpesaProvider:
             transaction_id=receipt,
             raw_reason=raw_of(code),
         )
+
+    # --- refunds (Reversal, Transaction Status) ------------------------------------------
+
+    def payout_reference_for(self, payout_id: UUID) -> None:
+        return None  # Daraja names the ConversationID
+
+    def result_token(self, payout_id: UUID) -> str:
+        key = self._s.consumer_secret.encode()
+        return hmac.new(key, f"reversal-result:{payout_id}".encode(), hashlib.sha256).hexdigest()
+
+    def _initiator(self) -> dict[str, object]:
+        return {"Initiator": self._s.initiator, "SecurityCredential": self._s.security_credential}
+
+    def check_payout(self, request: PayoutRequest) -> None:
+        if not self._s.initiator or not self._s.security_credential:
+            raise ProviderRefused(
+                "M-Pesa reversals need PAYMENTS_MPESA_INITIATOR and its credential"
+            )
+        if not request.payment_transaction_id:
+            raise ProviderRefused("the payment has no M-Pesa receipt to reverse")
+        if request.currency != "KES" or request.amount % 100 or request.amount <= 0:
+            raise ProviderRefused("M-Pesa reverses whole shillings (KES) only")
+
+    async def refund(self, request: PayoutRequest) -> PayoutStarted:
+        self.check_payout(request)
+        status, answer = await self._call(
+            "/mpesa/reversal/v1/request",
+            self._initiator()
+            | {
+                "CommandID": "TransactionReversal",
+                "TransactionID": request.payment_transaction_id,
+                "Amount": request.amount // 100,
+                "ReceiverParty": self._s.shortcode,
+                "RecieverIdentifierType": "11",  # sic: Daraja's spelling
+                "ResultURL": request.result_url,
+                "QueueTimeOutURL": request.result_url,
+                "Remarks": (request.reason[:100] or "Refund").ljust(2, "."),
+                "Occasion": request.payout_id.hex,
+            },
+        )
+        if status == 200 and str(answer.get("ResponseCode")) == "0":
+            return PayoutStarted(
+                str(answer["ConversationID"]), str(answer.get("OriginatorConversationID") or "")
+            )
+        if 400 <= status < 500 and status != 401:
+            raise ProviderRefused(str(answer.get("errorMessage") or answer)[:200])
+        raise ProviderError(f"mpesa reversal: {status} {answer}")
+
+    async def query_refund(self, lookup: PayoutLookup) -> ProviderStatus:
+        """Ask Daraja to send the reversal's status to the payout's ResultURL: pending
+        here, final when that result arrives."""
+        if not lookup.originator_reference or not lookup.payment_transaction_id:
+            return ProviderStatus("pending", reason="reference_not_found")
+        status, answer = await self._call(
+            "/mpesa/transactionstatus/v1/query",
+            self._initiator()
+            | {
+                "CommandID": "TransactionStatusQuery",
+                "TransactionID": lookup.payment_transaction_id,
+                "OriginalConversationID": lookup.originator_reference,
+                "PartyA": self._s.shortcode,
+                "IdentifierType": "4",
+                "ResultURL": lookup.result_url,
+                "QueueTimeOutURL": lookup.result_url,
+                "Remarks": "Refund status",
+                "Occasion": lookup.payout_id.hex,
+            },
+        )
+        if status == 200 and str(answer.get("ResponseCode")) == "0":
+            return ProviderStatus("pending")
+        raise ProviderError(f"mpesa transaction status: {status} {answer}")
+
+    def parse_refund_callback(self, headers: Mapping[str, str], body: bytes) -> PayoutCallback:
+        """A reversal's result, or a Transaction Status result about it. Trusted: the
+        caller checked the secret token of its URL."""
+        try:
+            result = json.loads(body)["Result"]
+            code = str(result["ResultCode"])
+            conversation = str(result["ConversationID"])
+            originator = str(result.get("OriginatorConversationID") or "") or None
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+            raise BadCallback("not a Daraja Result") from None
+        params = result.get("ResultParameters")
+        items = params.get("ResultParameter") if isinstance(params, dict) else None
+        values = {
+            str(i.get("Key")): i.get("Value")
+            for i in (items if isinstance(items, list) else [])
+            if isinstance(i, dict)
+        }
+        raw = None if code == "0" else f"ResultCode {code}: {str(result.get('ResultDesc'))[:120]}"
+        if "TransactionStatus" in values:  # a Transaction Status result about the reversal
+            if code != "0":
+                return PayoutCallback(conversation, "pending", trusted=True, raw_reason=raw)
+            word = str(values["TransactionStatus"]).lower()
+            if word not in ("completed", "failed", "declined", "cancelled"):
+                return PayoutCallback(conversation, "pending", trusted=True)
+            done = word == "completed"
+            return PayoutCallback(
+                conversation,
+                "succeeded" if done else "failed",
+                trusted=True,
+                reason=None if done else "declined",
+                transaction_id=str(values.get("ReceiptNo") or "")[:200] or None,
+                raw_reason=None if done else f"TransactionStatus {values['TransactionStatus']}",
+            )
+        if code == "0":
+            return PayoutCallback(
+                conversation, "succeeded", trusted=True,
+                transaction_id=str(result.get("TransactionID") or "")[:200] or None,
+                originator_reference=originator,
+            )  # fmt: skip
+        reason = RESULT_REASONS.get(int(code), "declined") if code.isdigit() else "declined"
+        return PayoutCallback(
+            conversation, "failed", trusted=True, reason=reason, raw_reason=raw,
+            originator_reference=originator,
+        )  # fmt: skip

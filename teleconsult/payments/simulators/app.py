@@ -47,11 +47,16 @@ class Simulators:
             "PAYMENTS_MOMO_API_KEY": self.momo.api_key,
             "PAYMENTS_MOMO_SUBSCRIPTION_KEY": self.momo.subscription_key,
             "PAYMENTS_MOMO_TARGET_ENVIRONMENT": self.momo.target_environment,
+            "PAYMENTS_MOMO_DISBURSEMENT_USER_ID": self.momo.disbursement_user_id,
+            "PAYMENTS_MOMO_DISBURSEMENT_API_KEY": self.momo.disbursement_api_key,
+            "PAYMENTS_MOMO_DISBURSEMENT_SUBSCRIPTION_KEY": self.momo.disbursement_subscription_key,
             "PAYMENTS_MPESA_URL": f"{base_url}/mpesa",
             "PAYMENTS_MPESA_CONSUMER_KEY": self.mpesa.consumer_key,
             "PAYMENTS_MPESA_CONSUMER_SECRET": self.mpesa.consumer_secret,
             "PAYMENTS_MPESA_SHORTCODE": self.mpesa.shortcode,
             "PAYMENTS_MPESA_PASSKEY": self.mpesa.passkey,
+            "PAYMENTS_MPESA_INITIATOR": self.mpesa.initiator,
+            "PAYMENTS_MPESA_SECURITY_CREDENTIAL": self.mpesa.security_credential,
             "PAYMENTS_CARD_URL": f"{base_url}/card",
             "PAYMENTS_CARD_SECRET_KEY": self.card.secret_key,
         }
@@ -100,6 +105,13 @@ def build_simulators(
                 }
                 for name, sim in sims.all().items()
             }
+            | {
+                f"{name}_refunds": {
+                    ref: {"state": t.state(), "amount": t.amount, "of": t.payer}
+                    for ref, t in sim.refunds.items()
+                }
+                for name, sim in sims.all().items()
+            }
         )
 
     async def behave(request: web.Request) -> web.Response:
@@ -132,6 +144,9 @@ def demo_settings(settings: PaymentSettings, sims: Simulators, base_url: str) ->
             api_key=sims.momo.api_key,
             subscription_key=sims.momo.subscription_key,
             target_environment=sims.momo.target_environment,
+            disbursement_user_id=sims.momo.disbursement_user_id,
+            disbursement_api_key=sims.momo.disbursement_api_key,
+            disbursement_subscription_key=sims.momo.disbursement_subscription_key,
         ),
         mpesa=MpesaSettings(
             base_url=f"{base_url}/mpesa",
@@ -139,6 +154,8 @@ def demo_settings(settings: PaymentSettings, sims: Simulators, base_url: str) ->
             consumer_secret=sims.mpesa.consumer_secret,
             shortcode=sims.mpesa.shortcode,
             passkey=sims.mpesa.passkey,
+            initiator=sims.mpesa.initiator,
+            security_credential=sims.mpesa.security_credential,
         ),
         card=CardSettings(base_url=f"{base_url}/card", secret_key=sims.card.secret_key),
     )

@@ -15,11 +15,21 @@ from aiohttp import web
 
 from teleconsult.payments.money import exponent
 from teleconsult.payments.providers.card import SIGNATURE_HEADER, sign
-from teleconsult.payments.simulators.common import Behaviour, Simulator, Txn, json_error
+from teleconsult.payments.simulators.common import (
+    Behaviour,
+    Simulator,
+    Txn,
+    authed_json,
+    json_error,
+)
 
 _REFERENCE = re.compile(r"^[A-Za-z0-9.=_-]{1,100}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _URL = re.compile(r"^https?://[^\s<>\"']{1,2000}$")
+
+
+def _invalid_json() -> web.Response:
+    return json_error(400, {"status": False, "message": "Invalid JSON"})
 
 
 class CardSimulator(Simulator):
@@ -49,7 +59,115 @@ class CardSimulator(Simulator):
         app.router.add_get("/transaction/verify/{reference}", self.verify)
         app.router.add_get("/checkout/{code}", self.checkout)
         app.router.add_post("/checkout/{code}", self.complete)
+        app.router.add_post("/refund", self.refund)
+        app.router.add_get("/refund", self.list_refunds)
+        app.router.add_get("/refund/{id}", self.fetch_refund)
         return app
+
+    # --- refunds -------------------------------------------------------------------------
+
+    def _of(self, transaction: object) -> Txn | None:
+        """A transaction by its reference or its id (Paystack takes either)."""
+        found = self.truth.get(str(transaction))
+        if found is not None:
+            return found
+        return next(
+            (t for t in self.truth.values() if str(t.extra.get("id")) == str(transaction)), None
+        )
+
+    def _refund_data(self, refund: Txn) -> dict[str, Any]:
+        of = self.truth[refund.payer]
+        return {
+            "id": int(refund.reference),
+            "transaction": {"id": of.extra.get("id"), "reference": of.reference,
+                            "amount": of.amount, "currency": of.currency},
+            "integration": 1,
+            "amount": refund.amount,
+            "deducted_amount": refund.amount,
+            "currency": refund.currency,
+            "channel": "card",
+            "status": {"pending": "pending", "succeeded": "processed", "failed": "failed"}[
+                refund.state()
+            ],
+            "customer_note": refund.extra.get("customer_note", ""),
+            "merchant_note": refund.extra.get("merchant_note", ""),
+            "transaction_reference": of.reference,
+            "refund_reference": refund.extra.get("refund_reference"),
+        }  # fmt: skip
+
+    async def refund(self, request: web.Request) -> web.Response:
+        body = await authed_json(request, self._auth_error(request), _invalid_json)
+        if isinstance(body, web.Response):
+            return body
+        of = self._of(body.get("transaction"))
+        if of is None:
+            return json_error(404, {"status": False, "message": "Transaction not found"})
+        left = self.refundable(of)
+        amount = body.get("amount", left)
+        if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+            return json_error(400, {"status": False, "message": "Invalid amount"})
+        if body.get("currency", of.currency) != of.currency:
+            return json_error(400, {"status": False, "message": "Currency mismatch"})
+        if amount > left:
+            return json_error(
+                400,
+                {"status": False,
+                 "message": "Refund amount cannot be greater than transaction amount"},
+            )  # fmt: skip
+        if self.api_fails():
+            return json_error(500, {"status": False, "message": "An error occurred"})
+        refund = self.new_refund(
+            str(self.rng.randrange(10**6, 10**7)), amount, of.currency, of, self.webhook_url
+        )
+        refund.extra.update(
+            customer_note=str(body.get("customer_note", ""))[:200],
+            merchant_note=str(body.get("merchant_note", ""))[:200],
+            refund_reference=secrets.token_hex(8),
+        )
+        if self.refund_answer_lost():
+            return json_error(500, {"status": False, "message": "An error occurred"})
+        return web.json_response(
+            {"status": True, "message": "Refund has been queued for processing",
+             "data": self._refund_data(refund)}
+        )  # fmt: skip
+
+    async def fetch_refund(self, request: web.Request) -> web.Response:
+        refused = await self._read_refused(request)
+        if refused is not None:
+            return refused
+        refund = self.refunds.get(request.match_info["id"])
+        if refund is None:
+            return json_error(404, {"status": False, "message": "Refund not found"})
+        return web.json_response(
+            {"status": True, "message": "Refund retrieved", "data": self._refund_data(refund)}
+        )
+
+    async def list_refunds(self, request: web.Request) -> web.Response:
+        refused = await self._read_refused(request)
+        if refused is not None:
+            return refused
+        of = self._of(request.query.get("transaction"))
+        found = [
+            self._refund_data(r)
+            for r in self.refunds.values()
+            if of is not None and r.payer == of.reference
+        ]
+        return web.json_response(
+            {"status": True, "message": "Refunds retrieved", "data": found,
+             "meta": {"total": len(found), "page": 1, "perPage": 50}}
+        )  # fmt: skip
+
+    def refund_callback_for(self, refund: Txn) -> tuple[str, bytes, dict[str, str]]:
+        event = "refund.processed" if refund.outcome == "succeeded" else "refund.failed"
+        return self._signed({"event": event, "data": self._refund_data(refund)}, self.signing_key)
+
+    async def _read_refused(self, request: web.Request) -> web.Response | None:
+        """The answer to a read that is not served: bad credentials, or a 500 (slow
+        answers sleep here first)."""
+        refused = self._auth_error(request)
+        if refused is None and await self.api_misbehaves():
+            refused = json_error(500, {"status": False, "message": "An error occurred"})
+        return refused
 
     def _auth_error(self, request: web.Request) -> web.Response | None:
         if not secrets.compare_digest(
@@ -59,14 +177,9 @@ class CardSimulator(Simulator):
         return None
 
     async def initialize(self, request: web.Request) -> web.Response:
-        refused = self._auth_error(request)
-        if refused is not None:
-            return refused
-        try:
-            body = await request.json()
-            assert isinstance(body, dict)
-        except Exception:
-            return json_error(400, {"status": False, "message": "Invalid JSON"})
+        body = await authed_json(request, self._auth_error(request), _invalid_json)
+        if isinstance(body, web.Response):
+            return body
         email, amount, currency = body.get("email"), body.get("amount"), body.get("currency", "NGN")
         if not isinstance(email, str) or not _EMAIL.match(email):
             return json_error(400, {"status": False, "message": "Invalid Email Address Passed"})
@@ -136,11 +249,9 @@ class CardSimulator(Simulator):
         }
 
     async def verify(self, request: web.Request) -> web.Response:
-        refused = self._auth_error(request)
+        refused = await self._read_refused(request)
         if refused is not None:
             return refused
-        if await self.api_misbehaves():
-            return json_error(500, {"status": False, "message": "An error occurred"})
         txn = self.truth.get(request.match_info["reference"])
         if txn is None:
             return json_error(400, {"status": False, "message": "Transaction reference not found"})

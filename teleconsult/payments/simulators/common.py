@@ -33,6 +33,8 @@ class Behaviour:
     api_error_rate: float = 0.0  # the API answers 500 (nothing done)
     api_slow_rate: float = 0.0  # the API answers after ``api_slow_seconds`` (done anyway)
     api_slow_seconds: float = 30.0
+    refund_fail_rate: float = 0.0  # a refund payout fails at the provider
+    refund_answer_lost_rate: float = 0.0  # a refund is done, but its answer is a 500
     seed: int | None = None
 
     def update(self, values: dict[str, Any]) -> None:
@@ -73,6 +75,9 @@ class Simulator:
         self.behaviour = behaviour or Behaviour()
         self.rng = random.Random(self.behaviour.seed)
         self.truth: dict[str, Txn] = {}
+        # Refund payouts: the money sent back to payers (reference -> its Txn, whose
+        # ``payer`` is the refunded payment's reference).
+        self.refunds: dict[str, Txn] = {}
         self.forged_sent = 0
         self.callbacks_sent = 0
         self.callbacks_dropped = 0
@@ -107,6 +112,42 @@ class Simulator:
         self.spawn(self._callback_when_decided(txn))
         return txn
 
+    def new_refund(
+        self, reference: str, amount: int, currency: str, of: Txn, callback_url: str | None
+    ) -> Txn:
+        """A refund of ``of``: decided like a payment (``refund_fail_rate``); its
+        callback (``refund_callback_for``) goes to ``callback_url``."""
+        b = self.behaviour
+        refund = Txn(
+            reference=reference,
+            amount=amount,
+            currency=currency,
+            payer=of.reference,
+            callback_url=callback_url,
+            outcome="failed" if self.chance(b.refund_fail_rate) else "succeeded",
+            decide_at=time.monotonic() + b.decide_after * self.rng.uniform(0.5, 2.0),
+        )
+        self.refunds[reference] = refund
+        self.spawn(self._callback_when_decided(refund, self.refund_callback_for))
+        return refund
+
+    def refundable(self, of: Txn) -> int:
+        """What may still be refunded of a payment (succeeded ones, less refunds)."""
+        if of.state() != "succeeded":
+            return 0
+        done = sum(
+            r.amount
+            for r in self.refunds.values()
+            if r.payer == of.reference and r.outcome == "succeeded"
+        )
+        return of.amount - done
+
+    def refund_answer_lost(self) -> bool:
+        return self.chance(self.behaviour.refund_answer_lost_rate)
+
+    def refund_callback_for(self, refund: Txn) -> tuple[str, bytes, dict[str, str]] | None:
+        return None
+
     def api_fails(self) -> bool:
         """True: answer 500 now, having done nothing."""
         return self.chance(self.behaviour.api_error_rate)
@@ -129,7 +170,11 @@ class Simulator:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _callback_when_decided(self, txn: Txn) -> None:
+    async def _callback_when_decided(
+        self,
+        txn: Txn,
+        message_of: Callable[[Txn], tuple[str, bytes, dict[str, str]] | None] | None = None,
+    ) -> None:
         await asyncio.sleep(max(0.0, txn.decide_at - time.monotonic()))
         if txn.callback_url is None:
             return
@@ -140,12 +185,12 @@ class Simulator:
             delay = b.callback_delay * self.rng.uniform(0.5, 2.0)
             if self.chance(b.reorder_rate):
                 delay += max(1.0, 4 * b.callback_delay)
-            message = self.callback_for(txn)
+            message = (message_of or self.callback_for)(txn)
             if message is not None:
                 self.spawn(self._send_later(txn, delay, message))
                 if self.chance(b.duplicate_rate):
                     self.spawn(self._send_later(txn, delay + self.rng.uniform(0.05, 1.0), message))
-        if self.chance(b.forge_rate):
+        if message_of is None and self.chance(b.forge_rate):
             self.forged_sent += 1
             self.spawn(self._send_later(txn, self.rng.uniform(0.0, 0.5), self.forged_for(txn)))
 
@@ -203,6 +248,20 @@ class Simulator:
 
 def json_error(status: int, body: dict[str, Any]) -> web.Response:
     return web.json_response(body, status=status)
+
+
+async def authed_json(
+    request: web.Request, refused: web.Response | None, invalid: Callable[[], web.Response]
+) -> dict[str, Any] | web.Response:
+    """The request's JSON object, or ``refused`` (its credentials' refusal, if any) or
+    ``invalid()`` (the body is not a JSON object), as the provider answers them."""
+    if refused is not None:
+        return refused
+    try:
+        body = await request.json()
+    except ValueError:
+        return invalid()
+    return body if isinstance(body, dict) else invalid()
 
 
 Factory = Callable[[], Simulator]

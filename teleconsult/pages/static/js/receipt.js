@@ -44,7 +44,7 @@ function paymentsTable(invoice) {
           { class: "refund" },
           el("td", {}, formatDateTime(r.created_at)),
           el("td", {}, t("receipt.refund_of", { provider: t(`pay.provider_${p.provider}`) }), r.reason ? el("span", { class: "ref" }, ` ${r.reason}`) : null),
-          el("td", {}, t("receipt.refunded")),
+          el("td", { class: "payout" }, r.payout_status ? t(`receipt.payout_${r.payout_status}`, { method: t(`pay.provider_${r.payout_method}`) }) : t("receipt.refunded")),
           el("td", { class: "amount" }, formatMoney(-r.amount, c)),
         ),
       );

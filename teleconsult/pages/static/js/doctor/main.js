@@ -176,6 +176,12 @@ async function startCall(desk) {
   state.call = call;
   showCall(call);
   call.addEventListener('gone', () => renderPeople(desk));
+  // The call ended under the page (the SFU room deleted or closed, LiveKit removed us):
+  // the page shows it as room.html does, and the note follows.
+  call.addEventListener('ended', (e) => {
+    if (state.call !== call || e.detail.reason === 'left') return;
+    endCall({ why: t(e.detail.reason === 'removed' ? 'doctor.call_removed' : 'room.ended') });
+  });
   desk.link.addEventListener('peer_joined', () => renderPeople(desk));
   wireControls(call);
   await wireRecording(desk, call); // recording (issue 13)
@@ -193,8 +199,9 @@ async function renderPeople(desk) {
   const items = [];
   for (const peerId of ids) {
     const who = desk.people.get(peerId);
-    const name = !who ? t('doctor.in_call_peer')
-      : who.role === 'patient' ? await patientName(who.userId) : t(`doctor.role_${who.role}`);
+    // The name /signal gives (the same as on their tile), else what the desk knows.
+    const name = call.people.get(peerId)?.name || (!who ? t('doctor.in_call_peer')
+      : who.role === 'patient' ? await patientName(who.userId) : t(`doctor.role_${who.role}`));
     const remove = el('button', { type: 'button', class: 'danger', 'aria-label': t('doctor.remove_label', { name }) }, t('doctor.remove'));
     remove.addEventListener('click', async () => {
       remove.disabled = true;
@@ -240,16 +247,22 @@ function wireControls(call) {
   $('ctl-end').onclick = () => endCall();
 }
 
-async function endCall() {
+/** The call is over: ended here (End the consultation), or under the page (`why` says
+ * how); the note and the recordings follow. */
+async function endCall({ why = '' } = {}) {
   const desk = state.desk;
-  state.call?.end('left');
+  if (!desk) return;
+  const call = state.call;
   state.call = null;
+  call?.end('left');
   state.desk = null;
   state.noteFor = desk.appointment;
   // Leaving empties the room: the others are told and the consultation ends.
   state.desks.delete(desk.appointment.id);
   await desk.link.leave();
   $('call').hidden = true;
+  $('call-ended').textContent = why;
+  $('call-ended').hidden = !why;
   $('note').hidden = false;
   $('note-title').focus();
   // recording (issue 13): what was recorded, playable once sealed

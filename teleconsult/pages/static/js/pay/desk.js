@@ -18,6 +18,50 @@ let invoices = [];
 let cursor = null;
 let names = new Map();
 
+// --- refund payouts (0023): refunds the provider has not paid back yet, with retry ---
+async function fetchPayouts() {
+  let owed = [];
+  try {
+    owed = (await api("/api/v1/refunds/owed?limit=100")).items;
+  } catch (err) {
+    toast(errorText(err), "error");
+  }
+  document.getElementById("owed-payouts").hidden = owed.length === 0;
+  replace(document.getElementById("owed-payouts-list"), owed.map(payoutCard));
+}
+
+function payoutText(refund) {
+  return t(`pay.payout_${refund.payout_status}`, { method: t(`pay.provider_${refund.payout_method}`) });
+}
+
+function payoutCard(refund) {
+  const amount = formatMoney(refund.amount, refund.currency);
+  const item = el(
+    "li",
+    { class: "card", dataset: { refund: refund.id } },
+    el("p", {}, el("strong", {}, amount), " — ", refund.reason, " ", el("span", { class: `badge badge-payout-${refund.payout_status}` }, payoutText(refund))),
+  );
+  if (refund.payout_status === "failed") {
+    const form = el("form", { class: "row", dataset: { panel: "payout" } }, el("p", { class: "form-error", role: "alert", hidden: true }));
+    const again = (method) => async () => {
+      const answer = await send(form, `payout|${refund.id}|${method}`, `/api/v1/refunds/${refund.id}/payouts`, { method });
+      if (answer) await payoutDone(answer);
+    };
+    form.prepend(
+      el("button", { type: "button", class: "primary", onclick: again("provider") }, t("pay.payout_retry", { method: t(`pay.provider_${refund.payout_method}`) })),
+      el("button", { type: "button", onclick: again("cash") }, t("pay.payout_cash", { amount })),
+    );
+    item.append(form);
+  }
+  return item;
+}
+
+async function payoutDone(refund) {
+  toast(payoutText(refund), refund.payout_status === "failed" ? "error" : "ok");
+  await fetchPage(true);
+}
+// --- end refund payouts ---
+
 async function fetchPage(reset) {
   const q = new URLSearchParams({ limit: "100" });
   if (statusSelect.value) q.set("status", statusSelect.value);
@@ -33,6 +77,7 @@ async function fetchPage(reset) {
   const people = await Promise.all([...new Set(invoices.map((i) => i.patient_id))].map((id) => patient(id)));
   names = new Map(people.map((p) => [p.id, p.full_name]));
   render();
+  await fetchPayouts();
 }
 
 function render() {
@@ -230,7 +275,7 @@ async function refundForm(item, summary) {
     if (!reason) return form.elements.reason.focus();
     const body = { amount, reason };
     const refunded = await send(form, `refund|${p.id}|${amount}|${reason}`, `/api/v1/payments/${p.id}/refunds`, body);
-    if (refunded) await done(t("pay.desk_refunded", { amount: formatMoney(amount, c), number: invoice.number }));
+    if (refunded) await done(`${t("pay.desk_refunded", { amount: formatMoney(amount, c), number: invoice.number })} ${refunded.refund ? payoutText(refunded.refund) : ""}`.trim());
   });
   select.focus();
 }

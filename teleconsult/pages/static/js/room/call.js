@@ -1,7 +1,9 @@
 // A call in one room: PeerLinks to the other admitted participants, driven by the room's
 // SignalLink. The newcomer offers (the others answer); perfect negotiation covers the rest.
 // After this side's connection comes back (a rejoin with its peer id), it restarts ICE
-// towards everyone; the others keep their connection and answer.
+// towards everyone; the others keep their connection and answer. On the SFU: Janus through
+// /signal's relay (sfu.js), or LiveKit with its own client (livekit.js, loaded on demand).
+import { learn as learnPeople, peerOfIdentity } from './people.js';
 import { PeerLink } from './peer.js';
 import { SfuSession } from './sfu.js';
 
@@ -14,18 +16,23 @@ export class Call extends EventTarget {
     this.peers = new Map();
     this.known = new Map(); // peer id -> our politeness towards it
     this.roster = new Set(); // the other admitted peers
+    this.people = new Map(); // peer id -> {peerId, role, userId, name}: who each tile shows
     this.sfu = null; // an SfuSession once the room is on the SFU
     this.audioOnly = false;
     this.handlers = {
       signal: (e) => this.onSignal(e.detail),
-      peer_joined: (e) => { this.known.set(e.detail.peer_id, e.detail.polite); this.roster.add(e.detail.peer_id); },
+      peer_joined: (e) => {
+        this.known.set(e.detail.peer_id, e.detail.polite);
+        this.roster.add(e.detail.peer_id);
+        this.learn([e.detail]);
+      },
       peer_left: (e) => { this.roster.delete(e.detail.peer_id); this.drop(e.detail.peer_id); },
       mode: (e) => { if (e.detail.mode === 'sfu') this.toSfu(e.detail.sfu); },
       sfu_published: () => this.sfu?.subscribe([...this.roster]).catch((err) => this.fire('error', { error: err })),
       removed: () => this.end('removed'),
       peer_disconnected: (e) => this.fire('peer', { peerId: e.detail.peer_id, connected: false }),
       peer_reconnected: (e) => this.fire('peer', { peerId: e.detail.peer_id, connected: true }),
-      rejoined: (e) => this.onRejoined(e.detail),
+      rejoined: (e) => { this.sfu?.update?.(e.detail.sfu); this.learn(e.detail.peers); this.onRejoined(e.detail); },
       // Fresh TURN credentials: a later ICE restart must not use expired ones.
       ice_servers: (e) => this.refreshIce(e.detail.ice_servers),
       link: (e) => this.fire('reconnecting', { on: !e.detail.up || this.anyDown() }),
@@ -45,9 +52,15 @@ export class Call extends EventTarget {
     return [...this.peers.values()].some((p) => !['connected', 'new'].includes(p.pc.connectionState));
   }
 
+  learn(views) {
+    learnPeople(this.people, views);
+    this.fire('people', {});
+  }
+
   /** Start with the answer we were admitted with: offer to every admitted peer. */
   start(answer) {
     for (const p of answer.peers ?? []) if (p.status === 'admitted') this.roster.add(p.peer_id);
+    this.learn(answer.peers);
     if (answer.mode === 'sfu') {
       this.toSfu(answer.sfu);
       return;
@@ -59,16 +72,33 @@ export class Call extends EventTarget {
 
   /** The room moved to the SFU (a third person, or recording): one publisher, one subscriber. */
   async toSfu(grant) {
-    if (this.sfu) return;
+    if (this.sfu || this.moving) {
+      this.sfu?.update?.(grant);
+      return;
+    }
+    this.moving = true;
     for (const id of [...this.peers.keys()]) this.drop(id, { quiet: true });
-    if (!grant?.relay) {
-      // LiveKit is joined with its own client and the grant's token: not in these pages yet.
+    let sfu;
+    try {
+      sfu = await this.sfuFor(grant);
+    } catch (err) {
+      this.fire('error', { error: err }); // the LiveKit client could not be loaded
+      return;
+    } finally {
+      this.moving = false;
+    }
+    if (this.over) return;
+    if (!sfu) {
       this.fire('unsupported', { backend: grant?.backend });
       return;
     }
-    const sfu = new SfuSession({ link: this.link, stream: this.stream, iceServers: this.iceServers, iceTransportPolicy: this.iceTransportPolicy });
     this.sfu = sfu;
-    sfu.addEventListener('track', (e) => this.fire('remote', { peerId: 'sfu', ...e.detail }));
+    // Whose media: Janus says by mid (sfu.js), LiveKit by participant identity (our user id).
+    const whose = (d) => d.peerId ?? (d.identity != null ? peerOfIdentity(this.people, d.identity) : 'sfu');
+    sfu.addEventListener('track', (e) => this.fire('remote', { ...e.detail, peerId: whose(e.detail) }));
+    sfu.addEventListener('left', (e) => this.fire('remote_left', { peerId: whose(e.detail) }));
+    sfu.addEventListener('removed', () => this.end('removed'));
+    sfu.addEventListener('ended', () => this.end('ended'));
     sfu.addEventListener('mode', (e) => this.fire('mode', { peerId: 'sfu', ...e.detail }));
     sfu.addEventListener('state', (e) => this.fire('reconnecting', { on: !['connected', 'new', 'connecting'].includes(e.detail.state) }));
     if (this.audioOnly) sfu.setAudioOnly(true);
@@ -78,6 +108,26 @@ export class Call extends EventTarget {
     } catch (err) {
       this.fire('error', { error: err });
     }
+  }
+
+  /** The session for this grant: Janus over /signal's relay, or LiveKit with its own
+   * client, imported only now (a peer-to-peer or Janus call never fetches it). */
+  async sfuFor(grant) {
+    if (grant?.relay) {
+      return new SfuSession({ link: this.link, stream: this.stream, iceServers: this.iceServers, iceTransportPolicy: this.iceTransportPolicy });
+    }
+    if (grant?.backend !== 'livekit') return null;
+    const { LiveKitSession } = await import('./livekit.js');
+    return new LiveKitSession({
+      grant, stream: this.stream, iceTransportPolicy: this.iceTransportPolicy, renew: () => this.freshGrant(),
+    });
+  }
+
+  /** A fresh SFU grant: /signal answers a rejoin with our peer id with one while we are
+   * admitted (null once we are not). */
+  async freshGrant() {
+    const answer = await this.link.join();
+    return answer.ok && answer.status === 'admitted' ? answer.sfu ?? null : null;
   }
 
   linkTo(peerId, polite) {
@@ -157,6 +207,8 @@ export class Call extends EventTarget {
   }
 
   end(reason = 'left') {
+    if (this.over) return;
+    this.over = true;
     for (const id of [...this.peers.keys()]) this.drop(id, { quiet: true });
     this.sfu?.close();
     this.sfu = null;

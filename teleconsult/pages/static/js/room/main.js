@@ -181,7 +181,13 @@ function startCall(answer) {
   const call = new Call({ link: state.link, stream: state.stream, iceTransportPolicy: policy });
   state.call = call;
   showCall(call);
-  call.addEventListener('ended', () => { if (state.call === call) state.call = null; });
+  call.addEventListener('ended', (e) => {
+    if (state.call !== call) return;
+    state.call = null;
+    // LiveKit said so before /signal did (the doctor removed us; the room was closed).
+    if (e.detail.reason === 'removed') turnedAway('room.removed');
+    else if (e.detail.reason === 'ended') show('ended');
+  });
   // Everyone else left (the doctor ended the consultation): the call is over.
   call.addEventListener('gone', (e) => { if (e.detail.left === 0) endCall('ended'); });
   wireControls(call);

@@ -1,7 +1,9 @@
 // A room on the SFU (docs/signaling.md, "SFU rooms"): instead of one connection per other
 // participant, one connection publishes this side's media and one receives everyone
 // else's, both negotiated through /signal's `sfu` relay (Janus, grant.relay === true).
-// Same events as PeerLink's owner expects: `track`, `state`, `mode`.
+// Same events as PeerLink's owner expects: `track` (with the peer id), `state`, `mode`.
+import { peerOfMid } from './people.js';
+
 const GATHER_MS = 3000;
 
 function gathered(pc) {
@@ -61,7 +63,17 @@ export class SfuSession extends EventTarget {
     this.subscriber?.close();
     this.subscriber = pc;
     this.watch(pc, 'subscriber');
-    pc.ontrack = (e) => this.fire('track', { stream: e.streams[0] ?? new MediaStream([e.track]), track: e.track });
+    // One connection carries everyone's tracks: the answer says whose each mid is, and
+    // each person gets a stream of their own (their tile; all their audio plays).
+    const streams = new Map(); // peer id -> MediaStream
+    pc.ontrack = (e) => {
+      const peerId = peerOfMid(ack.streams, e.transceiver?.mid);
+      if (!peerId) return;
+      // A fresh stream with the tracks so far: the tile's video takes the new one.
+      const stream = new MediaStream([...(streams.get(peerId)?.getTracks() ?? []), e.track]);
+      streams.set(peerId, stream);
+      this.fire('track', { peerId, stream, track: e.track });
+    };
     await pc.setRemoteDescription({ type: 'offer', sdp: ack.sdp });
     await pc.setLocalDescription(await pc.createAnswer());
     await gathered(pc);

@@ -2,6 +2,7 @@
 import { t } from '../i18n.js';
 import { toast } from '../ui.js';
 import { nextCamera } from './media.js';
+import { Tiles } from './tiles.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -16,13 +17,18 @@ export function showMode({ local, remote }) {
   banner.dataset.remote = remote;
 }
 
-/** What the page shows of `call`: the remote video, the reconnecting and audio-only
- * banners, and a toast when the SFU cannot be used. */
+/** What the page shows of `call`: a tile per remote participant, the reconnecting and
+ * audio-only banners, and a toast when the SFU cannot be used. */
 export function showCall(call) {
-  call.addEventListener('remote', (e) => {
-    const video = $('remote-video');
-    if (video.srcObject !== e.detail.stream) video.srcObject = e.detail.stream;
-  });
+  const box = $('remote-tiles');
+  box.replaceChildren();
+  const tiles = new Tiles(box, () => call.people);
+  call.tiles = tiles; // for the browser tests
+  call.addEventListener('remote', (e) => tiles.show(e.detail.peerId, e.detail.stream));
+  call.addEventListener('gone', (e) => tiles.remove(e.detail.peerId));
+  call.addEventListener('remote_left', (e) => tiles.remove(e.detail.peerId, { final: false }));
+  call.addEventListener('people', () => tiles.relabel());
+  call.addEventListener('ended', () => tiles.clear());
   call.addEventListener('reconnecting', (e) => { $('call-reconnecting').hidden = !e.detail.on; });
   call.addEventListener('mode', (e) => showMode(e.detail));
   call.addEventListener('unsupported', () => toast(t('room.sfu_unsupported'), 'error', { timeoutMs: 0 }));
