@@ -604,6 +604,10 @@ async def test_failed_refund_payouts_are_retried_or_paid_from_the_till(
     assert "not paid back by MTN Mobile Money: still owed" in await late.inner_text()
     assert "2,000" in await late.inner_text()
     await shot(page, "desk-payouts-failed")
+    # Each failed refund's buttons name its amount, so a screen reader tells them apart.
+    retry = page.locator("#owed-payouts").get_by_role("button", name="Try MTN Mobile Money again")
+    names = [await b.inner_text() for b in await retry.all()]
+    assert len(names) == 2 and len(set(names)) == 2, names
     await _check_axe(axe, page, "owed.html (refunds still to pay back)")
 
     # The French desk names the same section and buttons in French.

@@ -48,7 +48,7 @@ function payoutCard(refund) {
       if (answer) await payoutDone(answer);
     };
     form.prepend(
-      el("button", { type: "button", class: "primary", onclick: again("provider") }, t("pay.payout_retry", { method: t(`pay.provider_${refund.payout_method}`) })),
+      el("button", { type: "button", class: "primary", onclick: again("provider") }, t("pay.payout_retry", { method: t(`pay.provider_${refund.payout_method}`), amount })),
       el("button", { type: "button", onclick: again("cash") }, t("pay.payout_cash", { amount })),
     );
     item.append(form);
