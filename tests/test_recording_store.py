@@ -19,15 +19,14 @@ import aiohttp
 import asyncpg
 import pytest
 
-from teleconsult.audit import AuditTrail
-from teleconsult.core.identity import Principal, Role
+from teleconsult.core.identity import Role
 from teleconsult.recording.keys import KeyRing
 from teleconsult.recording.seal import HEADER_BYTES, Header, MasterKey, rewrap
-from teleconsult.recording.service import RecordingService
 from teleconsult.recording.storage import BlobStore, LocalBlobStore, StorageError
 from teleconsult.recording.storage_s3 import S3BlobStore, sigv4_headers
 from teleconsult.recording.upkeep import RotationProgress
-from tests.world import Account, clinic_people
+from tests.recordingkit import Lab
+from tests.world import clinic_people
 
 K1 = MasterKey(1, os.urandom(32))
 K2 = MasterKey(2, os.urandom(32))
@@ -197,58 +196,6 @@ def test_sigv4_signs_the_query_string() -> None:
 
 
 # --- rotation and retention on a database of their own ----------------------------------
-
-
-class Lab:
-    def __init__(self, pool: asyncpg.Pool, root: Path, doctor: Account, patient: Account) -> None:
-        self.pool = pool
-        self.root = root
-        self.doctor = doctor
-        self.patient = patient
-        self.blobs = LocalBlobStore(root / "recordings")
-
-    def service(self, *keys: MasterKey) -> RecordingService:
-        return RecordingService(
-            pool=self.pool,
-            audit=AuditTrail(self.pool),
-            blobs=self.blobs,
-            keys=KeyRing(keys),
-            chunk_size=1024,
-        )
-
-    async def recording(self, service: RecordingService, media: bytes, n: int) -> UUID:
-        start = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(days=n + 1)
-        appointment_id: UUID = await self.pool.fetchval(
-            """
-            INSERT INTO appointments (clinic_id, doctor_id, patient_id, service, starts_at,
-                                      ends_at, status)
-            VALUES ($1, $2, $3, 'video', $4, $5, 'confirmed') RETURNING id
-            """,
-            self.doctor.clinic_id,
-            self.doctor.user_id,
-            self.patient.user_id,
-            start,
-            start + dt.timedelta(minutes=30),
-        )
-        patient = Principal(
-            self.patient.user_id, self.patient.clinic_id, Role.PATIENT, self.patient.user_id
-        )
-        doctor = Principal(
-            self.doctor.user_id, self.doctor.clinic_id, Role.DOCTOR, self.doctor.user_id
-        )
-        await service.give_consent(patient, appointment_id)
-        started = await service.begin(doctor, appointment_id, f"rec-{n}")
-        plain = self.root / f"plain-{n}"
-        plain.write_bytes(media)
-        await service.ingest(started.id, plain, "video/webm")
-        return started.id
-
-    async def play(self, service: RecordingService, recording_id: UUID) -> bytes:
-        doctor = Principal(
-            self.doctor.user_id, self.doctor.clinic_id, Role.DOCTOR, self.doctor.user_id
-        )
-        playback = await service.play(doctor, recording_id, None)
-        return b"".join([part async for part in playback.chunks])
 
 
 @pytest.fixture

@@ -183,7 +183,7 @@ async def _publish_all(sfu: JanusSfu, consultation: UUID, peers: list[SfuPeer]) 
 async def _subscribe_all(sfu: JanusSfu, consultation: UUID, peers: list[SfuPeer]) -> None:
     for peer in peers:
         others = [p.identity for p in peers if p is not peer]
-        offer = await sfu.subscribe(consultation, peer.identity, others)
+        offer = (await sfu.subscription(consultation, peer.identity, others)).sdp
         await sfu.answer(consultation, peer.identity, await peer.answer(offer))
 
 

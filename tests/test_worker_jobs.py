@@ -37,8 +37,8 @@ from teleconsult.server.app import create_app
 from teleconsult.server.jobs import JOBS, RUNNING_JOBS
 from tests.conftest import settings_env
 from tests.paymentskit import book, give_fee, invoice_of, start_sims
+from tests.recordingkit import Lab
 from tests.servers import ServerProcess, WorkerProcess
-from tests.test_recording_store import Lab
 from tests.world import Account, bearer_at, clinic_people
 
 REPO = Path(__file__).resolve().parent.parent

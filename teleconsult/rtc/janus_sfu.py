@@ -525,15 +525,11 @@ class JanusSfu:
             return False
         return True
 
-    async def subscribe(self, consultation_id: UUID, identity: str, feeds: list[str]) -> str:
-        """Subscribe to the publishers ``feeds`` (identities); the SFU's offer."""
-        return (await self.subscription(consultation_id, identity, feeds)).sdp
-
     async def subscription(
         self, consultation_id: UUID, identity: str, feeds: list[str]
     ) -> Subscription:
         """Subscribe to the publishers ``feeds`` (identities) on a fresh subscriber
-        handle; the SFU's offer, to answer with :meth:`answer`, and whose each of its
+        handle: the SFU's offer, to answer with :meth:`answer`, and whose each of its
         streams is (VideoRoom's ``attached`` lists them by ``mid`` and ``feed_id``)."""
         room = self._room(consultation_id)
         member = await self._member(consultation_id, identity)
