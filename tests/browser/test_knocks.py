@@ -135,7 +135,10 @@ async def test_the_doctor_admits_with_the_keyboard_alone_a_patient_whose_page_is
         "Avant l'appel : vérifiez votre caméra, votre micro et votre connexion"
     )
     # Keyboard only on the patient's side too: Tab to "Aller en salle d'attente", Enter.
-    # The button must be there (and usable) before tabbing starts, else the Tabs run past it.
+    # The button must be there (shown and usable) before tabbing starts, else the Tabs run
+    # past it: the check section stays hidden until the camera answers, while its texts
+    # are already translated (a loaded machine showed that race).
+    await expect(page.locator("#check-continue")).to_be_visible()
     await expect(page.locator("#check-continue")).to_be_enabled()
     for _ in range(40):
         await page.keyboard.press("Tab")
